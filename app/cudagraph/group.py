@@ -175,6 +175,9 @@ class CUDAGraphGroup:
         with ExitStack() as stack:
             stack.enter_context(gc_frozen(self._lead.options.freeze_gc))
             sessions = [stack.enter_context(w.prewarm_session()) for w in self._wrappers]
+            for wrapper, session in zip(self._wrappers, sessions, strict=True):
+                cached = set(wrapper.get_cached_descriptors())
+                session.update(key for key in ordered if key in cached)
             for key in ordered:
                 if all(key in w.get_cached_descriptors() for w in self._wrappers):
                     report.skipped.append(key)
@@ -202,5 +205,9 @@ class CUDAGraphGroup:
                     for i, w in missing
                 ]
                 report.failed.append((key, "; ".join(reasons)))
+                # The pieces that did capture keep their graphs (a piece graph is useful on its
+                # own) but without protection: later captures of this prewarm may evict them.
+                for session in sessions:
+                    session.discard(key)
         report.seconds = time.perf_counter() - start
         return report

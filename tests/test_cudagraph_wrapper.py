@@ -1,0 +1,439 @@
+"""CUDAGraphWrapper on the CPU (mock graphs) with a real small torch module."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from app.cudagraph import (
+    AdaptiveCUDAGraphWrapper,
+    BatchDescriptor,
+    CUDAGraphMode,
+    CUDAGraphOptions,
+    CUDAGraphWrapper,
+    InputAddressMismatchError,
+    MockCUDAGraph,
+    cudagraph_context,
+    graph_lock,
+    is_capturing,
+)
+
+H = 16  # hidden size of the test model
+FULL = CUDAGraphMode.FULL
+PIECEWISE = CUDAGraphMode.PIECEWISE
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(H, 32), nn.GELU(), nn.Linear(32, H), nn.LayerNorm(H)).eval()
+
+
+def desc(batch: int) -> BatchDescriptor:
+    return BatchDescriptor(num_tokens=batch, num_reqs=batch)
+
+
+def call(wrapper: object, descriptor: BatchDescriptor, x: torch.Tensor, mode=FULL) -> torch.Tensor:
+    with cudagraph_context(mode, descriptor):
+        return wrapper(x)  # type: ignore[operator]
+
+
+class CaptureCounter(nn.Module):
+    """The test model, counting how often it runs and how often inside a capture; it raises
+    inside a capture while ``fail_capture`` is set, like a host sync (``.item()``) would on CUDA.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = make_model()
+        self.calls = 0
+        self.capture_attempts = 0
+        self.fail_capture = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if is_capturing():
+            self.capture_attempts += 1
+            if self.fail_capture:
+                raise RuntimeError("operation not permitted when stream is capturing")
+        return self.inner(x)
+
+
+# ---------------------------------------------------------------- replay semantics
+
+
+@pytest.mark.parametrize("wrapper_cls", [CUDAGraphWrapper, AdaptiveCUDAGraphWrapper])
+@pytest.mark.parametrize("pool_policy", ["per_graph", "shared"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_replay_equals_eager_for_new_data_in_static_inputs(
+    wrapper_cls: type[CUDAGraphWrapper], pool_policy: str, batch: int
+) -> None:
+    model = make_model()
+    wrapper = wrapper_cls(model, FULL, CUDAGraphOptions(pool_policy=pool_policy))  # type: ignore[arg-type]
+    static = torch.zeros(batch, H)  # (B, H) static input buffer
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        for _ in range(4):
+            fresh = torch.randn(batch, H, generator=gen)
+            static.copy_(fresh)
+            out = call(wrapper, desc(batch), static)
+            torch.testing.assert_close(out, model(fresh))
+    stats = wrapper.stats_snapshot()
+    assert (stats["captures"], stats["misses"], stats["hits"], stats["replays"]) == (1, 1, 3, 3)
+
+
+def test_replay_overwrites_the_previous_output() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL)
+    static = torch.randn(4, H)
+    first = call(wrapper, desc(4), static)
+    first_copy = first.clone()
+    second_input = torch.randn(4, H)
+    static.copy_(second_input)
+    second = call(wrapper, desc(4), static)
+    # The same tensor object, graph memory: a caller that kept `first` without copying now
+    # holds the second batch's answer, exactly as with a real CUDA graph.
+    assert second is first
+    torch.testing.assert_close(first, model(second_input))
+    assert not torch.allclose(first, first_copy)
+
+
+def test_new_tensors_instead_of_static_inputs_give_stale_results() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL)
+    static = torch.randn(2, H)
+    call(wrapper, desc(2), static)
+    other = torch.randn(2, H)
+    out = call(wrapper, desc(2), other)  # wrong protocol: the graph still reads `static`
+    torch.testing.assert_close(out, model(static))
+    assert not torch.allclose(out, model(other))
+
+
+def test_debug_address_check_names_the_descriptor() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL, CUDAGraphOptions(debug_check_addresses=True))
+    static = torch.randn(2, H)
+    call(wrapper, desc(2), static)
+    call(wrapper, desc(2), static[:])  # a view of the same memory is fine
+    with pytest.raises(InputAddressMismatchError, match=r"num_tokens=2, num_reqs=2") as info:
+        call(wrapper, desc(2), static.clone())
+    assert info.value.descriptor == desc(2)
+    assert wrapper.stats_snapshot()["hits"] == 1
+
+
+def test_weak_ref_output_aliases_graph_memory() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL, CUDAGraphOptions(weak_ref_output=True))
+    static = torch.randn(3, H)
+    out = call(wrapper, desc(3), static)
+    torch.testing.assert_close(out, model(static))
+    new_input = torch.randn(3, H)
+    static.copy_(new_input)
+    again = call(wrapper, desc(3), static)
+    assert again.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, model(new_input))
+
+
+def test_tuple_and_dict_outputs_are_replayed() -> None:
+    lin = make_model()
+
+    def two_heads(x: torch.Tensor) -> dict[str, object]:
+        y = lin(x)
+        return {"y": y, "extra": (y.sum(dim=-1), [y * 2])}
+
+    wrapper = CUDAGraphWrapper(two_heads, FULL)
+    static = torch.randn(2, H)
+    with cudagraph_context(FULL, desc(2)):
+        first = wrapper(static)
+        fresh = torch.randn(2, H)
+        static.copy_(fresh)
+        out = wrapper(static)
+    assert out is first
+    torch.testing.assert_close(out["y"], lin(fresh))
+    torch.testing.assert_close(out["extra"][1][0], lin(fresh) * 2)
+
+
+# ---------------------------------------------------------------- when the wrapper acts
+
+
+def test_eager_outside_any_context_and_in_other_modes() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL)
+    x = torch.randn(2, H)
+    a, b = wrapper(x), wrapper(x)
+    assert a is not b  # fresh eager outputs, no graph memory
+    torch.testing.assert_close(a, model(x))
+    with cudagraph_context(PIECEWISE, desc(2)):
+        wrapper(x)
+    with cudagraph_context(CUDAGraphMode.NONE, None):
+        wrapper(x)
+    assert wrapper.stats_snapshot()["misses"] == 0
+    assert wrapper.get_cached_descriptors() == []
+
+
+def test_mode_none_wrapper_is_a_pass_through_with_an_empty_view() -> None:
+    model = make_model()
+    wrapper = AdaptiveCUDAGraphWrapper(model, CUDAGraphMode.NONE)
+    x = torch.randn(2, H)
+    with cudagraph_context(CUDAGraphMode.NONE, desc(2)):
+        torch.testing.assert_close(wrapper(x), model(x))
+    snap = wrapper.stats_snapshot()
+    assert snap["hits"] == snap["misses"] == snap["cached_graphs"] == 0
+    assert wrapper.prewarm([desc(2)], lambda d: ((x,), {})).skipped == [desc(2)]
+
+
+class PiecewiseModel(nn.Module):
+    """Two graphed pieces around an eager middle op; the eager op writes into a static buffer
+    (as vLLM's attention writes into its output buffer), so piece 2 always reads one address."""
+
+    def __init__(self, options: CUDAGraphOptions | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.piece1 = nn.Sequential(nn.Linear(H, H), nn.GELU())
+        self.piece2 = nn.Sequential(nn.Linear(H, H), nn.LayerNorm(H))
+        self.w1 = AdaptiveCUDAGraphWrapper(self.piece1, PIECEWISE, options, name="piece1")
+        self.w2 = AdaptiveCUDAGraphWrapper(self.piece2, PIECEWISE, options, name="piece2")
+        self.buf = torch.zeros(64, H)  # (T_max, H) static buffer of the eager middle op
+        self.eager_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (T, H)
+        h = self.w1(x)
+        self.eager_calls += 1
+        mid = self.buf[: x.shape[0]]
+        torch.mul(h, 2.0, out=mid)  # stands in for attention: runs eagerly between pieces
+        return self.w2(mid)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return self.piece2(self.piece1(x) * 2.0)
+
+
+def test_nested_full_and_piecewise_contexts() -> None:
+    model = PiecewiseModel(CUDAGraphOptions(debug_check_addresses=True))
+    full = AdaptiveCUDAGraphWrapper(model, FULL, name="full")
+    static = torch.zeros(8, H)
+    with torch.inference_mode():
+        # FULL: only the outer wrapper graphs; the pieces run inside its capture, eagerly.
+        for _ in range(3):
+            fresh = torch.randn(8, H)
+            static.copy_(fresh)
+            out = call(full, BatchDescriptor(8, 2), static, FULL)
+            torch.testing.assert_close(out, model.reference(fresh))
+        assert full.get_cached_descriptors() == [BatchDescriptor(8, 2)]
+        assert model.w1.get_cached_descriptors() == model.w2.get_cached_descriptors() == []
+        assert model.w1.stats_snapshot()["misses"] == 0
+
+        # PIECEWISE: the outer wrapper is eager; the pieces graph, keyed by relaxed().
+        for num_reqs in (2, 4, 8):  # same tokens, other request counts: same piece graphs
+            fresh = torch.randn(8, H)
+            static.copy_(fresh)
+            out = call(full, BatchDescriptor(8, num_reqs), static, PIECEWISE)
+            torch.testing.assert_close(out, model.reference(fresh))
+        assert model.w1.get_cached_descriptors() == [BatchDescriptor(8)]
+        assert model.w2.get_cached_descriptors() == [BatchDescriptor(8)]
+        assert (model.w1.stats_snapshot()["hits"], model.w1.stats_snapshot()["misses"]) == (2, 1)
+        assert full.stats_snapshot()["misses"] == 1  # unchanged by the PIECEWISE calls
+
+        # An inner PIECEWISE context inside an outer FULL one: innermost wins, outer restored.
+        with cudagraph_context(FULL, BatchDescriptor(8, 2)):
+            with cudagraph_context(PIECEWISE, BatchDescriptor(8, 2)):
+                model(static)
+            full(static)
+        assert model.w1.stats_snapshot()["hits"] == 3
+        assert full.stats_snapshot()["hits"] == 3
+
+
+def test_getattr_forwards_and_unwrap() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL)
+    assert wrapper.unwrap() is model
+    assert wrapper.training is False  # forwarded to the module
+    assert len(list(wrapper.parameters())) == len(list(model.parameters()))
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_cached_graphs": 0}, ValueError, "max_cached_graphs must be an int >= 1"),
+        ({"memory_budget_bytes": 0}, ValueError, "memory_budget_bytes must be an int >= 1"),
+        ({"options": {"warmup_iters": 1}}, TypeError, "options must be CUDAGraphOptions"),
+    ],
+)
+def test_bad_wrapper_arguments(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        CUDAGraphWrapper(make_model(), FULL, **kwargs)
+    with pytest.raises(TypeError, match="runnable must be callable"):
+        CUDAGraphWrapper(42, FULL)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- eviction (plain wrapper)
+
+
+def test_lru_order() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL, max_cached_graphs=2)
+    inputs = {b: torch.randn(b, H) for b in (1, 2, 3)}
+    call(wrapper, desc(1), inputs[1])
+    call(wrapper, desc(2), inputs[2])
+    assert wrapper.get_cached_descriptors() == [desc(1), desc(2)]  # next victim first
+    call(wrapper, desc(1), inputs[1])  # hit: 1 becomes most recently used
+    assert wrapper.get_cached_descriptors() == [desc(2), desc(1)]
+    call(wrapper, desc(3), inputs[3])  # capture: evicts the least recently used (2)
+    assert wrapper.get_cached_descriptors() == [desc(1), desc(3)]
+    snap = wrapper.stats_snapshot()
+    assert (snap["evictions"], snap["captures"], snap["cached_graphs"]) == (1, 3, 2)
+    # The evicted shape is a miss again and is recaptured, correctly.
+    fresh = torch.randn(2, H)
+    inputs[2].copy_(fresh)
+    torch.testing.assert_close(call(wrapper, desc(2), inputs[2]), model(fresh))
+
+
+def test_clear_drops_everything_and_is_not_an_eviction() -> None:
+    wrapper = CUDAGraphWrapper(make_model(), FULL)
+    for b in (1, 2):
+        call(wrapper, desc(b), torch.randn(b, H))
+    assert wrapper.memory_bytes() == (1 + 2) * H * 4  # mock: output storage bytes
+    assert wrapper.clear() == 2
+    assert wrapper.get_cached_descriptors() == [] and wrapper.memory_bytes() == 0
+    assert wrapper.stats_snapshot()["evictions"] == 0
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
+    model = CaptureCounter()
+    model.fail_capture = True
+    options = CUDAGraphOptions(capture_retry_backoff_s=0.3, capture_retry_backoff_max_s=1.0)
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, options)
+    static = torch.randn(2, H)
+    out = call(wrapper, desc(2), static)  # capture fails, answered eagerly
+    torch.testing.assert_close(out, model.inner(static))
+    assert model.capture_attempts == 1
+    reason = wrapper.capture_failure_reason(desc(2))
+    assert reason is not None and "operation not permitted" in reason
+    for _ in range(3):  # inside the back-off window: eager, no new capture attempt
+        call(wrapper, desc(2), static)
+    assert model.capture_attempts == 1
+    snap = wrapper.stats_snapshot()
+    assert (snap["capture_failures"], snap["captures"], snap["eager_runs"]) == (1, 0, 4)
+    assert snap["misses"] == 4 and snap["hits"] == 0
+    assert desc(2) not in wrapper.predict_shapes(10)  # in back-off: not predicted either
+
+    model.fail_capture = False  # e.g. memory was freed meanwhile
+    time.sleep(0.35)
+    fresh = torch.randn(2, H)
+    static.copy_(fresh)
+    torch.testing.assert_close(call(wrapper, desc(2), static), model.inner(fresh))
+    assert model.capture_attempts == 2
+    assert wrapper.get_cached_descriptors() == [desc(2)]
+    assert wrapper.capture_failure_reason(desc(2)) is None
+    call(wrapper, desc(2), static)
+    assert wrapper.stats_snapshot()["hits"] == 1
+
+
+def test_eager_failure_reaches_the_caller() -> None:
+    model = make_model()
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL)
+    bad = torch.randn(2, H + 1)  # the model itself cannot run this input
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        call(wrapper, desc(2), bad)
+    snap = wrapper.stats_snapshot()
+    assert snap["capture_failures"] == 1 and snap["cached_graphs"] == 0
+    good = torch.randn(4, H)  # other shapes are unaffected
+    torch.testing.assert_close(call(wrapper, desc(4), good), model(good))
+
+
+def test_failing_capture_does_not_leave_capture_mode() -> None:
+    model = CaptureCounter()
+    model.fail_capture = True
+    wrapper = CUDAGraphWrapper(model, FULL)
+    call(wrapper, desc(2), torch.randn(2, H))
+    assert not is_capturing()
+
+
+# ---------------------------------------------------------------- threads
+
+
+def test_concurrent_callers_each_with_their_own_shape() -> None:
+    model = make_model()
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, max_cached_graphs=8)
+    iterations, batches = 60, [1, 2, 3, 4]
+    errors: list[BaseException] = []
+
+    def worker(batch: int) -> None:
+        try:
+            gen = torch.Generator().manual_seed(batch)
+            static = torch.zeros(batch, H)  # this thread's static input buffer
+            with torch.inference_mode():
+                for _ in range(iterations):
+                    fresh = torch.randn(batch, H, generator=gen)
+                    static.copy_(fresh)
+                    got = call(wrapper, desc(batch), static).clone()
+                    torch.testing.assert_close(got, model(fresh))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    snap = wrapper.stats_snapshot()
+    total = iterations * len(batches)
+    assert snap["hits"] + snap["misses"] == total
+    assert snap["captures"] == snap["misses"] == len(batches)
+    assert snap["replays"] == snap["hits"] == total - len(batches)
+    assert sum(h.count for h in wrapper.get_hot_shapes(10)) == total
+
+
+def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
+    model = make_model()
+    wrapper = CUDAGraphWrapper(model, FULL)
+    static = torch.zeros(4, H)
+    errors: list[BaseException] = []
+    reader_done = threading.Event()
+    snapshots: list[dict] = []
+
+    def worker(seed: int) -> None:
+        try:
+            gen = torch.Generator().manual_seed(seed)
+            for _ in range(40):
+                fresh = torch.randn(4, H, generator=gen)
+                with graph_lock():  # copy-in, replay and copy-out as one unit
+                    static.copy_(fresh)
+                    got = call(wrapper, desc(4), static).clone()
+                torch.testing.assert_close(got, model(fresh))
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    def reader() -> None:  # the HTTP thread reading the view meanwhile
+        while not reader_done.is_set():
+            snapshots.append(wrapper.stats_snapshot())
+            wrapper.cached_entries()
+            time.sleep(0.001)
+
+    observer = threading.Thread(target=reader)
+    observer.start()
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader_done.set()
+    observer.join()
+    assert not errors, errors[0]
+    snap = wrapper.stats_snapshot()
+    assert (snap["hits"], snap["misses"], snap["captures"]) == (119, 1, 1)
+    assert snapshots and all(s["hits"] + s["misses"] <= 120 for s in snapshots)
+
+
+def test_mock_graph_used_on_cpu() -> None:
+    wrapper = CUDAGraphWrapper(make_model(), FULL)
+    call(wrapper, desc(2), torch.randn(2, H))
+    assert isinstance(wrapper._entries[desc(2)].cudagraph, MockCUDAGraph)

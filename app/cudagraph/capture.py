@@ -10,7 +10,7 @@ On CUDA, following PyTorch's and vLLM's recipe:
    segments the graph's pool took, i.e. what evicting it (per-graph pool) gives back. The
    ``memory_allocated()`` delta (live tensors left behind: the outputs) is logged for debugging.
 The capture block uses ``capture_begin``/``capture_end`` directly so that a failing capture always
-restores the current stream and drops the half-built graph.
+restores the current stream, hands its memory pool back and drops the half-built graph.
 
 On CPU a ``MockCUDAGraph`` records the function; its ``memory_bytes`` is the byte size of the
 output storage, the least a real graph would pin.
@@ -84,10 +84,16 @@ def capture_cuda(
     pool: Any,
     freeze_gc: bool,
 ) -> CaptureResult:
-    """Warm up on a side stream and capture ``fn`` into a ``torch.cuda.CUDAGraph``."""
+    """Warm up on a side stream and capture ``fn`` into a ``torch.cuda.CUDAGraph``.
+
+    ``pool`` None means a pool of its own: a fresh ``graph_pool_handle()`` is used (rather than
+    letting the graph make one internally) so that a failed capture can hand it back.
+    """
     start = time.perf_counter()
     with torch.cuda.device(device):
-        stream = _capture_stream(device)
+        index = torch.cuda.current_device()
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        stream = _capture_stream(torch.device("cuda", index))
         current = torch.cuda.current_stream()
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
@@ -99,31 +105,50 @@ def capture_cuda(
         reserved_before = torch.cuda.memory_reserved()
         allocated_before = torch.cuda.memory_allocated()
         graph = torch.cuda.CUDAGraph()
-        pool_args = () if pool is None else (pool,)
         with gc_frozen(freeze_gc), torch.cuda.stream(stream):
-            graph.capture_begin(*pool_args)
+            graph.capture_begin(pool)
             try:
                 with capturing():
                     output = fn()
             except BaseException:
-                # The capture may already be invalidated; end it so the stream leaves capture
-                # mode, then drop whatever was recorded.
-                with contextlib.suppress(Exception):
-                    graph.capture_end()
-                with contextlib.suppress(Exception):
-                    graph.reset()
+                _abandon_capture(graph, index, pool, end_capture=True)
                 raise
             try:
                 graph.capture_end()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    graph.reset()
+                _abandon_capture(graph, index, pool, end_capture=False)
                 raise
         torch.cuda.synchronize()
         reserved = torch.cuda.memory_reserved() - reserved_before
         allocated = torch.cuda.memory_allocated() - allocated_before
     logger.debug("captured graph: reserved +%d bytes, allocated +%d bytes", reserved, allocated)
     return CaptureResult(graph, output, time.perf_counter() - start, max(0, reserved))
+
+
+def _abandon_capture(graph: Any, index: int, pool: Any, *, end_capture: bool) -> None:
+    """Leave a failed capture without leaking its pool or leaving the stream capturing.
+
+    ``CUDAGraph.capture_end`` raises before telling the allocator the capture is over when the
+    capture was invalidated (an op that cannot be captured, e.g. a host sync), and ``reset()``
+    only releases the pool of a capture that ended. So: end the capture if still open; if the
+    graph never reached "ended" (``pool()`` refuses), stop routing allocations to the pool and
+    drop the reference ``capture_begin`` took; then reset. Every step is best effort.
+    """
+    if end_capture:
+        with contextlib.suppress(Exception):
+            graph.capture_end()
+    try:
+        graph.pool()
+        ended = True
+    except Exception:
+        ended = False
+    if not ended:
+        with contextlib.suppress(Exception):
+            torch._C._cuda_endAllocateToPool(index, pool)
+        with contextlib.suppress(Exception):
+            torch._C._cuda_releasePool(index, pool)
+    with contextlib.suppress(Exception):
+        graph.reset()
 
 
 def new_pool_handle(on_cuda: bool) -> Any:

@@ -142,6 +142,10 @@ class BatchPlanner:
         else:
             self.max_requests = max_batch_size
             self.max_tokens = max_num_tokens
+        # O(1) padding on the hot path: length -> sequence bucket, count -> padded batch size.
+        self._seq_of = [0] + [pad_to_size(n, self.seq_buckets) for n in range(1, max_seq_len + 1)]
+        top = self.batch_sizes[-1] if self.batch_sizes else 0
+        self._batch_of = [0] + [pad_to_size(n, self.batch_sizes) for n in range(1, top + 1)]
 
     # ------------------------------------------------------------------ shapes
 
@@ -201,7 +205,7 @@ class BatchPlanner:
         """Token-equivalent cost of `count` requests at sequence bucket S (FULL)."""
         cap = self._full_cap[S]
         full, rem = divmod(count, cap)
-        padded_rows = full * cap + (pad_to_size(rem, self.batch_sizes) if rem else 0)
+        padded_rows = full * cap + self._batch_of[rem]
         forwards = full + (1 if rem else 0)
         return forwards * self.split_overhead_tokens + padded_rows * S
 
@@ -210,7 +214,7 @@ class BatchPlanner:
         # Groups of requests sharing a sequence bucket, ascending.
         groups: list[tuple[int, list[int]]] = []
         for i in order:
-            S = pad_to_size(lengths[i], self.seq_buckets)
+            S = self._seq_of[lengths[i]]
             if groups and groups[-1][0] == S:
                 groups[-1][1].append(i)
             else:
@@ -240,7 +244,7 @@ class BatchPlanner:
             for c in range(0, len(members), cap):
                 idx = tuple(members[c : c + cap])
                 lens = tuple(lengths[i] for i in idx)
-                B = pad_to_size(len(idx), self.batch_sizes)
+                B = self._batch_of[len(idx)]
                 out.append(
                     SubBatch(idx, lens, B, S, B * S, sum(lens), BatchDescriptor(B * S, num_reqs=B))
                 )

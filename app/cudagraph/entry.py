@@ -35,7 +35,7 @@ class CUDAGraphEntry:
     input_addresses: tuple[int, ...]
     capture_time: float
     memory_bytes: int
-    static_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+    static_inputs: tuple[tuple[Any, ...], dict[str, Any]] = field(default_factory=lambda: ((), {}))
     replay_count: int = 0
     last_used: float = field(default_factory=time.time)
     captured_at_lookup: int = 0

@@ -415,7 +415,7 @@ class CUDAGraphWrapper:
         return sorted(infos, key=lambda info: info.descriptor.sort_key())
 
     def get_cached_descriptors(self) -> list[BatchDescriptor]:
-        """Cached keys in eviction order (the next LRU victim first)."""
+        """Cached keys, least recently used first."""
         with self._state:
             return list(self._entries)
 

@@ -106,8 +106,8 @@ def capture_cuda(
         allocated_before = torch.cuda.memory_allocated()
         graph = torch.cuda.CUDAGraph()
         with gc_frozen(freeze_gc), torch.cuda.stream(stream):
-            graph.capture_begin(pool)
             try:
+                graph.capture_begin(pool)
                 with capturing():
                     output = fn()
             except BaseException:

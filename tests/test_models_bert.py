@@ -57,7 +57,7 @@ def test_toy_tokenizer_truncates_and_adds_specials(toy):
     assert len(ids[0]) == 4 and len(ids[1]) == 2
     assert len(ids[2]) == toy.max_seq_len and ids[2][-1] == 3
     with pytest.raises(TypeError):
-        toy.tokenizer.encode("not a list")  # type: ignore[arg-type]
+        toy.tokenizer.encode("not a list")
 
 
 def test_padding_never_changes_real_rows(toy):

@@ -53,7 +53,8 @@ def test_cuda_graph_output_equals_eager(pool_policy: str, batch: int) -> None:
             with cudagraph_context(FULL, desc(batch)):
                 out = wrapper(static)
             torch.testing.assert_close(out, model(fresh), rtol=1e-4, atol=1e-4)
-    entry = wrapper._entries[desc(batch)]
+    entry = wrapper.get_entry(desc(batch))
+    assert entry is not None
     assert isinstance(entry.cudagraph, torch.cuda.CUDAGraph)
     assert entry.memory_bytes > 0
     snap = wrapper.stats_snapshot()

@@ -436,4 +436,6 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
 def test_mock_graph_used_on_cpu() -> None:
     wrapper = CUDAGraphWrapper(make_model(), FULL)
     call(wrapper, desc(2), torch.randn(2, H))
-    assert isinstance(wrapper._entries[desc(2)].cudagraph, MockCUDAGraph)
+    entry = wrapper.get_entry(desc(2))
+    assert entry is not None and isinstance(entry.cudagraph, MockCUDAGraph)
+    assert wrapper.get_entry(desc(4)) is None

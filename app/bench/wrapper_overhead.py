@@ -115,7 +115,9 @@ def measure_cuda_replay(iters: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     wrapper = AdaptiveCUDAGraphWrapper(model, CUDAGraphMode.FULL, max_cached_graphs=4)
     with torch.inference_mode(), cudagraph_context(CUDAGraphMode.FULL, descriptor):
         out = wrapper(static_in)
-        graph: Any = wrapper._entries[descriptor].cudagraph  # the very graph the wrapper replays
+        entry = wrapper.get_entry(descriptor)
+        assert entry is not None
+        graph: Any = entry.cudagraph  # the very graph the wrapper replays
         if not isinstance(graph, torch.cuda.CUDAGraph):
             raise AssertionError("expected a real CUDA graph on a CUDA input")
         eager = model(static_in)

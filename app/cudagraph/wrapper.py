@@ -414,6 +414,13 @@ class CUDAGraphWrapper:
             ]
         return sorted(infos, key=lambda info: info.descriptor.sort_key())
 
+    def get_entry(self, descriptor: BatchDescriptor) -> CUDAGraphEntry | None:
+        """The cache entry for ``descriptor`` (this wrapper's key for it), or None. For
+        benchmarks and debugging: the entry's graph and output are live graph state."""
+        key = descriptor.relaxed() if self._piecewise else descriptor
+        with self._state:
+            return self._entries.get(key)
+
     def get_cached_descriptors(self) -> list[BatchDescriptor]:
         """Cached keys, least recently used first."""
         with self._state:

@@ -160,14 +160,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
-    graceful_timeout_s: float = Field(default=30.0, gt=0)
+    access_log: bool = False
+    graceful_timeout_s: int = Field(default=30, ge=1, le=86400)
     drain_delay_s: float = Field(default=0.0, ge=0)
 
     # --- model ---
     model_path: str | None = None
     device: str = "auto"
     dtype: DtypeName = "auto"
-    max_seq_len: int = Field(default=256, ge=8, le=8192)
+    max_seq_len: int | None = Field(default=None, ge=2, le=8192)
     num_threads: int = Field(default=0, ge=0, le=1024)
 
     # --- CUDA graphs ---
@@ -178,7 +179,7 @@ class Settings(BaseSettings):
     max_cached_graphs: int = Field(default=64, ge=0, le=100_000)
     graph_memory_budget_mb: float | None = Field(default=None, gt=0)
     capture_threshold: int = Field(default=2, ge=1, le=1_000_000)
-    min_replays_to_keep: int = Field(default=0, ge=0)
+    min_replays_to_keep: int = Field(default=2, ge=0)
     prewarm_shapes: ShapeList = []
     prewarm_ladder: bool = False
     profile_path: Path | None = None
@@ -279,10 +280,10 @@ class Settings(BaseSettings):
                 f"{env_name('capture_sizes')} (largest {max(self.capture_sizes)}) must reach "
                 f"{env_name('max_batch_size')} ({self.max_batch_size})"
             )
-        if self.seq_buckets is not None and max(self.seq_buckets) < self.max_seq_len:
+        if self.max_seq_len is not None and self.max_batch_tokens < self.max_seq_len:
             problems.append(
-                f"{env_name('seq_buckets')} (largest {max(self.seq_buckets)}) must reach "
-                f"{env_name('max_seq_len')} ({self.max_seq_len})"
+                f"{env_name('max_batch_tokens')} ({self.max_batch_tokens}) must be at least "
+                f"{env_name('max_seq_len')} ({self.max_seq_len}): one long text must fit a batch"
             )
         if problems:
             raise ValueError("; ".join(problems))

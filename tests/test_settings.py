@@ -1,0 +1,177 @@
+"""Settings: sources and their precedence, validation messages naming the variable, secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.main import engine_config, resolve_device, resolve_dtype
+from app.settings import Settings, SettingsError, load_settings, unknown_env_vars
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "sidecar.toml"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("SIDECAR_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.graph_mode == "FULL"
+    assert s.model_path is None  # the bundled all-MiniLM-L6-v2
+    assert (s.max_batch_size, s.max_batch_tokens, s.max_batch_wait_ms) == (32, 8192, 0.0)
+    assert (s.max_queue, s.request_timeout_s) == (1024, 30.0)
+    assert (s.max_inputs_per_request, s.max_text_chars, s.max_body_bytes) == (256, 8192, 4 << 20)
+    assert s.admin_token is None and not s.admin_enabled
+    assert s.prewarm_shapes == [] and s.profile_path is None
+
+
+def test_env_is_read_when_built_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("SIDECAR_GRAPH_MODE", "piecewise")
+    monkeypatch.setenv("SIDECAR_CAPTURE_SIZES", "8, 1,2,4,4")
+    monkeypatch.setenv("SIDECAR_PREWARM_SHAPES", "8x128, 1x16")
+    monkeypatch.setenv("SIDECAR_MODEL_PATH", "toy")
+    s = load_settings()
+    assert s.max_batch_size == 8 and s.graph_mode == "PIECEWISE"
+    assert s.capture_sizes == [1, 2, 4, 8]  # sorted, deduplicated
+    assert [(p.batch_size, p.seq_len) for p in s.prewarm_shapes] == [(8, 128), (1, 16)]
+    assert s.model_path == "toy"
+
+
+def test_json_lists_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_SEQ_BUCKETS", "[16, 64, 256]")
+    monkeypatch.setenv("SIDECAR_PREWARM_SHAPES", '[{"batch_size": 4, "seq_len": 32}]')
+    s = load_settings()
+    assert s.seq_buckets == [16, 64, 256]
+    assert [(p.batch_size, p.seq_len) for p in s.prewarm_shapes] == [(4, 32)]
+
+
+def test_toml_file_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        'max_batch_size = 16\nmax_queue = 512\ngraph_mode = "NONE"\n'
+        "prewarm_shapes = [{batch_size = 2, seq_len = 16}]\n"
+    )
+    s = load_settings(cfg)
+    assert (s.max_batch_size, s.max_queue, s.graph_mode) == (16, 512, "NONE")
+    assert [(p.batch_size, p.seq_len) for p in s.prewarm_shapes] == [(2, 16)]
+    # Environment beats the file; explicit arguments (the CLI flags) beat both.
+    monkeypatch.setenv("SIDECAR_MAX_QUEUE", "300")
+    monkeypatch.setenv("SIDECAR_PORT", "9001")
+    s = load_settings(cfg, port=9002)
+    assert (s.max_batch_size, s.max_queue, s.port) == (16, 300, 9002)
+    # SIDECAR_CONFIG names the file when no --config is given.
+    monkeypatch.setenv("SIDECAR_CONFIG", str(cfg))
+    assert load_settings().max_batch_size == 16
+
+
+def test_sidecar_table_is_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[sidecar]\nmax_batch_size = 4\n")
+    assert load_settings(cfg).max_batch_size == 4
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("SIDECAR_MAX_BATCH_SIZE", "0", "SIDECAR_MAX_BATCH_SIZE"),
+        ("SIDECAR_MAX_BATCH_SIZE", "lots", "SIDECAR_MAX_BATCH_SIZE"),
+        ("SIDECAR_GRAPH_MODE", "SOMETIMES", "SIDECAR_GRAPH_MODE"),
+        ("SIDECAR_DEVICE", "tpu", "SIDECAR_DEVICE"),
+        ("SIDECAR_DTYPE", "int8", "SIDECAR_DTYPE"),
+        ("SIDECAR_CAPTURE_SIZES", "1,a", "SIDECAR_CAPTURE_SIZES"),
+        ("SIDECAR_CAPTURE_SIZES", "[1, 2", "SIDECAR_CAPTURE_SIZES"),
+        ("SIDECAR_CAPTURE_SIZES", "1,2,4", "SIDECAR_CAPTURE_SIZES"),  # below max_batch_size
+        ("SIDECAR_PREWARM_SHAPES", "8by128", "SIDECAR_PREWARM_SHAPES"),
+        ("SIDECAR_PREWARM_SHAPES", "0x16", "SIDECAR_PREWARM_SHAPES"),
+        ("SIDECAR_MAX_QUEUE", "10", "SIDECAR_MAX_INPUTS_PER_REQUEST"),
+        ("SIDECAR_MODEL_PATH", "/no/such/model/dir", "SIDECAR_MODEL_PATH"),
+        ("SIDECAR_REQUEST_TIMEOUT_S", "-1", "SIDECAR_REQUEST_TIMEOUT_S"),
+        ("SIDECAR_LOG_LEVEL", "chatty", "SIDECAR_LOG_LEVEL"),
+        ("SIDECAR_GRAPH_MEMORY_BUDGET_MB", "0", "SIDECAR_GRAPH_MEMORY_BUDGET_MB"),
+    ],
+)
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert expected in str(info.value)
+
+
+def test_bad_value_in_file_names_variable_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("max_batch_wait_ms = -5\nmax_batch_sise = 3\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(cfg)
+    text = str(info.value)
+    assert "SIDECAR_MAX_BATCH_WAIT_MS" in text and str(cfg) in text
+    assert "unknown setting 'max_batch_sise'" in text
+
+
+def test_missing_or_broken_config_file(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="SIDECAR_CONFIG.*does not exist"):
+        load_settings(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("max_batch_size = = 3\n")
+    with pytest.raises(SettingsError, match="SIDECAR_CONFIG"):
+        load_settings(broken)
+
+
+def test_admin_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", "s3cr3t-value")
+    s = load_settings()
+    assert s.admin_enabled
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "s3cr3t-value"
+    for text in (repr(s), str(s), str(s.log_summary()), s.model_dump_json()):
+        assert "s3cr3t-value" not in text
+    # A bad value elsewhere must not echo the environment either.
+    monkeypatch.setenv("SIDECAR_MAX_QUEUE", "nope")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "s3cr3t-value" not in str(info.value)
+
+
+def test_empty_admin_token_means_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", "")
+    assert not load_settings().admin_enabled
+
+
+def test_unknown_env_vars_are_reported() -> None:
+    env = {"SIDECAR_MAX_BATCH_SIZE": "4", "SIDECAR_MAX_BACH_SIZE": "4", "PATH": "/bin"}
+    assert unknown_env_vars(env) == ["SIDECAR_MAX_BACH_SIZE"]
+
+
+def test_device_and_dtype_resolution() -> None:
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(SettingsError, match="SIDECAR_DEVICE"):
+            resolve_device("cuda")
+        with pytest.raises(SettingsError, match="SIDECAR_DTYPE"):
+            resolve_dtype("float16", "cpu")
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("auto", "cuda") is torch.float16
+    cfg = engine_config(load_settings(model_path="toy", max_batch_wait_ms=2.5))
+    assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model_path == "toy"
+
+
+def test_example_file_documents_every_setting_with_its_default() -> None:
+    text = EXAMPLE.read_text()
+    for name in Settings.model_fields:
+        if name == "config":
+            continue
+        assert re.search(rf"^#? ?{name} = ", text, re.MULTILINE), f"{name} missing from {EXAMPLE}"
+    # Loading the example changes nothing: its active values are the defaults.
+    assert load_settings(EXAMPLE).model_dump(exclude={"config"}) == Settings().model_dump(
+        exclude={"config"}
+    )

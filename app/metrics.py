@@ -1,0 +1,226 @@
+"""Prometheus metrics: the service's own (sidecar_*) and the graph cache's (cudagraph_*).
+
+Each app owns a CollectorRegistry (not the global one), so several apps in one process (tests)
+never clash. The cudagraph_* families are not stored anywhere: a custom collector reads the
+graph cache view when Prometheus scrapes. Counters are exposed as counters (names end in
+_total) so PromQL can take rates; label values come only from the bounded cache and ladder
+(descriptor fields, ranks), never from request content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from app.engine.batcher import REJECT_REASONS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+REQUEST_SECONDS_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+QUEUE_WAIT_BUCKETS = (0.0001, 0.0005) + REQUEST_SECONDS_BUCKETS
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+PADDING_RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+# (suffix-less counter name, stats_snapshot key, help)
+_CACHE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("cudagraph_hits", "hits", "Graph lookups answered by replaying a cached graph."),
+    ("cudagraph_misses", "misses", "Graph lookups with no cached graph (captured or eager)."),
+    ("cudagraph_replays", "replays", "Graph replays."),
+    ("cudagraph_captures", "captures", "Graphs captured and kept."),
+    (
+        "cudagraph_capture_failures",
+        "capture_failures",
+        "Captures that failed (error or over the memory budget); the shape then runs eagerly.",
+    ),
+    (
+        "cudagraph_evictions",
+        "evictions",
+        "Graphs evicted to respect the graph count limit or memory budget.",
+    ),
+    ("cudagraph_eager_runs", "eager_runs", "Batches run eagerly (no graph used)."),
+)
+
+
+def _descriptor_labels(descriptor: Any) -> list[str]:
+    """[num_tokens, num_reqs ("none" when None), uniform_decode ("true"/"false")]."""
+    num_reqs = descriptor.num_reqs
+    return [
+        str(descriptor.num_tokens),
+        "none" if num_reqs is None else str(num_reqs),
+        "true" if descriptor.is_uniform_decode else "false",
+    ]
+
+
+class GraphCacheCollector(Collector):
+    """Reads the graph cache view at scrape time; before the model is loaded, zeros."""
+
+    def __init__(self, view: Callable[[], Any | None], hot_shapes_top_k: int = 10) -> None:
+        self._view = view
+        self._top_k = hot_shapes_top_k
+
+    def describe(self) -> list[Metric]:
+        # Names only, so registering never calls collect() (the view may not exist yet).
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._view())
+
+    def _families(self, view: Any | None) -> Iterator[Metric]:
+        snap: dict[str, Any] = view.stats_snapshot() if view is not None else {}
+        hit_rate = GaugeMetricFamily(
+            "cudagraph_hit_rate", "Share of graph lookups answered by replay (hits / lookups)."
+        )
+        hit_rate.add_metric([], float(snap.get("hit_rate", 0.0)))
+        yield hit_rate
+        for name, key, doc in _CACHE_COUNTERS:
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], float(snap.get(key, 0)))
+            yield counter
+        buckets = snap.get("capture_seconds_buckets") or [[float("inf"), 0]]
+        hist = HistogramMetricFamily(
+            "cudagraph_capture_seconds", "Wall time of each graph capture, warm-up included."
+        )
+        hist.add_metric(
+            [],
+            buckets=[(floatToGoString(bound), float(count)) for bound, count in buckets],
+            sum_value=float(snap.get("capture_seconds_total", 0.0)),
+        )
+        yield hist
+        cached = GaugeMetricFamily("cudagraph_cached_graphs", "Graphs in the cache now.")
+        cached.add_metric([], float(snap.get("cached_graphs", 0)))
+        yield cached
+        memory = GaugeMetricFamily(
+            "cudagraph_memory_bytes", "Device memory held by the cached graphs."
+        )
+        memory.add_metric([], float(snap.get("memory_bytes", 0)))
+        yield memory
+
+        per_graph = GaugeMetricFamily(
+            "cudagraph_cached_descriptor_replays",
+            "Replays of each cached graph since its capture (one series per cached shape).",
+            labels=["num_tokens", "num_reqs", "uniform_decode"],
+        )
+        if view is not None:
+            for entry in view.cached_entries():
+                per_graph.add_metric(_descriptor_labels(entry.descriptor), entry.replay_count)
+        yield per_graph
+
+        hot = GaugeMetricFamily(
+            "cudagraph_hot_shape_requests",
+            "Lookups of the most requested shapes (rank 1 = hottest).",
+            labels=["rank", "num_tokens", "num_reqs", "uniform_decode"],
+        )
+        if view is not None and self._top_k > 0:
+            for rank, shape in enumerate(view.get_hot_shapes(self._top_k), start=1):
+                hot.add_metric([str(rank), *_descriptor_labels(shape.descriptor)], shape.count)
+        yield hot
+
+
+class ServiceMetrics:
+    """sidecar_* metrics in a per-app registry; also the batcher's observer."""
+
+    def __init__(self, routes: Sequence[str] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._routes = frozenset(routes)
+        self.requests = Counter(
+            "sidecar_requests",
+            "HTTP requests answered, by route template and status code.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "sidecar_request_seconds",
+            "Time to answer an inference request (/infer, /v1/embeddings), queueing included.",
+            buckets=REQUEST_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "sidecar_batch_size",
+            "Texts per model batch (before padding to the ladder).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "sidecar_queue_depth",
+            "Texts waiting in the batcher queue.",
+            registry=self.registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "sidecar_queue_wait_seconds",
+            "Time a request waited in the queue before its first text went into a batch.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.padding_ratio = Histogram(
+            "sidecar_padding_ratio",
+            "Share of the tokens computed per batch that were padding (0 = none).",
+            buckets=PADDING_RATIO_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "sidecar_rejected",
+            "Inference requests refused with 503, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REJECT_REASONS:  # every reason visible at 0 from the start
+            self.rejected.labels(reason=reason)
+
+    def route_label(self, path: str) -> str:
+        """The route template for a path, or "other": label values never echo client paths."""
+        return path if path in self._routes else "other"
+
+    def set_routes(self, routes: Sequence[str]) -> None:
+        self._routes = frozenset(routes)
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
+        self.registry.register(collector)
+
+    # --- observers (event loop and worker thread; prometheus_client is thread-safe) ---
+    def observe_request(self, route: str, status: int, seconds: float | None) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        if seconds is not None:
+            self.request_seconds.observe(seconds)
+
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
+        self.batch_size.observe(size)
+        for wait in queue_waits:
+            self.queue_wait_seconds.observe(wait)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
+        if padded_tokens > 0:
+            self.padding_ratio.observe(max(0.0, 1.0 - real_tokens / padded_tokens))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,137 @@
+"""Admin API (bearer token): prewarm shapes, inspect and empty the graph cache, read stats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from app.api.auth import require_admin
+from app.api.deps import get_engine
+from app.api.routing import StrictJSONRoute, bind_body
+from app.api.schemas import (
+    ClearResponse,
+    GraphsResponse,
+    HotShapesResponse,
+    PrewarmResponse,
+    RequestModels,
+    StatsResponse,
+)
+from app.cudagraph import BatchDescriptor, GraphCacheView
+from app.engine.engine import Engine, NotReady
+from app.errors import ApiError, error_responses
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+MAX_TOP_K = 1000
+
+
+def _view(engine: Engine) -> GraphCacheView:
+    view = engine.graphs
+    if view is None:
+        raise NotReady("the model is not loaded yet")
+    return view
+
+
+def _descriptors(engine: Engine, body: Any) -> list[BatchDescriptor]:
+    """What a prewarm request asks for, checked against the ladders (422 when impossible)."""
+    if body is None or (body.shapes is None and body.descriptors is None and body.top_k is None):
+        return engine.ladder_descriptors()
+    if body.top_k is not None:
+        return _view(engine).predict_shapes(body.top_k)
+    if body.shapes is not None:
+        out: list[BatchDescriptor] = []
+        for i, shape in enumerate(body.shapes):
+            try:
+                out.append(engine.descriptor_for_shape(shape.batch_size, shape.seq_len))
+            except ValueError as exc:
+                raise ApiError(422, "invalid_shape", f"shapes.{i}: {exc}") from None
+        return out
+    ladder = set(engine.ladder_descriptors())
+    out = []
+    for i, d in enumerate(body.descriptors):
+        try:
+            descriptor = BatchDescriptor(d.num_tokens, d.num_reqs, d.is_uniform_decode)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_descriptor", f"descriptors.{i}: {exc}") from None
+        if descriptor not in ladder:
+            raise ApiError(
+                422,
+                "invalid_descriptor",
+                f"descriptors.{i}: {descriptor.label()} is not a shape of the configured "
+                f"ladder ({len(ladder)} shapes; see POST /admin/prewarm with shapes)",
+            )
+        out.append(descriptor)
+    return out
+
+
+def build_admin_router(models: RequestModels) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        route_class=StrictJSONRoute,
+        dependencies=[Depends(require_admin)],
+        responses=error_responses(401, 403, 503),
+    )
+
+    async def prewarm(engine: EngineDep, body: Any = None) -> dict[str, Any]:
+        """Capture graphs now: `shapes` (batch_size x seq_len, padded to the ladders),
+        `descriptors` (exact ladder keys), `top_k` (the predicted hot shapes), or an empty body
+        for the whole configured ladder. Runs on the worker between batches."""
+        descriptors = _descriptors(engine, body)
+        report = await engine.prewarm(descriptors)
+        return report.to_dict()
+
+    router.add_api_route(
+        "/prewarm",
+        bind_body(prewarm, models.prewarm | None),
+        methods=["POST"],
+        response_model=PrewarmResponse,
+        responses=error_responses(413, 422),
+        summary="Prewarm graph shapes",
+    )
+
+    @router.get("/graphs", response_model=GraphsResponse, summary="Cached graphs")
+    async def graphs(engine: EngineDep) -> dict[str, Any]:
+        view = _view(engine)
+        entries = view.cached_entries()
+        return {
+            "mode": view.mode.name,
+            "max_cached_graphs": view.max_cached_graphs,
+            "memory_budget_bytes": view.memory_budget_bytes,
+            "capture_threshold": view.capture_threshold,
+            "cached_graphs": len(entries),
+            "memory_bytes": view.memory_bytes(),
+            "graphs": [e.to_dict() for e in entries],
+        }
+
+    @router.delete("/graphs", response_model=ClearResponse, summary="Empty the graph cache")
+    async def clear_graphs(engine: EngineDep) -> dict[str, int]:
+        _view(engine)
+        return {"cleared": await engine.clear_graphs()}
+
+    @router.get(
+        "/hot-shapes",
+        response_model=HotShapesResponse,
+        responses=error_responses(422),
+        summary="Most requested shapes",
+    )
+    async def hot_shapes(
+        engine: EngineDep, top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 10
+    ) -> dict[str, Any]:
+        shapes = _view(engine).get_hot_shapes(top_k)
+        return {"hot_shapes": [{"rank": i, **s.to_dict()} for i, s in enumerate(shapes, start=1)]}
+
+    @router.get("/stats", response_model=StatsResponse, summary="Cache and queue counters")
+    async def stats(engine: EngineDep) -> dict[str, Any]:
+        view = _view(engine)
+        snap = view.stats_snapshot()
+        snap.pop("capture_seconds_buckets", None)
+        snap.update(
+            mode=view.mode.name,
+            queue_depth=engine.queue_depth,
+            batches=engine.batches,
+            texts=engine.texts,
+        )
+        return snap
+
+    return router

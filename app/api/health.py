@@ -1,0 +1,60 @@
+"""GET /healthz (alive), GET /readyz (loaded and prewarmed), GET /metrics (Prometheus text)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.schemas import HealthResponse, ReadyResponse
+from app.engine.engine import Engine, EngineState
+from app.errors import error_response, error_responses
+from app.metrics import CONTENT_TYPE, ServiceMetrics
+
+
+def build_health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        """The process is up and its event loop answers (says nothing about the model)."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        responses=error_responses(503),
+        summary="Readiness",
+    )
+    async def readyz(request: Request) -> Response:
+        """200 once the model is loaded and the start-up prewarm is captured; 503 while
+        starting, warming up or draining (with the reason)."""
+        engine: Engine = request.app.state.engine
+        state = engine.state
+        if state is EngineState.READY:
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "model": engine.encoder.name,
+                    "mode": engine.config.mode.name,
+                    "prewarm": {"done": engine.prewarm_done, "total": engine.prewarm_total},
+                }
+            )
+        if state is EngineState.WARMING:
+            detail = f"warming up: {engine.prewarm_done}/{engine.prewarm_total} shapes prewarmed"
+        elif state is EngineState.STARTING:
+            detail = "starting: loading the model"
+        else:
+            detail = f"{state.value}: shutting down"
+        return error_response(503, "not_ready", detail, {"Retry-After": "1"})
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        summary="Prometheus metrics",
+    )
+    async def metrics(request: Request) -> Response:
+        registry: ServiceMetrics = request.app.state.metrics
+        return Response(registry.render(), media_type=CONTENT_TYPE)
+
+    return router

@@ -1,0 +1,76 @@
+"""Strict JSON parsing for request bodies, plumbed into FastAPI's own body handling.
+
+Python's json module quietly takes the last of duplicate keys and accepts NaN and Infinity,
+neither of which is JSON. The route class below swaps in a Request whose `.json()` refuses
+both; FastAPI turns the resulting JSONDecodeError into its usual 422 (json_invalid), which the
+errors module renders in the envelope. Everything else about FastAPI's parsing is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_loads(body: bytes) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity, as JSONDecodeError."""
+    text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(exc), text, 0) from None
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = strict_loads(body)
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError(f"body is not UTF-8: {exc.reason}", "", 0) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+def bind_body(endpoint: Callable[..., Any], model: Any) -> Callable[..., Any]:
+    """Give an endpoint's `body` parameter a model class built at run time.
+
+    With postponed annotations FastAPI resolves annotations in the module's globals only; a
+    request model built per app (with that app's limits) lives in a closure, so the class
+    object is put in place of the string.
+    """
+    endpoint.__annotations__["body"] = model
+    return endpoint

@@ -1,0 +1,414 @@
+"""The engine: model + runner + batcher + ONE worker thread, readiness, and the hot-shape profile.
+
+Every piece of torch work (loading, forwards, captures, prewarm, clearing the cache) runs on the
+single worker thread, in submission order; the event loop only tokenizes, queues and answers.
+
+Life cycle (`state`):
+  starting  -> model loaded and runner built on the worker (start() awaits this; errors raise)
+  warming   -> in the background: restore the hot-shape profile, prewarm its top shapes and the
+               configured ones, logging progress; inference is refused (503 not_ready)
+  ready     -> serving
+  draining  -> begin_drain(): /readyz says 503 at once, queued and new requests still served
+               until stop() closes the queue, finishes every queued request and saves the profile
+  stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from app.cudagraph import BatchDescriptor, CUDAGraphMode, GraphCacheView
+from app.cudagraph.view import PrewarmReport
+from app.engine.batcher import REASON_NOT_READY, Batcher, BatcherError, BatchObserver
+from app.engine.runner import EmbeddingRunner, RunnerConfig
+from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TOY_MODEL = "toy"
+# Above this many characters in one request, tokenizing moves off the event loop.
+TOKENIZE_INLINE_CHARS = 32_768
+
+
+class EngineState(str, enum.Enum):
+    STARTING = "starting"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class NotReady(BatcherError):
+    reason = REASON_NOT_READY
+
+
+class EngineConfigError(ValueError):
+    """A setting the engine cannot work with; the message names the SIDECAR_* variable."""
+
+
+class EngineObserver(BatchObserver, Protocol):
+    def on_padding(self, real_tokens: int, padded_tokens: int) -> None: ...
+
+
+class _NullObserver:
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
+        pass
+
+    def on_reject(self, reason: str) -> None:
+        pass
+
+    def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs, already resolved (no "auto" left)."""
+
+    model_path: str | None = None  # None: the bundled all-MiniLM-L6-v2; "toy": the test model
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    max_seq_len: int | None = None  # None: the model's own
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    mode: CUDAGraphMode = CUDAGraphMode.FULL
+    capture_sizes: list[int] | None = None
+    seq_buckets: list[int] | None = None
+    token_buckets: list[int] | None = None
+    max_cached_graphs: int = 64
+    memory_budget_bytes: int | None = None
+    capture_threshold: int = 2
+    min_replays_to_keep: int = 2
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_batch_wait_s: float = 0.0
+    max_queue: int = 1024
+    request_timeout_s: float = 30.0
+    prewarm_shapes: list[tuple[int, int]] = field(default_factory=list)  # (batch, seq_len)
+    prewarm_ladder: bool = False
+    profile_path: Path | None = None
+    profile_prewarm_top_k: int = 8
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, observer: EngineObserver | None = None) -> None:
+        self.config = config
+        self._observer: EngineObserver = observer or _NullObserver()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-worker")
+        self._state = EngineState.STARTING
+        self._encoder: SentenceEncoder | None = None
+        self._runner: EmbeddingRunner | None = None
+        self._batcher: Batcher[torch.Tensor] | None = None
+        self._warmup: asyncio.Task[None] | None = None
+        self._startup_descriptors: list[BatchDescriptor] = []
+        self.prewarm_done = 0
+        self.prewarm_total = 0
+        self.startup_report = PrewarmReport()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self._state is EngineState.READY
+
+    @property
+    def loaded(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        if self._encoder is None:
+            raise NotReady("the model is not loaded yet")
+        return self._encoder
+
+    @property
+    def runner(self) -> EmbeddingRunner:
+        if self._runner is None:
+            raise NotReady("the model is not loaded yet")
+        return self._runner
+
+    @property
+    def graphs(self) -> GraphCacheView | None:
+        """The graph cache view (thread-safe reads), None before the model is loaded."""
+        return None if self._runner is None else self._runner.graphs
+
+    @property
+    def queue_depth(self) -> int:
+        return 0 if self._batcher is None else self._batcher.depth
+
+    @property
+    def batches(self) -> int:
+        """Model calls made for inference (one per batch)."""
+        return 0 if self._batcher is None else self._batcher.batches
+
+    @property
+    def texts(self) -> int:
+        return 0 if self._batcher is None else self._batcher.items_done
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Load the model and build the runner (raises on failure), then warm up in the
+        background; `ready` turns True once the start-up prewarm is done."""
+        loop = asyncio.get_running_loop()
+        encoder, runner = await loop.run_in_executor(self._executor, self._load)
+        self._encoder, self._runner = encoder, runner
+        self._startup_descriptors = self._configured_descriptors(runner)
+        cfg = self.config
+        self._batcher = Batcher(
+            self._run_batch,
+            executor=self._executor,
+            max_batch_size=cfg.max_batch_size,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_wait_s=cfg.max_batch_wait_s,
+            max_queue=cfg.max_queue,
+            timeout_s=cfg.request_timeout_s,
+            observer=self._observer,
+        )
+        self._batcher.start()
+        self._state = EngineState.WARMING
+        self._warmup = loop.create_task(self._warm_up(), name="sidecar-warmup")
+
+    async def wait_ready(self) -> None:
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
+
+    def begin_drain(self) -> None:
+        """Report not ready at once (load balancers stop sending); requests still served."""
+        if self._state in (EngineState.STARTING, EngineState.WARMING, EngineState.READY):
+            self._state = EngineState.DRAINING
+
+    async def stop(self) -> None:
+        """Stop admitting, answer every queued request, save the profile, free the worker."""
+        if self._state is EngineState.STOPPED:
+            return
+        self._state = EngineState.DRAINING
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+            try:
+                await self._warmup
+            except asyncio.CancelledError:
+                pass
+        if self._batcher is not None:
+            await self._batcher.drain()
+        if self._runner is not None and self.config.profile_path is not None:
+            try:
+                await self._on_worker(self._save_profile, self.config.profile_path)
+            except Exception:
+                logger.exception("could not save the hot-shape profile")
+        await self._on_worker(lambda: None)  # everything submitted before has finished
+        self._executor.shutdown(wait=False)
+        self._state = EngineState.STOPPED
+
+    # ---------------------------------------------------------------- serving
+    def check_ready(self) -> None:
+        if self._state is EngineState.READY or (
+            self._state is EngineState.DRAINING and self._batcher is not None
+        ):
+            return
+        self._observer.on_reject(REASON_NOT_READY)
+        raise NotReady(f"not ready ({self._state.value}); retry shortly")
+
+    async def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text (special tokens added, truncated to the model's max length)."""
+        tokenizer = self.encoder.tokenizer
+        if sum(len(t) for t in texts) <= TOKENIZE_INLINE_CHARS:
+            return tokenizer.encode(texts)  # microseconds: not worth a thread hop
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, tokenizer.encode, texts)
+
+    async def embed(self, token_ids: list[list[int]]) -> list[torch.Tensor]:
+        """One (dimensions,) float32 CPU row per text, in order, batched with other requests."""
+        self.check_ready()
+        assert self._batcher is not None
+        return await self._batcher.submit(token_ids)
+
+    def _run_batch(self, batch: list[list[int]]) -> Sequence[torch.Tensor]:
+        # Worker thread. (n, dim) float32 on CPU, copied out of graph memory by the runner.
+        result = self.runner.run(batch)
+        self._observer.on_padding(result.real_tokens, result.padded_tokens)
+        emb = result.embeddings
+        if not bool(torch.isfinite(emb).all()):
+            raise FloatingPointError("the model produced non-finite embeddings")
+        return emb.unbind(0)
+
+    # ------------------------------------------------------------------ admin
+    async def prewarm(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
+        return await self._on_worker(self._prewarm_all, descriptors)
+
+    async def clear_graphs(self) -> int:
+        runner = self.runner
+        return await self._on_worker(runner.graphs.clear)
+
+    def descriptor_for_shape(self, batch_size: int, seq_len: int) -> BatchDescriptor:
+        return self.runner.descriptor_for_shape(batch_size, seq_len)
+
+    def ladder_descriptors(self) -> list[BatchDescriptor]:
+        return self.runner.ladder_descriptors()
+
+    # --------------------------------------------------------------- internals
+    async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _load(self) -> tuple[SentenceEncoder, EmbeddingRunner]:
+        cfg = self.config
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        t0 = time.perf_counter()
+        if cfg.model_path == TOY_MODEL:
+            encoder = make_toy_encoder(cfg.device, cfg.dtype)
+        else:
+            encoder = load_sentence_encoder(
+                cfg.model_path, device=cfg.device, dtype=cfg.dtype, max_seq_len=cfg.max_seq_len
+            )
+        if cfg.max_batch_tokens < encoder.max_seq_len:
+            raise EngineConfigError(
+                f"SIDECAR_MAX_BATCH_TOKENS ({cfg.max_batch_tokens}) must be at least the model's "
+                f"max sequence length ({encoder.max_seq_len}): one long text must fit a batch"
+            )
+        try:
+            runner = EmbeddingRunner(
+                encoder,
+                RunnerConfig(
+                    mode=cfg.mode,
+                    max_batch_size=cfg.max_batch_size,
+                    max_num_tokens=cfg.max_batch_tokens,
+                    capture_sizes=cfg.capture_sizes,
+                    seq_buckets=cfg.seq_buckets,
+                    token_buckets=cfg.token_buckets,
+                    max_cached_graphs=cfg.max_cached_graphs,
+                    memory_budget_bytes=cfg.memory_budget_bytes,
+                    capture_threshold=cfg.capture_threshold,
+                    min_replays_to_keep=cfg.min_replays_to_keep,
+                ),
+            )
+        except ValueError as exc:
+            raise EngineConfigError(
+                f"the batch ladders do not fit together ({exc}); check SIDECAR_MAX_BATCH_SIZE, "
+                "SIDECAR_MAX_BATCH_TOKENS, SIDECAR_CAPTURE_SIZES, SIDECAR_SEQ_BUCKETS and "
+                "SIDECAR_TOKEN_BUCKETS"
+            ) from exc
+        logger.info(
+            "loaded %s (%d dims, max %d tokens) on %s/%s in %.2f s; graph mode %s",
+            encoder.name,
+            encoder.dimensions,
+            encoder.max_seq_len,
+            encoder.device,
+            str(encoder.dtype).removeprefix("torch."),
+            time.perf_counter() - t0,
+            cfg.mode.name,
+        )
+        return encoder, runner
+
+    def _configured_descriptors(self, runner: EmbeddingRunner) -> list[BatchDescriptor]:
+        """SIDECAR_PREWARM_SHAPES (+ the ladder): a bad shape refuses to start."""
+        out: list[BatchDescriptor] = []
+        for batch_size, seq_len in self.config.prewarm_shapes:
+            try:
+                out.append(runner.descriptor_for_shape(batch_size, seq_len))
+            except ValueError as exc:
+                raise EngineConfigError(
+                    f"SIDECAR_PREWARM_SHAPES: shape {batch_size}x{seq_len} cannot be prewarmed: "
+                    f"{exc}"
+                ) from exc
+        if self.config.prewarm_ladder:
+            out.extend(runner.ladder_descriptors())
+        return out
+
+    async def _warm_up(self) -> None:
+        try:
+            restored: list[BatchDescriptor] = []
+            if self.config.profile_path is not None:
+                restored = await self._on_worker(self._restore_profile, self.config.profile_path)
+            wanted = _unique(restored + self._startup_descriptors)
+            wanted.sort(key=BatchDescriptor.sort_key, reverse=True)  # largest first
+            self.prewarm_total = len(wanted)
+            if wanted:
+                logger.info("prewarm: %d shapes to capture", len(wanted))
+            report = self.startup_report
+            t0 = time.perf_counter()
+            for i, descriptor in enumerate(wanted, start=1):
+                step = await self._on_worker(self.runner.prewarm, [descriptor])
+                _merge(report, step)
+                self.prewarm_done = i
+                outcome = (
+                    "captured"
+                    if step.captured
+                    else f"failed ({step.failed[0][1]})"
+                    if step.failed
+                    else "skipped"
+                )
+                logger.info(
+                    "prewarm %d/%d %s: %s in %.3f s",
+                    i,
+                    len(wanted),
+                    descriptor.label(),
+                    outcome,
+                    step.seconds,
+                )
+            report.seconds = time.perf_counter() - t0
+            if wanted:
+                logger.info(
+                    "prewarm done: %d captured, %d skipped, %d failed in %.2f s",
+                    len(report.captured),
+                    len(report.skipped),
+                    len(report.failed),
+                    report.seconds,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A failed prewarm is not an outage: shapes run eagerly (or capture on demand).
+            logger.exception("start-up prewarm failed; serving without it")
+        if self._state is EngineState.WARMING:
+            self._state = EngineState.READY
+            logger.info("ready")
+
+    def _restore_profile(self, path: Path) -> list[BatchDescriptor]:
+        """Worker thread. Import the saved hot-shape counts; the shapes to prewarm from them."""
+        if not path.is_file():
+            logger.info("no hot-shape profile at %s yet (it is written at shutdown)", path)
+            return []
+        graphs = self.runner.graphs
+        try:
+            restored = graphs.load_profile(path)
+        except (OSError, ValueError) as exc:  # ProfileError is a ValueError
+            logger.warning("ignoring the hot-shape profile %s: %s", path, exc)
+            return []
+        top_k = self.config.profile_prewarm_top_k
+        predicted = graphs.predict_shapes(top_k) if top_k > 0 else []
+        logger.info(
+            "restored %d hot shapes from %s; prewarming the top %d", restored, path, len(predicted)
+        )
+        return predicted
+
+    def _save_profile(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.runner.graphs.save_profile(path)  # atomic: temp file, fsync, rename
+        logger.info("saved the hot-shape profile to %s", path)
+
+    def _prewarm_all(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
+        return self.runner.prewarm(_unique(descriptors))
+
+
+def _unique(descriptors: list[BatchDescriptor]) -> list[BatchDescriptor]:
+    return list(dict.fromkeys(descriptors))
+
+
+def _merge(into: PrewarmReport, step: PrewarmReport) -> None:
+    into.captured.extend(step.captured)
+    into.skipped.extend(step.skipped)
+    into.failed.extend(step.failed)

@@ -1,0 +1,158 @@
+"""The app factory: `create_app(settings)` wires settings, engine, routes, errors and metrics.
+
+Nothing is loaded at import time: the lifespan loads the model (on the worker thread) when the
+server starts, warms up in the background, and on shutdown drains the queue and saves the
+hot-shape profile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app.api.admin import build_admin_router
+from app.api.health import build_health_router
+from app.api.inference import build_inference_router
+from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from app.api.schemas import Limits, build_request_models
+from app.cudagraph import CUDAGraphMode
+from app.engine.engine import Engine, EngineConfig
+from app.errors import install_error_handlers
+from app.metrics import GraphCacheCollector, ServiceMetrics
+from app.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings"})
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SettingsError(
+                f"invalid setting SIDECAR_DEVICE: {name!r} requested but CUDA is not available "
+                "(use auto or cpu)"
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SettingsError(
+                f"invalid setting SIDECAR_DEVICE: {name!r} but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return name
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if device == "cpu" and name != "float32":
+        raise SettingsError(
+            f"invalid setting SIDECAR_DTYPE: {name} is only supported on CUDA; use float32 "
+            "(or auto) on the CPU"
+        )
+    return _DTYPES[name]
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's view of the settings, with device and dtype resolved."""
+    device = resolve_device(settings.device)
+    return EngineConfig(
+        model_path=settings.model_path,
+        device=device,
+        dtype=resolve_dtype(settings.dtype, device),
+        max_seq_len=settings.max_seq_len,
+        num_threads=settings.num_threads,
+        mode=CUDAGraphMode[settings.graph_mode],
+        capture_sizes=settings.capture_sizes,
+        seq_buckets=settings.seq_buckets,
+        token_buckets=settings.token_buckets,
+        max_cached_graphs=settings.max_cached_graphs,
+        memory_budget_bytes=settings.graph_memory_budget_bytes,
+        capture_threshold=settings.capture_threshold,
+        min_replays_to_keep=settings.min_replays_to_keep,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_wait_s=settings.max_batch_wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        prewarm_shapes=[(s.batch_size, s.seq_len) for s in settings.prewarm_shapes],
+        prewarm_ladder=settings.prewarm_ladder,
+        profile_path=settings.profile_path,
+        profile_prewarm_top_k=settings.profile_prewarm_top_k,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None:
+        settings = load_settings()
+    metrics = ServiceMetrics()
+    engine = Engine(engine_config(settings), observer=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("starting with settings %s", settings.log_summary())
+        try:
+            await engine.start()
+        except Exception as exc:
+            logger.error("start-up failed: %s", exc)
+            await engine.stop()
+            raise
+        try:
+            yield
+        finally:
+            logger.info("shutting down: draining %d queued texts", engine.queue_depth)
+            await engine.stop()
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="cudagraph-sidecar",
+        version="0.1.0",
+        summary="Batched sentence embeddings served through an adaptive CUDA-graph cache.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    limits = Limits(
+        max_inputs=settings.max_inputs_per_request,
+        max_text_chars=settings.max_text_chars,
+        max_batch_size=settings.max_batch_size,
+        max_seq_len=settings.max_seq_len or 8192,
+        max_num_tokens=settings.max_batch_tokens,
+    )
+    models = build_request_models(limits)
+    routers = [
+        build_inference_router(models),
+        build_admin_router(models),
+        build_health_router(),
+    ]
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app, settings.retry_after_s)
+
+    # Route templates are the only path label values (anything else counts as "other").
+    paths = [r.path for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    metrics.set_routes(paths + ["/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"])
+    metrics.watch_queue(lambda: engine.queue_depth)
+    metrics.add_graph_collector(
+        GraphCacheCollector(lambda: engine.graphs, settings.metrics_hot_shapes)
+    )
+
+    # Added last = outermost: the metrics middleware also counts the 413s of the size limit.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        route_label=metrics.route_label,
+        observe=metrics.observe_request,
+        timed_routes=INFERENCE_ROUTES,
+    )
+    return app

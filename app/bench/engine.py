@@ -6,7 +6,8 @@ the CPU out: host copies included) in NONE, FULL and PIECEWISE, and on CUDA also
 `torch.cuda.CUDAGraph.replay()` of the very FULL graph the runner captured (synchronised), i.e.
 the floor the runner's own overhead sits on. The first call of a shape captures; the timed calls
 are replays. Each point: median and p90 over up to `max_repeats` calls (fewer once `budget_s` is
-spent, never fewer than `min_repeats`).
+spent, never fewer than `min_repeats`); the modes are timed interleaved, one call each per
+round, so a load that drifts during the run (a shared machine) biases none of them.
 
 On a CPU the graphs are mock graphs (a replay re-runs the captured function and copies into the
 static output), so FULL/PIECEWISE there measure padding and bookkeeping, not kernel-launch
@@ -16,7 +17,6 @@ savings. `bench_engine()` returns the rows (plain dicts) for `python -m app benc
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from app.cudagraph import CUDAGraphMode
+from app.cudagraph import BatchDescriptor, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
@@ -93,16 +93,18 @@ def _time_calls(fn: Callable[[], object], preset: EnginePreset, sync: bool) -> l
     return samples
 
 
-def _raw_replay_ms(runner: EmbeddingRunner, preset: EnginePreset) -> list[float] | None:
-    """Raw CUDAGraph.replay() of the runner's cached FULL graph for the last shape it ran."""
+def _raw_replay_ms(
+    runner: EmbeddingRunner, descriptor: BatchDescriptor, preset: EnginePreset
+) -> list[float] | None:
+    """Raw CUDAGraph.replay() of the FULL graph the runner captured for `descriptor`."""
     wrapper = runner._full
     if wrapper is None or runner.device.type != "cuda":
         return None
-    descriptors = wrapper.get_cached_descriptors()
-    if not descriptors:
-        return None
     # Bench-only peek at the graph the wrapper replays (no public accessor by design).
-    graph: Any = wrapper._entries[descriptors[-1]].cudagraph  # most recently used
+    entry = wrapper._entries.get(descriptor)
+    if entry is None:
+        return None
+    graph: Any = entry.cudagraph
     return _time_calls(graph.replay, preset, sync=True)
 
 
@@ -131,30 +133,51 @@ def bench_engine(
     for row in rows.values():
         for name in names:
             row[f"{name}_ms"] = row[f"{name}_p90_ms"] = None
-    for mode in modes:
-        config = RunnerConfig(
-            mode=mode,
-            max_batch_size=max_batch,
-            max_num_tokens=max_batch * max(seq_lens),
-            max_cached_graphs=max(64, len(buckets)),
+    # One runner per mode, measured interleaved (one call of each mode per round), so a load
+    # that drifts over the run (a shared machine) hits every mode alike.
+    runners = {
+        mode: EmbeddingRunner(
+            encoder,
+            RunnerConfig(
+                mode=mode,
+                max_batch_size=max_batch,
+                max_num_tokens=max_batch * max(seq_lens),
+                max_cached_graphs=max(64, len(buckets)),
+            ),
         )
-        runner = EmbeddingRunner(encoder, config)
-        for b, s in sorted(buckets, key=lambda x: -x[0] * x[1]):  # largest first, as a prewarm
-            ids = synthetic_batch(encoder, b, s, seed=b * 1000 + s)
+        for mode in modes
+    }
+    for b, s in sorted(buckets, key=lambda x: -x[0] * x[1]):  # largest first, as a prewarm
+        ids = synthetic_batch(encoder, b, s, seed=b * 1000 + s)
+        for runner in runners.values():
             runner.run(ids)  # capture (graph modes) or first eager run
             runner.run(ids)
-            samples = _time_calls(functools.partial(runner.run, ids), preset, sync=False)
-            row = rows[(b, s)]
-            row[f"{mode.name}_ms"] = percentile(samples, 50)
-            row[f"{mode.name}_p90_ms"] = percentile(samples, 90)
-            if mode is CUDAGraphMode.FULL:
-                raw = _raw_replay_ms(runner, preset)
-                if raw is not None:
-                    row[f"{RAW}_ms"] = percentile(raw, 50)
-                    row[f"{RAW}_p90_ms"] = percentile(raw, 90)
-            if log is not None:
-                log(f"{mode.name:9s} {b:3d} x {s:3d}: {row[f'{mode.name}_ms']:9.2f} ms")
-        del runner
+        samples: dict[CUDAGraphMode, list[float]] = {mode: [] for mode in modes}
+        spent = 0.0
+        rounds = 0
+        while rounds < preset.max_repeats and (
+            rounds < preset.min_repeats or spent < preset.budget_s * len(modes)
+        ):
+            for mode, runner in runners.items():
+                t0 = time.perf_counter()
+                runner.run(ids)  # returns CPU tensors: already synchronised on CUDA
+                dt = time.perf_counter() - t0
+                samples[mode].append(dt * 1e3)
+                spent += dt
+            rounds += 1
+        row = rows[(b, s)]
+        for mode in modes:
+            row[f"{mode.name}_ms"] = percentile(samples[mode], 50)
+            row[f"{mode.name}_p90_ms"] = percentile(samples[mode], 90)
+        full = runners.get(CUDAGraphMode.FULL)
+        if full is not None:
+            raw = _raw_replay_ms(full, full.descriptor_for_shape(b, s), preset)
+            if raw is not None:
+                row[f"{RAW}_ms"] = percentile(raw, 50)
+                row[f"{RAW}_p90_ms"] = percentile(raw, 90)
+        if log is not None:
+            cells = ", ".join(f"{n} {row[f'{n}_ms']:.2f}" for n in names if row[f"{n}_ms"])
+            log(f"{b:3d} x {s:3d}: {cells} ms")
     return [rows[k] for k in buckets]
 
 
@@ -188,8 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--toy", action="store_true", help="the toy model instead of MiniLM")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     encoder = (
         make_toy_encoder(args.device, dtype)

@@ -29,7 +29,14 @@ import torch
 
 from app.cudagraph import BatchDescriptor, CUDAGraphMode, GraphCacheView
 from app.cudagraph.view import PrewarmReport
-from app.engine.batcher import REASON_NOT_READY, Batcher, BatcherError, BatchObserver
+from app.engine.batcher import (
+    REASON_DRAINING,
+    REASON_NOT_READY,
+    Batcher,
+    BatcherClosed,
+    BatcherError,
+    BatchObserver,
+)
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
@@ -215,12 +222,17 @@ class Engine:
 
     # ---------------------------------------------------------------- serving
     def check_ready(self) -> None:
-        if self._state is EngineState.READY or (
-            self._state is EngineState.DRAINING and self._batcher is not None
-        ):
+        """Raise unless inference is admitted: ready, or draining with the queue still open."""
+        state = self._state
+        if state is EngineState.READY:
             return
+        if state in (EngineState.DRAINING, EngineState.STOPPED):
+            if state is EngineState.DRAINING and self._batcher and not self._batcher.closed:
+                return
+            self._observer.on_reject(REASON_DRAINING)
+            raise BatcherClosed("the server is shutting down; retry on another instance")
         self._observer.on_reject(REASON_NOT_READY)
-        raise NotReady(f"not ready ({self._state.value}); retry shortly")
+        raise NotReady(f"not ready ({state.value}); retry shortly")
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated to the model's max length)."""

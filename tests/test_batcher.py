@@ -10,13 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.engine.batcher import (
-    BatcherClosed,
-    BatchFailed,
-    QueueFull,
-    RequestTimedOut,
-)
-from app.engine.batcher import Batcher as _Batcher
+from app.engine.batcher import Batcher, BatcherClosed, BatchFailed, QueueFull, RequestTimedOut
 
 
 class Model:
@@ -55,10 +49,10 @@ class Observer:
         self.rejects.append(reason)
 
 
-def make(model: Model, **kw: object) -> tuple[_Batcher[int], Observer, ThreadPoolExecutor]:
+def make(model: Model, **kw: object) -> tuple[Batcher[int], Observer, ThreadPoolExecutor]:
     obs = Observer()
     ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-worker")
-    b: _Batcher[int] = _Batcher(model, executor=ex, observer=obs, **kw)  # type: ignore[arg-type]
+    b: Batcher[int] = Batcher(model, executor=ex, observer=obs, **kw)  # type: ignore[arg-type]
     return b, obs, ex
 
 
@@ -325,7 +319,7 @@ def test_drain_finishes_queued_work_and_refuses_new() -> None:
 def test_bad_limits_are_refused() -> None:
     ex = ThreadPoolExecutor(max_workers=1)
     with pytest.raises(ValueError):
-        _Batcher(Model(), executor=ex, max_batch_size=0)
+        Batcher(Model(), executor=ex, max_batch_size=0)
     with pytest.raises(ValueError):
-        _Batcher(Model(), executor=ex, timeout_s=0)
+        Batcher(Model(), executor=ex, timeout_s=0)
     ex.shutdown()

@@ -91,14 +91,20 @@ def _make_server(config: Any, begin_drain: Callable[[], None], delay_s: float) -
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             begin_drain()
             if delay_s <= 0 or self._drain_timer is not None:
-                super().handle_exit(sig, frame)  # a second signal exits at once
+                self._shut_down(sig, frame)  # a second signal shuts down at once
                 return
             logger.info("draining: not ready; shutting down in %.1f s", delay_s)
-            self._drain_timer = threading.Timer(
-                delay_s, uvicorn.Server.handle_exit, args=(self, sig, frame)
-            )
+            self._drain_timer = threading.Timer(delay_s, self._shut_down, args=(sig, frame))
             self._drain_timer.daemon = True
             self._drain_timer.start()
+
+        def _shut_down(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has shut down, so the process would end
+            # "killed by SIGTERM" (143) even after a complete drain; this CLI exits 0 instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     return DrainingServer(config)
 

@@ -35,7 +35,7 @@ from pydantic_settings import (
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # pragma: no cover - Python 3.10 ships no tomllib; pydantic-settings pulls in tomli there
+else:  # pragma: no cover - Python 3.10 has no tomllib (install tomli there)
     import tomli as tomllib
 
 ENV_PREFIX = "SIDECAR_"

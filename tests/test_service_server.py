@@ -1,0 +1,192 @@
+"""A real `python -m app serve` process on a free loopback port: HTTP, the official OpenAI
+client, a client that hangs up mid-request, SIGTERM, and refusing bad settings at start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "server-test-token-9c1e"
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sidecar_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(
+        SIDECAR_MODEL_PATH="toy",
+        SIDECAR_ADMIN_TOKEN=TOKEN,
+        SIDECAR_LOG_LEVEL="info",
+        SIDECAR_CAPTURE_THRESHOLD="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Server:
+    def __init__(self, tmp: Path, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), *args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=sidecar_env(**env), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server not ready:\n" + self.log())
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("server")
+    config = tmp / "sidecar.toml"
+    config.write_text(f'max_batch_size = 16\nprofile_path = "{tmp / "hot.json"}"\n')
+    srv = Server(tmp, "--config", str(config))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+
+
+def test_http_round_trip(server: Server) -> None:
+    with httpx.Client(base_url=server.base, timeout=30) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        body = c.post("/infer", json={"inputs": ["over real http", "two"]}).json()
+        assert body["dimensions"] == 32 and len(body["embeddings"]) == 2
+        err = c.post("/infer", json={"inputs": "nope"})
+        assert err.status_code == 422 and err.json()["error"]["code"] == "invalid_request"
+        stats = c.get("/admin/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert stats["batches"] >= 1
+        assert "sidecar_requests_total" in c.get("/metrics").text
+
+
+def test_official_openai_client(server: Server) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+    texts = ["The sidecar batches requests.", "CUDA graphs replay kernels."]
+    # The SDK asks for base64 by default and decodes it to floats.
+    result = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+    assert [d.index for d in result.data] == [0, 1]
+    assert result.model == "toy-bert" and result.usage.total_tokens > 0
+    vectors = np.array([d.embedding for d in result.data])
+    assert vectors.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    floats = client.embeddings.create(model="x", input=texts[0], encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="x", input="hi", dimensions=8)
+
+
+def test_client_hanging_up_mid_request_breaks_nothing(server: Server) -> None:
+    # A burst of clients that give up almost at once, while others keep going.
+    texts = [f"request number {i} " * 20 for i in range(24)]
+    with httpx.Client(base_url=server.base, timeout=0.001) as impatient:
+        for t in texts:
+            try:
+                impatient.post("/infer", json={"inputs": [t, t]})
+            except httpx.TimeoutException:
+                pass
+    with httpx.Client(base_url=server.base, timeout=30) as c:
+        for t in texts[:4]:
+            assert c.post("/infer", json={"inputs": [t]}).status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'status="500"' not in metrics
+    assert server.proc.poll() is None
+
+
+def test_sigterm_exits_cleanly_and_saves_the_profile(server: Server) -> None:
+    with httpx.Client(base_url=server.base, timeout=30) as c:
+        c.post("/infer", json={"inputs": ["remember this shape"]})
+    assert server.stop() == 0
+    log = server.log()
+    assert "Application shutdown complete" in log
+    assert "saved the hot-shape profile" in log
+    assert TOKEN not in log  # the admin token is never logged
+    hot = Path(log.split("saved the hot-shape profile to ")[1].split()[0])
+    assert hot.is_file()
+
+
+def test_bad_setting_refuses_to_start(tmp_path: Path) -> None:
+    env = sidecar_env(SIDECAR_MAX_BATCH_SIZE="0")
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "SIDECAR_MAX_BATCH_SIZE" in out.stderr
+
+
+def test_model_that_cannot_load_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    srv = Server(tmp_path, SIDECAR_MODEL_PATH=str(empty))
+    code = srv.proc.wait(timeout=120)
+    srv.stop()
+    assert code == 3
+    assert "config.json" in srv.log() and "start-up failed" in srv.log()
+
+
+def test_cli_help_lists_the_commands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "serve" in out.stdout and "bench" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--config" in out.stdout and "--port" in out.stdout

@@ -175,3 +175,9 @@ def test_example_file_documents_every_setting_with_its_default() -> None:
     assert load_settings(EXAMPLE).model_dump(exclude={"config"}) == Settings().model_dump(
         exclude={"config"}
     )
+
+
+def test_docs_table_lists_every_setting() -> None:
+    text = (ROOT / "docs" / "service.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`SIDECAR_{name.upper()}`" in text, name

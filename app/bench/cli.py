@@ -82,8 +82,9 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
             metavar="SIDECAR_X=V",
             help="extra sidecar setting for the run (repeatable)",
         )
-    for p in (a, every):
+    for p in (s, a, every):
         p.add_argument("--model", default=None, help="model dir, or 'toy' (default: MiniLM)")
+    for p in (a, every):
         p.add_argument("--trace-len", type=int, help="requests in the adaptive trace")
     return parser
 
@@ -193,6 +194,7 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
         threads=args.threads,
         servers=servers,
         sidecar_env=dict(args.sidecar_env),
+        model=args.model,
     )
     service.run_service_bench(opts, results)
 

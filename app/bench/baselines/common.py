@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,7 +59,9 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> argpa
         "--threads", type=int, default=2, help="torch.set_num_threads (same for every server)"
     )
     parser.add_argument("--route", choices=("def", "async"), default="def")
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: the shipped MiniLM")
+    parser.add_argument(
+        "--model-dir", default=None, help="model directory (default: the shipped MiniLM)"
+    )
     parser.add_argument("--access-log", action="store_true", help="uvicorn access log (off)")
     return parser.parse_args(argv)
 

@@ -19,9 +19,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
     )
     pin_threads(args.threads)
-    from models import load_sentence_encoder
+    from models import load_sentence_encoder, make_toy_encoder
 
-    encoder = load_sentence_encoder(args.model_dir)
+    # "toy" (the tiny test model, as SIDECAR_MODEL_PATH=toy) lets tests run this server fast.
+    encoder = (
+        make_toy_encoder() if args.model_dir == "toy" else load_sentence_encoder(args.model_dir)
+    )
 
     def embed(texts: list[str]) -> list[list[float]]:
         # (n, 384) float32, L2-normalised, padded to the longest text of this request only.

@@ -1,0 +1,582 @@
+"""Service benchmark: the sidecar against two baseline servers, over real HTTP on loopback.
+
+Method (also in docs/benchmarks.md):
+- Three servers, each a real process on a free loopback port, started one at a time (never two
+  serving while one is measured: the CPU is shared): the sidecar (`python -m app serve`), the
+  naive same-model baseline and the sentence-transformers baseline (`app.bench.baselines`).
+  Every server is pinned to the same torch intra-op thread count.
+- The load generator (`app.bench.loadgen`) runs in its own process per measurement, so it never
+  shares a GIL with a server. Each server is warmed up first (one run at the largest concurrency
+  level, so the sidecar has seen and captured its hot shapes), then every concurrency level is
+  measured with the same fixed-seed list of texts and the same number of requests.
+- The raw runner (model work only, no HTTP, no tokenizer) is timed on batches of
+  `max_batch_size` texts of the same mix, in this process with the same thread count; the
+  sidecar's throughput at the largest concurrency level is reported as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.bench.loadgen import make_texts
+from app.bench.plots import plot_service
+from app.bench.report import ResultsDir, fmt, markdown_table
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDECAR = "sidecar"
+NAIVE = "naive same-model"
+ST = "sentence-transformers"
+
+
+@dataclass(frozen=True)
+class ServicePreset:
+    concurrencies: tuple[int, ...]
+    requests: int  # measured requests per (server, concurrency level)
+    warmup_requests: int  # per server, at the largest level, before any measurement
+    level_warmup: int  # per level, on the measuring client's connections (not counted)
+    num_texts: int  # size of the fixed-seed text list every server receives
+    raw_batches: int  # batches of max_batch_size texts timed for the raw runner
+    raw_repeats: int
+
+
+QUICK = ServicePreset(
+    concurrencies=(1, 32),
+    requests=96,
+    warmup_requests=96,
+    level_warmup=8,
+    num_texts=256,
+    raw_batches=4,
+    raw_repeats=2,
+)
+FULL = ServicePreset(
+    concurrencies=(1, 8, 32, 128),
+    requests=640,
+    warmup_requests=384,
+    level_warmup=32,
+    num_texts=1024,
+    raw_batches=12,
+    raw_repeats=3,
+)
+
+
+@dataclass
+class ServiceOptions:
+    preset: ServicePreset
+    threads: int = 2
+    max_batch_size: int = 32
+    graph_mode: str = "FULL"
+    servers: tuple[str, ...] = (SIDECAR, NAIVE, ST)
+    sidecar_env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 180.0
+    seed: int = 0
+    model: str | None = None  # None: the shipped MiniLM; "toy": the tiny test model (no ST)
+
+
+@dataclass
+class ServerRun:
+    name: str
+    command: list[str]
+    settings: dict[str, str]
+    ready_seconds: float = 0.0
+    levels: dict[int, dict[str, Any]] = field(default_factory=dict)
+    log_tail: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server under test: started in its own session, output to a log file, stopped with
+    SIGTERM (then SIGKILL) so it drains the way it would in production."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, url: str, timeout_s: float) -> float:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.command[2:4]} exited with {self.proc.returncode} before ready:\n"
+                    + self.tail()
+                )
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s:\n" + self.tail())
+
+    def tail(self, lines: int = 30) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
+    """The sidecar's settings for this run (logged in the results). Batch wait 0 ms: batches
+    form from whatever queued while the worker was busy (Triton's default)."""
+    env = {
+        "SIDECAR_GRAPH_MODE": opts.graph_mode,
+        "SIDECAR_NUM_THREADS": str(opts.threads),
+        "SIDECAR_MAX_BATCH_SIZE": str(opts.max_batch_size),
+        "SIDECAR_MAX_BATCH_WAIT_MS": "0",
+        "SIDECAR_LOG_LEVEL": "warning",
+        "SIDECAR_ADMIN_TOKEN": admin_token,
+    }
+    if opts.model is not None:
+        env["SIDECAR_MODEL_PATH"] = opts.model
+    env.update(opts.sidecar_env)
+    return env
+
+
+def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[str, ServerRun]:
+    py = sys.executable
+    base = ["--host", "127.0.0.1", "--port", str(port), "--threads", str(opts.threads)]
+    if opts.model is not None:
+        base += ["--model-dir", opts.model]
+    return {
+        SIDECAR: ServerRun(
+            SIDECAR,
+            [py, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            {k: ("***" if "TOKEN" in k else v) for k, v in sidecar_settings(opts, "x").items()},
+        ),
+        NAIVE: ServerRun(
+            NAIVE,
+            [py, "-m", "app.bench.baselines.naive", *base],
+            {"route": "def (threadpool)", "threads": str(opts.threads)},
+        ),
+        ST: ServerRun(
+            ST,
+            [py, "-m", "app.bench.baselines.st_server", *base],
+            {"route": "def (threadpool)", "threads": str(opts.threads), "HF_HUB_OFFLINE": "1"},
+        ),
+    }
+
+
+def run_loadgen(
+    url: str, texts_file: Path, concurrency: int, requests: int, warmup: int, seed: int
+) -> dict[str, Any]:
+    """One measurement, in its own process; returns the LoadResult as a dict."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.bench.loadgen",
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(requests),
+        "--warmup",
+        str(warmup),
+        "--texts-file",
+        str(texts_file),
+        "--seed",
+        str(seed),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def scrape_sidecar(base_url: str, admin_token: str) -> dict[str, float]:
+    """Graph-cache counters and batch-size totals from the sidecar (empty if unavailable), so
+    each level can report captures during measurement and the mean batch size."""
+    found: dict[str, float] = {}
+    try:
+        stats = httpx.get(
+            base_url + "/admin/stats",
+            headers={"Authorization": f"Bearer {admin_token}"},
+            timeout=5.0,
+        )
+        if stats.status_code == 200:
+            for key in (
+                "hits",
+                "misses",
+                "captures",
+                "eager_runs",
+                "capture_failures",
+                "batches",
+                "texts",
+            ):
+                value = stats.json().get(key)
+                if isinstance(value, int | float):
+                    found[key] = float(value)
+        metrics = httpx.get(base_url + "/metrics", timeout=5.0)
+        if metrics.status_code == 200:
+            for name in ("sidecar_padding_ratio_sum", "sidecar_padding_ratio_count"):
+                m = re.search(rf"^{name} ([0-9.eE+-]+)$", metrics.text, re.MULTILINE)
+                if m:
+                    found[name] = float(m.group(1))
+    except (httpx.HTTPError, ValueError):
+        pass
+    return found
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+def measure_server(
+    run: ServerRun,
+    opts: ServiceOptions,
+    port: int,
+    texts_file: Path,
+    log_dir: Path,
+    admin_token: str,
+) -> None:
+    env = dict(os.environ)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["HF_HUB_OFFLINE"] = "1"
+    if run.name == SIDECAR:
+        env.update(sidecar_settings(opts, admin_token))
+    base = f"http://127.0.0.1:{port}"
+    log_path = log_dir / f"server-{run.name.replace(' ', '_')}.log"
+    server = ServerProcess(run.command, env, log_path)
+    preset = opts.preset
+    try:
+        run.ready_seconds = server.wait_ready(base + "/readyz", opts.ready_timeout_s)
+        # Server-wide warm-up at the largest level: opens the code paths, fills the sidecar's
+        # graph cache with the shapes this traffic makes (captures are not measured below).
+        top = max(preset.concurrencies)
+        run_loadgen(base + "/infer", texts_file, top, preset.warmup_requests, 0, opts.seed)
+        for level in preset.concurrencies:
+            before = scrape_sidecar(base, admin_token) if run.name == SIDECAR else {}
+            result = run_loadgen(
+                base + "/infer",
+                texts_file,
+                level,
+                preset.requests,
+                min(preset.level_warmup, preset.requests),
+                opts.seed,
+            )
+            if run.name == SIDECAR:
+                delta = _delta(scrape_sidecar(base, admin_token), before)
+                if delta.get("batches", 0.0) > 0:
+                    delta["mean_batch_size"] = delta["texts"] / delta["batches"]
+                if delta.get("sidecar_padding_ratio_count", 0.0) > 0:
+                    delta["mean_padding_ratio"] = (
+                        delta["sidecar_padding_ratio_sum"] / delta["sidecar_padding_ratio_count"]
+                    )
+                result["sidecar"] = delta
+            run.levels[level] = result
+            print(
+                f"  {run.name:>22} c={level:<4} {result['throughput_rps']:8.1f} req/s  "
+                f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                f"errors {result['errors']}",
+                flush=True,
+            )
+    finally:
+        server.stop()
+        run.log_tail = server.tail(15)
+
+
+def measure_raw_runner(opts: ServiceOptions, texts: Sequence[str]) -> dict[str, Any]:
+    """Texts/s of EmbeddingRunner.run on full batches (max_batch_size texts of the same mix):
+    the model work the sidecar does per batch, without HTTP, queueing or tokenization."""
+    import torch
+
+    from app.cudagraph import CUDAGraphMode
+    from app.engine.runner import EmbeddingRunner, RunnerConfig
+    from models import load_sentence_encoder, make_toy_encoder
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        encoder = make_toy_encoder() if opts.model == "toy" else load_sentence_encoder(opts.model)
+        config = RunnerConfig(
+            mode=CUDAGraphMode[opts.graph_mode],
+            max_batch_size=opts.max_batch_size,
+            capture_threshold=1,
+        )
+        runner = EmbeddingRunner(encoder, config)
+        bs = opts.max_batch_size
+        t0 = time.perf_counter()
+        ids = encoder.tokenizer.encode(list(texts[: bs * opts.preset.raw_batches]))
+        tokenize_s = time.perf_counter() - t0
+        batches = [ids[i : i + bs] for i in range(0, len(ids), bs)]
+        batches = [b for b in batches if len(b) == bs]
+        if not batches:
+            raise ValueError(f"need at least {bs} texts for one full batch")
+        for batch in batches:  # first sight: captures (mock on CPU), not timed
+            runner.run(batch)
+        per_pass: list[float] = []
+        for _ in range(opts.preset.raw_repeats):
+            t0 = time.perf_counter()
+            for batch in batches:
+                runner.run(batch)
+            per_pass.append(time.perf_counter() - t0)
+        texts_per_pass = bs * len(batches)
+        best = min(per_pass)
+        return {
+            "batch_size": bs,
+            "batches": len(batches),
+            "repeats": opts.preset.raw_repeats,
+            "texts_per_s_median": texts_per_pass / statistics.median(per_pass),
+            "texts_per_s_best": texts_per_pass / best,
+            "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(batches),
+            "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
+            "mode": opts.graph_mode,
+            "descriptors": sorted({str(d) for d in runner.run(batches[0]).descriptors}),
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, Any]:
+    if opts.model == "toy" and ST in opts.servers:
+        raise ValueError("the sentence-transformers server cannot load the toy model")
+    preset = opts.preset
+    texts = make_texts(preset.num_texts, seed=opts.seed)
+    admin_token = secrets.token_hex(16)
+    log_dir = results.path / "logs"
+    log_dir.mkdir(exist_ok=True)
+    print(f"service: raw runner ({opts.graph_mode}, batch {opts.max_batch_size})", flush=True)
+    raw = measure_raw_runner(opts, texts)
+    print(f"  raw runner {raw['texts_per_s_median']:.1f} texts/s", flush=True)
+    runs: dict[str, ServerRun] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(texts))
+        for name in opts.servers:
+            port = free_port()
+            run = server_commands(opts, port, admin_token)[name]
+            print(f"service: {name} on port {port}", flush=True)
+            measure_server(run, opts, port, texts_file, log_dir, admin_token)
+            runs[name] = run
+    data = summarise_service(opts, runs, raw)
+    write_service_section(results, data)
+    return data
+
+
+def summarise_service(
+    opts: ServiceOptions, runs: dict[str, ServerRun], raw: dict[str, Any]
+) -> dict[str, Any]:
+    levels = list(opts.preset.concurrencies)
+    ratios: list[dict[str, Any]] = []
+    side = runs.get(SIDECAR)
+    for level in levels:
+        row: dict[str, Any] = {"concurrency": level}
+        for base in (NAIVE, ST):
+            if side is None or base not in runs:
+                continue
+            a, b = side.levels[level], runs[base].levels[level]
+            key = "naive" if base == NAIVE else "st"
+            row[f"throughput_x_{key}"] = (
+                a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else None
+            )
+            row[f"p50_minus_{key}_ms"] = a["p50_ms"] - b["p50_ms"]
+        ratios.append(row)
+    top = max(levels)
+    saturated = side.levels[top]["throughput_rps"] if side else None
+    fraction = saturated / raw["texts_per_s_median"] if saturated is not None else None
+    targets = evaluate_targets(runs, ratios, fraction)
+    return {
+        "preset": asdict(opts.preset),
+        "threads": opts.threads,
+        "max_batch_size": opts.max_batch_size,
+        "order": list(runs),
+        "servers": {
+            name: {
+                "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(r.command)),
+                "settings": r.settings,
+                "ready_seconds": r.ready_seconds,
+                "levels": {str(k): v for k, v in r.levels.items()},
+            }
+            for name, r in runs.items()
+        },
+        "ratios": ratios,
+        "raw_runner": raw,
+        "saturated_concurrency": top,
+        "saturated_fraction_of_raw": fraction,
+        "targets": targets,
+    }
+
+
+def evaluate_targets(
+    runs: dict[str, ServerRun], ratios: list[dict[str, Any]], fraction: float | None
+) -> list[dict[str, Any]]:
+    """Issue 6's service targets, each with the measured value and whether it was met (None
+    where this run could not measure it, e.g. 32 clients absent from the preset)."""
+    by_level = {r["concurrency"]: r for r in ratios}
+    side = runs.get(SIDECAR)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, met: bool | None, note: str = "") -> None:
+        out.append({"target": name, "value": value, "met": met, "note": note})
+
+    r32 = by_level.get(32)
+    errors32 = sum(r.levels[32]["errors"] for r in runs.values() if 32 in r.levels) if r32 else None
+    note32 = f"errors at 32 clients (all servers): {errors32}" if errors32 is not None else ""
+    for key, label, want in (("naive", NAIVE, 1.5), ("st", ST, 3.0)):
+        v = r32.get(f"throughput_x_{key}") if r32 else None
+        met = None if v is None else bool(v >= want and errors32 == 0)
+        add(f"32 clients: sidecar >= {want}x {label} throughput, no errors", v, met, note32)
+    r1 = by_level.get(1)
+    for key, label in (("naive", NAIVE), ("st", ST)):
+        v = r1.get(f"p50_minus_{key}_ms") if r1 else None
+        add(f"1 client: p50 <= {label} p50 + 2 ms", v, None if v is None else bool(v <= 2.0))
+    add(
+        "saturated throughput >= 85% of the raw runner",
+        fraction,
+        None if fraction is None else bool(fraction >= 0.85),
+        f"at {max(side.levels)} clients" if side and side.levels else "",
+    )
+    return out
+
+
+def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
+    levels = [int(k) for k in next(iter(data["servers"].values()))["levels"]]
+    names = list(data["servers"])
+    rows = []
+    for level in levels:
+        for name in names:
+            r = data["servers"][name]["levels"][str(level)]
+            side = r.get("sidecar", {})
+            pad = side.get("mean_padding_ratio")
+            rows.append(
+                [
+                    level,
+                    name,
+                    r["throughput_rps"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                    side.get("mean_batch_size"),
+                    None if pad is None else 100.0 * pad,
+                    side.get("captures"),
+                ]
+            )
+    md = ["## Service: sidecar against two baselines over HTTP\n"]
+    md.append(
+        f"Each server alone on the machine, torch intra-op threads = {data['threads']} in every "
+        f"server, one text per request from a fixed-seed mix (short/medium/long), "
+        f"{data['preset']['requests']} requests per level after warm-up, load generator in its "
+        f"own process. Order of runs: {', '.join(data['order'])}.\n"
+    )
+    md.append(
+        markdown_table(
+            [
+                "clients",
+                "server",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "mean batch",
+                "padding %",
+                "captures in run",
+            ],
+            rows,
+            digits=1,
+        )
+    )
+    ratio_rows = [
+        [
+            r["concurrency"],
+            r.get("throughput_x_naive"),
+            r.get("throughput_x_st"),
+            r.get("p50_minus_naive_ms"),
+            r.get("p50_minus_st_ms"),
+        ]
+        for r in data["ratios"]
+    ]
+    md.append("\nRatios, sidecar against each baseline (same run):\n")
+    md.append(
+        markdown_table(
+            [
+                "clients",
+                "throughput x naive",
+                "throughput x sentence-transformers",
+                "p50 - naive (ms)",
+                "p50 - ST (ms)",
+            ],
+            ratio_rows,
+        )
+    )
+    raw = data["raw_runner"]
+    md.append(
+        f"\nRaw runner ({raw['mode']}, batches of {raw['batch_size']} texts of the same mix, no "
+        f"HTTP, no tokenizer): {raw['texts_per_s_median']:.1f} texts/s median "
+        f"({raw['ms_per_batch_median']:.1f} ms per batch; tokenizing costs "
+        f"{raw['tokenize_ms_per_text']:.3f} ms per text on top). Sidecar at "
+        f"{data['saturated_concurrency']} clients: "
+        f"{fmt(_pct(data['saturated_fraction_of_raw']), 1)}% of it.\n"
+    )
+    md.append("\nTargets (issue 6):\n")
+    md.append(
+        markdown_table(
+            ["target", "measured", "met"],
+            [[t["target"], t["value"], t["met"]] for t in data["targets"]],
+        )
+    )
+    settings = data["servers"].get(SIDECAR, {}).get("settings", {})
+    if settings:
+        md.append(
+            "\nSidecar settings: "
+            + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items()))
+            + "\n"
+        )
+    md.append("\n![service](service.png)\n")
+    results.write_section("service", "\n".join(md), data)
+
+    def series(key: str) -> dict[str, list[float | None]]:
+        return {n: [data["servers"][n]["levels"][str(c)][key] for c in levels] for n in names}
+
+    plot_service(
+        levels,
+        series("throughput_rps"),
+        series("p50_ms"),
+        series("p99_ms"),
+        results.path / "service.png",
+        raw_runner_rps=raw["texts_per_s_median"],
+    )
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x

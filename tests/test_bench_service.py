@@ -1,0 +1,90 @@
+"""The service benchmark end to end, small: the real sidecar (`python -m app serve`) and the
+naive baseline as real processes with the toy model, driven by the load generator process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.bench.report import ResultsDir
+from app.bench.service import (
+    NAIVE,
+    SIDECAR,
+    ServerProcess,
+    ServiceOptions,
+    ServicePreset,
+    run_service_bench,
+)
+
+TINY = ServicePreset(
+    concurrencies=(1, 4),
+    requests=12,
+    warmup_requests=8,
+    level_warmup=2,
+    num_texts=32,
+    raw_batches=2,
+    raw_repeats=1,
+)
+
+
+@pytest.mark.slow
+def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
+    res = ResultsDir(tmp_path / "out")
+    opts = ServiceOptions(
+        preset=TINY, threads=1, max_batch_size=4, servers=(SIDECAR, NAIVE), model="toy"
+    )
+    data = run_service_bench(opts, res)
+    assert data["order"] == [SIDECAR, NAIVE]
+    for name in (SIDECAR, NAIVE):
+        server = data["servers"][name]
+        assert server["ready_seconds"] > 0
+        for level in ("1", "4"):
+            r = server["levels"][level]
+            assert (r["requests"], r["ok"], r["errors"]) == (12, 12, 0), r
+            assert r["concurrency"] == int(level)
+            assert 0 < r["p50_ms"] <= r["p99_ms"]
+    # the sidecar's own counters moved by exactly the texts sent in the level (warm-up included)
+    side = data["servers"][SIDECAR]["levels"]["4"]["sidecar"]
+    assert side["texts"] == TINY.requests + TINY.level_warmup
+    assert 1.0 <= side["mean_batch_size"] <= 4.0
+    one = data["servers"][SIDECAR]["levels"]["1"]["sidecar"]
+    assert one["mean_batch_size"] == 1.0  # one client: never more than one text per batch
+    ratios = {r["concurrency"]: r for r in data["ratios"]}
+    expect = (
+        data["servers"][SIDECAR]["levels"]["4"]["throughput_rps"]
+        / data["servers"][NAIVE]["levels"]["4"]["throughput_rps"]
+    )
+    assert ratios[4]["throughput_x_naive"] == pytest.approx(expect)
+    assert data["raw_runner"]["batch_size"] == 4 and data["raw_runner"]["texts_per_s_median"] > 0
+    targets = {t["target"]: t for t in data["targets"]}
+    # this preset has no 32-client level: those targets are reported as not measured
+    assert all(t["met"] is None for name, t in targets.items() if name.startswith("32 clients"))
+    md = res.markdown_path.read_text()
+    assert "## Service: sidecar against two baselines" in md
+    assert "| 4 | naive same-model |" in md
+    assert (res.path / "service.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(res.json_path.read_text())["service"]
+    assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
+    assert (res.path / "logs" / "server-sidecar.log").is_file()
+
+
+def test_server_that_dies_reports_its_log(tmp_path: Path) -> None:
+    code = "import sys; print('model file missing: boom'); sys.exit(3)"
+    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log")
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            server.wait_ready("http://127.0.0.1:9/readyz", timeout_s=30)
+    finally:
+        server.stop()
+
+
+def test_stop_ends_a_running_server(tmp_path: Path) -> None:
+    code = "import time; time.sleep(60)"
+    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log")
+    with pytest.raises(TimeoutError):
+        server.wait_ready("http://127.0.0.1:9/readyz", timeout_s=0.5)
+    server.stop()
+    assert server.proc.returncode is not None  # terminated by SIGTERM, not left behind

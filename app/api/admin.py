@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from app.api.auth import require_admin
 from app.api.deps import get_engine
-from app.api.routing import StrictJSONRoute, bind_body
+from app.api.routing import AdminRoute, bind_body
 from app.api.schemas import (
     ClearResponse,
     GraphsResponse,
@@ -68,7 +68,7 @@ def build_admin_router(models: RequestModels) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
-        route_class=StrictJSONRoute,
+        route_class=AdminRoute,
         dependencies=[Depends(require_admin)],
         responses=error_responses(401, 403, 503),
     )

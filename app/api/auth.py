@@ -37,5 +37,6 @@ def check_admin(token: SecretStr | None, authorization: str | None) -> None:
 
 
 async def require_admin(request: Request) -> None:
-    """FastAPI dependency for every /admin route."""
+    """FastAPI dependency for every /admin route: a second check after AdminRoute's, so an admin
+    route added with another route class is still protected."""
     check_admin(request.app.state.settings.admin_token, request.headers.get("authorization"))

@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from app.api.auth import check_admin
+
 
 def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -42,6 +44,8 @@ def strict_loads(body: bytes) -> Any:
         if isinstance(exc, json.JSONDecodeError):
             raise
         raise json.JSONDecodeError(str(exc), text, 0) from None
+    except RecursionError:  # e.g. 100k nested arrays: a client error, not a parser crash
+        raise json.JSONDecodeError("JSON nested too deeply", text, 0) from None
 
 
 class StrictJSONRequest(Request):
@@ -63,6 +67,22 @@ class StrictJSONRoute(APIRoute):
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler
+
+
+class AdminRoute(StrictJSONRoute):
+    """Checks the admin token before FastAPI parses and validates the body, so a caller without
+    the token gets 401/403 whatever it sends, and learns nothing from validation errors."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def admin_handler(request: Request) -> Response:
+            check_admin(
+                request.app.state.settings.admin_token, request.headers.get("authorization")
+            )
+            return await handler(request)
+
+        return admin_handler
 
 
 def bind_body(endpoint: Callable[..., Any], model: Any) -> Callable[..., Any]:

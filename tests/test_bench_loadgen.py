@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from app.bench.loadgen import LENGTH_MIX, make_texts, percentile, run_load, summarise
+from app.bench.loadgen import LENGTH_MIX, make_texts, percentile, pool, run_load, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +106,21 @@ def test_summarise_counts_and_rates() -> None:
     assert r.status_counts == {"500": 1, "ReadTimeout": 1, "ok": 3}
     with pytest.raises(ValueError):
         summarise("u", 1, [0.1], ["ok", "ok"], 1.0)
+
+
+def test_pool_adds_counts_and_pools_latencies() -> None:
+    a = summarise("u", 2, [0.010, 0.030], ["ok", "ok", "500"], 1.0)
+    b = summarise("u", 2, [0.020, 0.040], ["ok", "ok"], 3.0)
+    p = pool([a, b])
+    assert (p.requests, p.ok, p.errors) == (5, 4, 1)
+    assert p.wall_seconds == pytest.approx(4.0)
+    assert p.throughput_rps == pytest.approx(1.0)
+    assert p.p50_ms == pytest.approx(25.0)  # median of 10, 20, 30, 40
+    assert p.status_counts == {"500": 1, "ok": 4}
+    with pytest.raises(ValueError):
+        pool([a, summarise("u", 3, [], [], 1.0)])
+    with pytest.raises(ValueError):
+        pool([])
 
 
 def test_text_mix_is_fixed_and_mixed() -> None:

@@ -27,6 +27,7 @@ TINY = ServicePreset(
     num_texts=32,
     raw_batches=2,
     raw_repeats=1,
+    rounds=2,
 )
 
 
@@ -43,12 +44,16 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
         assert server["ready_seconds"] > 0
         for level in ("1", "4"):
             r = server["levels"][level]
-            assert (r["requests"], r["ok"], r["errors"]) == (12, 12, 0), r
+            assert (r["requests"], r["ok"], r["errors"]) == (24, 24, 0), r
             assert r["concurrency"] == int(level)
             assert 0 < r["p50_ms"] <= r["p99_ms"]
-    # the sidecar's own counters moved by exactly the texts sent in the level (warm-up included)
+        # two rounds, pooled: each round's figure is kept as well
+        assert len(server["levels"]["4"]["round_throughputs"]) == 2
+    assert data["rounds"] == 2
+    # the sidecar's own counters moved by exactly the texts sent in the level (warm-up included),
+    # summed over the two rounds
     side = data["servers"][SIDECAR]["levels"]["4"]["sidecar"]
-    assert side["texts"] == TINY.requests + TINY.level_warmup
+    assert side["texts"] == 2 * (TINY.requests + TINY.level_warmup)
     assert 1.0 <= side["mean_batch_size"] <= 4.0
     one = data["servers"][SIDECAR]["levels"]["1"]["sidecar"]
     assert one["mean_batch_size"] == 1.0  # one client: never more than one text per batch
@@ -68,7 +73,8 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert (res.path / "service.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(res.json_path.read_text())["service"]
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
-    assert (res.path / "logs" / "server-sidecar.log").is_file()
+    assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
+    assert len(data["raw_runner"]["rounds"]) == 2
 
 
 def test_server_that_dies_reports_its_log(tmp_path: Path) -> None:

@@ -69,6 +69,16 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=2, help="torch threads in every server")
         p.add_argument("--concurrency", type=_int_list, help="client counts, e.g. 1,8,32,128")
         p.add_argument("--requests", type=int, help="measured requests per server and level")
+        p.add_argument("--rounds", type=int, help="rounds per server, pooled (full preset: 2)")
+        p.add_argument(
+            "--graph-mode",
+            choices=("NONE", "PIECEWISE", "FULL"),
+            default="FULL",
+            help="the sidecar's SIDECAR_GRAPH_MODE (and the raw runner's; default: %(default)s)",
+        )
+        p.add_argument(
+            "--max-batch-size", type=int, default=32, help="the sidecar's SIDECAR_MAX_BATCH_SIZE"
+        )
         p.add_argument(
             "--servers",
             default="sidecar,naive,st",
@@ -184,6 +194,8 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
         preset = replace(preset, concurrencies=args.concurrency)
     if args.requests:
         preset = replace(preset, requests=args.requests)
+    if args.rounds:
+        preset = replace(preset, rounds=args.rounds)
     names = {"sidecar": service.SIDECAR, "naive": service.NAIVE, "st": service.ST}
     try:
         servers = tuple(names[n.strip()] for n in args.servers.split(",") if n.strip())
@@ -192,6 +204,8 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
     opts = service.ServiceOptions(
         preset=preset,
         threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        graph_mode=args.graph_mode,
         servers=servers,
         sidecar_env=dict(args.sidecar_env),
         model=args.model,

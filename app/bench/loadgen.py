@@ -98,6 +98,8 @@ class LoadResult:
     max_ms: float
     status_counts: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    # Every successful request's latency (ms, in completion order), so runs can be pooled.
+    latencies_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -134,7 +136,26 @@ def summarise(
         max_ms=max(ms) if ms else math.nan,
         status_counts=dict(sorted(counts.items())),
         error_samples=list(error_samples)[:5],
+        latencies_ms=ms,
     )
+
+
+def pool(results: Sequence[LoadResult]) -> LoadResult:
+    """One result from several runs of the same load (e.g. rounds against restarted servers):
+    counts and wall time add up, percentiles come from all latencies together. The url is the
+    first run's (a restarted server may listen on another port)."""
+    if not results:
+        raise ValueError("nothing to pool")
+    if len({r.concurrency for r in results}) != 1:
+        raise ValueError("pooled runs must share their concurrency")
+    latencies = [x / 1000.0 for r in results for x in r.latencies_ms]
+    statuses: list[str] = []
+    for r in results:
+        for status, count in r.status_counts.items():
+            statuses += [status] * count
+    samples = [e for r in results for e in r.error_samples]
+    wall = sum(r.wall_seconds for r in results)
+    return summarise(results[0].url, results[0].concurrency, latencies, statuses, wall, samples)
 
 
 def _check_answer(response: httpx.Response) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from app.bench.loadgen import make_texts
+from app.bench.loadgen import LoadResult, make_texts, pool
 from app.bench.plots import plot_service
 from app.bench.report import ResultsDir, fmt, markdown_table
 
@@ -53,6 +53,9 @@ class ServicePreset:
     num_texts: int  # size of the fixed-seed text list every server receives
     raw_batches: int  # batches of max_batch_size texts timed for the raw runner
     raw_repeats: int
+    # Rounds: every server is started and measured once per round (order reversed every other
+    # round) and the rounds are pooled, so drift in the machine's load hits all servers alike.
+    rounds: int = 1
 
 
 QUICK = ServicePreset(
@@ -66,12 +69,13 @@ QUICK = ServicePreset(
 )
 FULL = ServicePreset(
     concurrencies=(1, 8, 32, 128),
-    requests=640,
-    warmup_requests=384,
+    requests=320,
+    warmup_requests=256,
     level_warmup=32,
     num_texts=1024,
-    raw_batches=12,
-    raw_repeats=3,
+    raw_batches=8,
+    raw_repeats=2,
+    rounds=2,
 )
 
 
@@ -90,12 +94,45 @@ class ServiceOptions:
 
 @dataclass
 class ServerRun:
+    """One server across the rounds: per round, its start-up time and per-level results."""
+
     name: str
     command: list[str]
     settings: dict[str, str]
-    ready_seconds: float = 0.0
-    levels: dict[int, dict[str, Any]] = field(default_factory=dict)
-    log_tail: str = ""
+    ready_seconds: list[float] = field(default_factory=list)
+    rounds: list[dict[int, dict[str, Any]]] = field(default_factory=list)
+    levels: dict[int, dict[str, Any]] = field(default_factory=dict)  # pooled over rounds
+
+    def pool_rounds(self) -> None:
+        for level in self.rounds[0]:
+            runs = [r[level] for r in self.rounds]
+            pooled = pool([_as_load_result(r) for r in runs]).to_dict()
+            del pooled["latencies_ms"]
+            pooled["round_throughputs"] = [r["throughput_rps"] for r in runs]
+            if "sidecar" in runs[0]:
+                pooled["sidecar"] = _sidecar_means(
+                    {k: sum(r["sidecar"].get(k, 0.0) for r in runs) for k in runs[0]["sidecar"]}
+                )
+            self.levels[level] = pooled
+
+
+def _as_load_result(data: dict[str, Any]) -> LoadResult:
+    fields = {k: v for k, v in data.items() if k in LoadResult.__dataclass_fields__}
+    return LoadResult(**fields)
+
+
+def _sidecar_means(delta: dict[str, float]) -> dict[str, float]:
+    """Mean batch size and padding ratio from counter deltas over a measurement."""
+    out = dict(delta)
+    out.pop("mean_batch_size", None)
+    out.pop("mean_padding_ratio", None)
+    if out.get("batches", 0.0) > 0:
+        out["mean_batch_size"] = out["texts"] / out["batches"]
+    if out.get("sidecar_padding_ratio_count", 0.0) > 0:
+        out["mean_padding_ratio"] = (
+            out["sidecar_padding_ratio_sum"] / out["sidecar_padding_ratio_count"]
+        )
+    return out
 
 
 def free_port() -> int:
@@ -270,17 +307,20 @@ def measure_server(
     log_dir: Path,
     admin_token: str,
 ) -> None:
+    """Start the server, warm it up, measure every level once (one round), stop it."""
     env = dict(os.environ)
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_HUB_OFFLINE"] = "1"
     if run.name == SIDECAR:
         env.update(sidecar_settings(opts, admin_token))
     base = f"http://127.0.0.1:{port}"
-    log_path = log_dir / f"server-{run.name.replace(' ', '_')}.log"
+    tag = run.name.replace(" ", "_")
+    log_path = log_dir / f"server-{tag}-round{len(run.rounds) + 1}.log"
     server = ServerProcess(run.command, env, log_path)
     preset = opts.preset
+    levels: dict[int, dict[str, Any]] = {}
     try:
-        run.ready_seconds = server.wait_ready(base + "/readyz", opts.ready_timeout_s)
+        run.ready_seconds.append(server.wait_ready(base + "/readyz", opts.ready_timeout_s))
         # Server-wide warm-up at the largest level: opens the code paths, fills the sidecar's
         # graph cache with the shapes this traffic makes (captures are not measured below).
         top = max(preset.concurrencies)
@@ -296,15 +336,10 @@ def measure_server(
                 opts.seed,
             )
             if run.name == SIDECAR:
-                delta = _delta(scrape_sidecar(base, admin_token), before)
-                if delta.get("batches", 0.0) > 0:
-                    delta["mean_batch_size"] = delta["texts"] / delta["batches"]
-                if delta.get("sidecar_padding_ratio_count", 0.0) > 0:
-                    delta["mean_padding_ratio"] = (
-                        delta["sidecar_padding_ratio_sum"] / delta["sidecar_padding_ratio_count"]
-                    )
-                result["sidecar"] = delta
-            run.levels[level] = result
+                result["sidecar"] = _sidecar_means(
+                    _delta(scrape_sidecar(base, admin_token), before)
+                )
+            levels[level] = result
             print(
                 f"  {run.name:>22} c={level:<4} {result['throughput_rps']:8.1f} req/s  "
                 f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
@@ -313,7 +348,7 @@ def measure_server(
             )
     finally:
         server.stop()
-        run.log_tail = server.tail(15)
+    run.rounds.append(levels)
 
 
 def measure_raw_runner(opts: ServiceOptions, texts: Sequence[str]) -> dict[str, Any]:
@@ -325,17 +360,16 @@ def measure_raw_runner(opts: ServiceOptions, texts: Sequence[str]) -> dict[str, 
     from app.engine.runner import EmbeddingRunner, RunnerConfig
     from models import load_sentence_encoder, make_toy_encoder
 
+    # The sidecar's effective settings (--sidecar-env may override the defaults of the run).
+    settings = sidecar_settings(opts, "")
+    mode = settings["SIDECAR_GRAPH_MODE"].upper()
+    bs = int(settings["SIDECAR_MAX_BATCH_SIZE"])
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
         encoder = make_toy_encoder() if opts.model == "toy" else load_sentence_encoder(opts.model)
-        config = RunnerConfig(
-            mode=CUDAGraphMode[opts.graph_mode],
-            max_batch_size=opts.max_batch_size,
-            capture_threshold=1,
-        )
+        config = RunnerConfig(mode=CUDAGraphMode[mode], max_batch_size=bs, capture_threshold=1)
         runner = EmbeddingRunner(encoder, config)
-        bs = opts.max_batch_size
         t0 = time.perf_counter()
         ids = encoder.tokenizer.encode(list(texts[: bs * opts.preset.raw_batches]))
         tokenize_s = time.perf_counter() - t0
@@ -361,7 +395,7 @@ def measure_raw_runner(opts: ServiceOptions, texts: Sequence[str]) -> dict[str, 
             "texts_per_s_best": texts_per_pass / best,
             "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(batches),
             "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
-            "mode": opts.graph_mode,
+            "mode": mode,
             "descriptors": sorted({str(d) for d in runner.run(batches[0]).descriptors}),
         }
     finally:
@@ -376,19 +410,28 @@ def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, An
     admin_token = secrets.token_hex(16)
     log_dir = results.path / "logs"
     log_dir.mkdir(exist_ok=True)
-    print(f"service: raw runner ({opts.graph_mode}, batch {opts.max_batch_size})", flush=True)
-    raw = measure_raw_runner(opts, texts)
-    print(f"  raw runner {raw['texts_per_s_median']:.1f} texts/s", flush=True)
-    runs: dict[str, ServerRun] = {}
+    runs = {name: server_commands(opts, 0, admin_token)[name] for name in opts.servers}
+    raws: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
-        for name in opts.servers:
-            port = free_port()
-            run = server_commands(opts, port, admin_token)[name]
-            print(f"service: {name} on port {port}", flush=True)
-            measure_server(run, opts, port, texts_file, log_dir, admin_token)
-            runs[name] = run
+        for round_index in range(preset.rounds):
+            print(f"service: round {round_index + 1}/{preset.rounds}: raw runner", flush=True)
+            raws.append(measure_raw_runner(opts, texts))
+            print(f"  raw runner {raws[-1]['texts_per_s_median']:.1f} texts/s", flush=True)
+            order = opts.servers if round_index % 2 == 0 else tuple(reversed(opts.servers))
+            for name in order:
+                port = free_port()
+                fresh = server_commands(opts, port, admin_token)[name]
+                runs[name].command = fresh.command
+                print(f"service: {name} on port {port}", flush=True)
+                measure_server(runs[name], opts, port, texts_file, log_dir, admin_token)
+    for run in runs.values():
+        run.pool_rounds()
+    raw = dict(raws[0])
+    for key in ("texts_per_s_median", "texts_per_s_best", "ms_per_batch_median"):
+        raw[key] = statistics.median(r[key] for r in raws)
+    raw["rounds"] = [r["texts_per_s_median"] for r in raws]
     data = summarise_service(opts, runs, raw)
     write_service_section(results, data)
     return data
@@ -420,12 +463,13 @@ def summarise_service(
         "preset": asdict(opts.preset),
         "threads": opts.threads,
         "max_batch_size": opts.max_batch_size,
-        "order": list(runs),
+        "order": list(opts.servers),
+        "rounds": opts.preset.rounds,
         "servers": {
             name: {
                 "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(r.command)),
                 "settings": r.settings,
-                "ready_seconds": r.ready_seconds,
+                "ready_seconds": statistics.median(r.ready_seconds),
                 "levels": {str(k): v for k, v in r.levels.items()},
             }
             for name, r in runs.items()
@@ -496,8 +540,9 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     md.append(
         f"Each server alone on the machine, torch intra-op threads = {data['threads']} in every "
         f"server, one text per request from a fixed-seed mix (short/medium/long), "
-        f"{data['preset']['requests']} requests per level after warm-up, load generator in its "
-        f"own process. Order of runs: {', '.join(data['order'])}.\n"
+        f"{data['preset']['requests']} requests per level and round after warm-up, load "
+        f"generator in its own process. {data['rounds']} round(s), servers in the order "
+        f"{', '.join(data['order'])} (reversed every other round), rounds pooled.\n"
     )
     md.append(
         markdown_table(

@@ -1,4 +1,8 @@
-"""Shared route dependencies: the engine and settings of the app serving the request."""
+"""Shared route dependencies: the engine and settings of the app serving the request.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in its threadpool, a
+thread hop per request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from app.engine.engine import Engine
 from app.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings

@@ -32,7 +32,8 @@ def float_rows(rows: list[torch.Tensor]) -> list[str]:
     if not rows:
         return []
     fmt = _row_format(rows[0].shape[0])
-    return [fmt % tuple(values) for values in torch.stack(rows).tolist()]
+    matrix = rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)  # (n, dims)
+    return [fmt % tuple(values) for values in matrix.tolist()]
 
 
 def base64_row(row: torch.Tensor) -> str:

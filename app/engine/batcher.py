@@ -221,36 +221,47 @@ class Batcher(Generic[R]):
         assert self._loop is not None and self._wakeup is not None
         loop, wakeup = self._loop, self._wakeup
         while True:
+            try:
+                if not await self._next_batch(loop, wakeup):
+                    return  # closed and empty
+            except Exception:
+                # A bug here must not stop batching for good: log it and go on. Requests whose
+                # futures were left pending are still answered by their deadline timers.
+                logger.exception("batcher: unexpected error; continuing")
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> bool:
+        """Wait for work, run one batch on the worker, answer it. False once closed and empty."""
+        self._drop_dead_heads()
+        if not self._queue:
+            if self._closed:
+                return False
+            wakeup.clear()
+            await wakeup.wait()
+            return True
+        if self.max_batch_wait_s > 0:
+            await self._wait_for_more(loop, wakeup)
             self._drop_dead_heads()
             if not self._queue:
-                if self._closed:
-                    return
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            if self.max_batch_wait_s > 0:
-                await self._wait_for_more(loop, wakeup)
-                self._drop_dead_heads()
-                if not self._queue:
-                    continue
-            batch, slots, waits = self._take(loop.time())
-            if not batch:
-                continue
-            self._busy = True
-            self.batches += 1
-            self.items_done += len(batch)
-            self._observer.on_batch(len(batch), waits)
-            try:
-                out = await loop.run_in_executor(self._executor, self._run_batch, batch)
-                if len(out) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(out)} results for {len(batch)}")
-            except Exception as exc:  # the model failed: only this batch's requests fail
-                logger.exception("batch of %d texts failed", len(batch))
-                self._fail(slots, exc)
-                continue
-            finally:
-                self._busy = False
-            self._deliver(slots, out)
+                return True
+        batch, slots, waits = self._take(loop.time())
+        if not batch:
+            return True
+        self._busy = True
+        self.batches += 1
+        self.items_done += len(batch)
+        self._observer.on_batch(len(batch), waits)
+        try:
+            out = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if len(out) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(out)} results for {len(batch)}")
+        except Exception as exc:  # the model failed: only this batch's requests fail
+            logger.exception("batch of %d texts failed", len(batch))
+            self._fail(slots, exc)
+            return True
+        finally:
+            self._busy = False
+        self._deliver(slots, out)
+        return True
 
     def _drop_dead_heads(self) -> None:
         queue = self._queue

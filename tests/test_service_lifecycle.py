@@ -272,3 +272,30 @@ def test_bad_prewarm_shape_refuses_to_start() -> None:
                 pass
 
     run(main)
+
+
+def test_a_failing_model_call_answers_500_for_its_batch_only() -> None:
+    async def main() -> None:
+        async with serving(model_path="toy", capture_threshold=1000) as (app, client):
+            engine = engine_of(app)
+            await engine.wait_ready()
+            failures = []
+
+            def fail_once(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+                if not failures:  # a real exception inside the forward, on the worker thread
+                    failures.append(1)
+                    raise RuntimeError("injected: CUDA error: an illegal memory access")
+
+            handle = engine.encoder.model.register_forward_pre_hook(fail_once)
+            try:
+                bad = await client.post("/infer", json={"inputs": ["first", "batch"]})
+                good = await client.post("/infer", json={"inputs": ["second"]})
+            finally:
+                handle.remove()
+            assert bad.status_code == 500
+            assert bad.json()["error"]["code"] == "inference_failed"
+            assert "illegal memory access" not in bad.text  # internals stay in the log
+            assert good.status_code == 200 and len(good.json()["embeddings"]) == 1
+            assert (await client.get("/readyz")).status_code == 200
+
+    run(main)

@@ -279,7 +279,7 @@ def test_a_failing_model_call_answers_500_for_its_batch_only() -> None:
         async with serving(model_path="toy", capture_threshold=1000) as (app, client):
             engine = engine_of(app)
             await engine.wait_ready()
-            failures = []
+            failures: list[int] = []
 
             def fail_once(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
                 if not failures:  # a real exception inside the forward, on the worker thread

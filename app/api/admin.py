@@ -104,7 +104,12 @@ def build_admin_router(models: RequestModels) -> APIRouter:
             "graphs": [e.to_dict() for e in entries],
         }
 
-    @router.delete("/graphs", response_model=ClearResponse, summary="Empty the graph cache")
+    @router.delete(
+        "/graphs",
+        response_model=ClearResponse,
+        responses=error_responses(413),  # a DELETE may carry a body; the size limit applies
+        summary="Empty the graph cache",
+    )
     async def clear_graphs(engine: EngineDep) -> dict[str, int]:
         _view(engine)
         return {"cleared": await engine.clear_graphs()}

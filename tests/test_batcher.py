@@ -323,3 +323,19 @@ def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         Batcher(Model(), executor=ex, timeout_s=0)
     ex.shutdown()
+
+
+def test_check_room_refuses_before_any_work() -> None:
+    model = Model()
+
+    async def main() -> None:
+        b, obs, ex = make(model, max_queue=3)
+        b.start()
+        b.check_room(3)  # fits
+        with pytest.raises(QueueFull):
+            b.check_room(4)
+        assert obs.rejects == ["queue_full"] and model.calls == []
+        await b.drain()
+        ex.shutdown()
+
+    run(main)

@@ -23,7 +23,7 @@ def build_inference_router(models: RequestModels) -> APIRouter:
 
     async def infer(body: Any, engine: EngineDep) -> Response:
         """Embed texts; the embeddings come back in input order, L2-normalised."""
-        engine.check_ready()  # refuse before tokenizing when not serving
+        engine.check_ready(len(body.inputs))  # refuse before tokenizing when it cannot be served
         token_ids = await engine.tokenize(body.inputs)
         rows = await engine.embed(token_ids)
         encoder = engine.encoder
@@ -32,7 +32,8 @@ def build_inference_router(models: RequestModels) -> APIRouter:
 
     async def embeddings(body: Any, engine: EngineDep) -> Response:
         """OpenAI embeddings API: point an OpenAI client's base URL at `<server>/v1`."""
-        engine.check_ready()
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        engine.check_ready(len(texts))
         encoder = engine.encoder
         if body.dimensions is not None and body.dimensions != encoder.dimensions:
             raise ApiError(
@@ -41,7 +42,6 @@ def build_inference_router(models: RequestModels) -> APIRouter:
                 f"this model returns {encoder.dimensions} dimensions; "
                 f"`dimensions` must be {encoder.dimensions} or omitted",
             )
-        texts = [body.input] if isinstance(body.input, str) else body.input
         token_ids = await engine.tokenize(texts)
         rows = await engine.embed(token_ids)
         tokens = sum(map(len, token_ids))

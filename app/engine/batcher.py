@@ -166,6 +166,15 @@ class Batcher(Generic[R]):
             await asyncio.shield(self._task)
 
     # ----------------------------------------------------------------- submit
+    def check_room(self, n: int) -> None:
+        """Raise QueueFull (counted) unless `n` more texts fit; callers may check before they
+        tokenize, so an overloaded server spends nothing on requests it will refuse."""
+        if self._depth + n > self.max_queue:
+            self._observer.on_reject(REASON_QUEUE_FULL)
+            raise QueueFull(
+                f"the queue is full ({self._depth} of {self.max_queue} texts waiting); retry later"
+            )
+
     async def submit(self, items: list[list[int]]) -> list[R]:
         """Queue the token ids of one request's texts; returns one result per text, in order."""
         if self._closed:
@@ -177,11 +186,7 @@ class Batcher(Generic[R]):
         n = len(items)
         if n == 0:
             return []
-        if self._depth + n > self.max_queue:
-            self._observer.on_reject(REASON_QUEUE_FULL)
-            raise QueueFull(
-                f"the queue is full ({self._depth} of {self.max_queue} texts waiting); retry later"
-            )
+        self.check_room(n)
         fut: asyncio.Future[list[R]] = loop.create_future()
         req: _Request[R] = _Request(items, fut, loop.time())
         req.timer = loop.call_at(req.enqueued + self.timeout_s, self._expire, req)

@@ -221,10 +221,13 @@ class Engine:
         self._state = EngineState.STOPPED
 
     # ---------------------------------------------------------------- serving
-    def check_ready(self) -> None:
-        """Raise unless inference is admitted: ready, or draining with the queue still open."""
+    def check_ready(self, texts: int = 0) -> None:
+        """Raise unless inference is admitted (ready, or draining with the queue still open) and
+        `texts` more texts fit in the queue. Cheap: routes call it before tokenizing."""
         state = self._state
         if state is EngineState.READY:
+            if texts and self._batcher is not None:
+                self._batcher.check_room(texts)
             return
         if state in (EngineState.DRAINING, EngineState.STOPPED):
             if state is EngineState.DRAINING and self._batcher and not self._batcher.closed:

@@ -14,6 +14,7 @@ uvicorn); it is imported lazily so the others run on a GPU box without it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -67,14 +68,20 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
     every = add("all", "engine, service, adaptive and overhead")
     for p in (s, every):
         p.add_argument("--threads", type=int, default=2, help="torch threads in every server")
+        p.add_argument(
+            "--omp-active",
+            action="store_true",
+            help="leave OpenMP's default spin-waiting (default: OMP_WAIT_POLICY=PASSIVE in all)",
+        )
         p.add_argument("--concurrency", type=_int_list, help="client counts, e.g. 1,8,32,128")
         p.add_argument("--requests", type=int, help="measured requests per server and level")
         p.add_argument("--rounds", type=int, help="rounds per server, pooled (full preset: 2)")
         p.add_argument(
             "--graph-mode",
-            choices=("NONE", "PIECEWISE", "FULL"),
-            default="FULL",
-            help="the sidecar's SIDECAR_GRAPH_MODE (and the raw runner's; default: %(default)s)",
+            choices=("auto", "NONE", "PIECEWISE", "FULL"),
+            default="auto",
+            help="the sidecar's SIDECAR_GRAPH_MODE and the raw runner's (auto: FULL on CUDA, "
+            "PIECEWISE on a CPU, where FULL's padding costs more than mock graphs save)",
         )
         p.add_argument(
             "--max-batch-size", type=int, default=32, help="the sidecar's SIDECAR_MAX_BATCH_SIZE"
@@ -209,6 +216,7 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
         servers=servers,
         sidecar_env=dict(args.sidecar_env),
         model=args.model,
+        omp_passive=not args.omp_active,
     )
     service.run_service_bench(opts, results)
 
@@ -284,6 +292,11 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m app bench") -> int:
     args = build_parser(prog).parse_args(argv)
+    if "torch" not in sys.modules:
+        # Read by OpenMP when torch loads. Spin-waiting threads collapse throughput ~10x on a
+        # small shared CPU as soon as any other process wants a core (measured on 2 cores), so
+        # the benchmarks wait passively unless the caller chose otherwise (results.md says which).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     results = ResultsDir(args.out)
     names = list(SUBCOMMANDS) if args.command == "all" else [args.command]
     failed: list[str] = []

@@ -82,6 +82,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
@@ -106,8 +107,9 @@ def machine_markdown(info: dict[str, Any]) -> str:
         f"- date (UTC): {info['date_utc']}\n"
         f"- CPU: {info['cpu']}, {info['cpu_count']} logical cores\n"
         f"- GPU: {gpu}\n"
-        f"- torch {info['torch']} ({info['torch_threads']} intra-op threads in the bench process)"
-        f", Python {info['python']}, {info['platform']}\n"
+        f"- torch {info['torch']} ({info['torch_threads']} intra-op threads in the bench process,"
+        f" OMP_WAIT_POLICY={info.get('omp_wait_policy', 'unset')}), Python {info['python']}, "
+        f"{info['platform']}\n"
     )
 
 

@@ -62,7 +62,7 @@ QUICK = ServicePreset(
     concurrencies=(1, 32),
     requests=96,
     warmup_requests=96,
-    level_warmup=8,
+    level_warmup=48,
     num_texts=256,
     raw_batches=4,
     raw_repeats=2,
@@ -71,7 +71,7 @@ FULL = ServicePreset(
     concurrencies=(1, 8, 32, 128),
     requests=320,
     warmup_requests=256,
-    level_warmup=32,
+    level_warmup=64,
     num_texts=1024,
     raw_batches=8,
     raw_repeats=2,
@@ -84,12 +84,13 @@ class ServiceOptions:
     preset: ServicePreset
     threads: int = 2
     max_batch_size: int = 32
-    graph_mode: str = "FULL"
+    graph_mode: str = "auto"  # see resolve_graph_mode
     servers: tuple[str, ...] = (SIDECAR, NAIVE, ST)
     sidecar_env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 180.0
     seed: int = 0
     model: str | None = None  # None: the shipped MiniLM; "toy": the tiny test model (no ST)
+    omp_passive: bool = True  # OMP_WAIT_POLICY=PASSIVE in every server (see server_env)
 
 
 @dataclass
@@ -192,11 +193,34 @@ class ServerProcess:
         self._log.close()
 
 
+def resolve_graph_mode(mode: str) -> str:
+    """ "auto": FULL where CUDA is available (real graphs), PIECEWISE on a CPU. There the graphs
+    are mocks that save nothing, while FULL pads every batch to (batch, seq_len) buckets: on the
+    mixed-length traffic of this benchmark that is ~1.6x the real tokens, against ~1.04x for
+    PIECEWISE's packed token buckets (raw runner: ~70 vs ~115 texts/s on 2 cores)."""
+    if mode.lower() != "auto":
+        return mode.upper()
+    import torch
+
+    return "FULL" if torch.cuda.is_available() else "PIECEWISE"
+
+
+def server_env(opts: ServiceOptions) -> dict[str, str]:
+    """Environment shared by all three servers. OMP_WAIT_POLICY=PASSIVE: with more than one
+    intra-op thread, OpenMP threads that spin-wait at barriers collapse throughput as soon as
+    another process (the load generator, the event loop) needs one of the few cores; measured
+    ~10x slower on a shared 2-core machine. Passive waiting avoids that for every server alike."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if opts.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
     """The sidecar's settings for this run (logged in the results). Batch wait 0 ms: batches
     form from whatever queued while the worker was busy (Triton's default)."""
     env = {
-        "SIDECAR_GRAPH_MODE": opts.graph_mode,
+        "SIDECAR_GRAPH_MODE": resolve_graph_mode(opts.graph_mode),
         "SIDECAR_NUM_THREADS": str(opts.threads),
         "SIDECAR_MAX_BATCH_SIZE": str(opts.max_batch_size),
         "SIDECAR_MAX_BATCH_WAIT_MS": "0",
@@ -309,8 +333,7 @@ def measure_server(
 ) -> None:
     """Start the server, warm it up, measure every level once (one round), stop it."""
     env = dict(os.environ)
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["HF_HUB_OFFLINE"] = "1"
+    env.update(server_env(opts))
     if run.name == SIDECAR:
         env.update(sidecar_settings(opts, admin_token))
     base = f"http://127.0.0.1:{port}"
@@ -351,55 +374,89 @@ def measure_server(
     run.rounds.append(levels)
 
 
-def measure_raw_runner(opts: ServiceOptions, texts: Sequence[str]) -> dict[str, Any]:
-    """Texts/s of EmbeddingRunner.run on full batches (max_batch_size texts of the same mix):
-    the model work the sidecar does per batch, without HTTP, queueing or tokenization."""
+def measure_raw_runner(
+    *,
+    mode: str,
+    batch_size: int,
+    threads: int,
+    model: str | None,
+    texts: Sequence[str],
+    batches: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """Texts/s of EmbeddingRunner.run on full batches (batch_size texts of the same mix): the
+    model work the sidecar does per batch, without HTTP, queueing or tokenization."""
     import torch
 
     from app.cudagraph import CUDAGraphMode
     from app.engine.runner import EmbeddingRunner, RunnerConfig
     from models import load_sentence_encoder, make_toy_encoder
 
-    # The sidecar's effective settings (--sidecar-env may override the defaults of the run).
-    settings = sidecar_settings(opts, "")
-    mode = settings["SIDECAR_GRAPH_MODE"].upper()
-    bs = int(settings["SIDECAR_MAX_BATCH_SIZE"])
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(opts.threads)
-    try:
-        encoder = make_toy_encoder() if opts.model == "toy" else load_sentence_encoder(opts.model)
-        config = RunnerConfig(mode=CUDAGraphMode[mode], max_batch_size=bs, capture_threshold=1)
-        runner = EmbeddingRunner(encoder, config)
+    torch.set_num_threads(threads)
+    encoder = make_toy_encoder() if model == "toy" else load_sentence_encoder(model)
+    config = RunnerConfig(mode=CUDAGraphMode[mode], max_batch_size=batch_size, capture_threshold=1)
+    runner = EmbeddingRunner(encoder, config)
+    bs = batch_size
+    t0 = time.perf_counter()
+    ids = encoder.tokenizer.encode(list(texts[: bs * batches]))
+    tokenize_s = time.perf_counter() - t0
+    groups = [ids[i : i + bs] for i in range(0, len(ids), bs)]
+    groups = [g for g in groups if len(g) == bs]
+    if not groups:
+        raise ValueError(f"need at least {bs} texts for one full batch")
+    for group in groups:  # first sight: captures (mock on CPU), not timed
+        runner.run(group)
+    per_pass: list[float] = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        ids = encoder.tokenizer.encode(list(texts[: bs * opts.preset.raw_batches]))
-        tokenize_s = time.perf_counter() - t0
-        batches = [ids[i : i + bs] for i in range(0, len(ids), bs)]
-        batches = [b for b in batches if len(b) == bs]
-        if not batches:
-            raise ValueError(f"need at least {bs} texts for one full batch")
-        for batch in batches:  # first sight: captures (mock on CPU), not timed
-            runner.run(batch)
-        per_pass: list[float] = []
-        for _ in range(opts.preset.raw_repeats):
-            t0 = time.perf_counter()
-            for batch in batches:
-                runner.run(batch)
-            per_pass.append(time.perf_counter() - t0)
-        texts_per_pass = bs * len(batches)
-        best = min(per_pass)
-        return {
-            "batch_size": bs,
-            "batches": len(batches),
-            "repeats": opts.preset.raw_repeats,
-            "texts_per_s_median": texts_per_pass / statistics.median(per_pass),
-            "texts_per_s_best": texts_per_pass / best,
-            "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(batches),
-            "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
-            "mode": mode,
-            "descriptors": sorted({str(d) for d in runner.run(batches[0]).descriptors}),
-        }
-    finally:
-        torch.set_num_threads(previous_threads)
+        for group in groups:
+            runner.run(group)
+        per_pass.append(time.perf_counter() - t0)
+    texts_per_pass = bs * len(groups)
+    return {
+        "batch_size": bs,
+        "batches": len(groups),
+        "repeats": repeats,
+        "threads": threads,
+        "texts_per_s_median": texts_per_pass / statistics.median(per_pass),
+        "texts_per_s_best": texts_per_pass / min(per_pass),
+        "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(groups),
+        "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
+        "mode": mode,
+        "descriptors": sorted({str(d) for d in runner.run(groups[0]).descriptors}),
+    }
+
+
+def run_raw_runner(opts: ServiceOptions, texts_file: Path) -> dict[str, Any]:
+    """The raw runner in its own process, with the servers' environment (OMP policy included,
+    which must be set before torch starts) and the sidecar's effective mode and batch size."""
+    settings = sidecar_settings(opts, "")
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.bench.service",
+        "raw-runner",
+        "--mode",
+        settings["SIDECAR_GRAPH_MODE"].upper(),
+        "--batch-size",
+        settings["SIDECAR_MAX_BATCH_SIZE"],
+        "--threads",
+        str(opts.threads),
+        "--texts-file",
+        str(texts_file),
+        "--batches",
+        str(opts.preset.raw_batches),
+        "--repeats",
+        str(opts.preset.raw_repeats),
+    ]
+    if opts.model is not None:
+        cmd += ["--model", opts.model]
+    env = {**os.environ, **server_env(opts)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"raw runner failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, Any]:
@@ -417,7 +474,7 @@ def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, An
         texts_file.write_text(json.dumps(texts))
         for round_index in range(preset.rounds):
             print(f"service: round {round_index + 1}/{preset.rounds}: raw runner", flush=True)
-            raws.append(measure_raw_runner(opts, texts))
+            raws.append(run_raw_runner(opts, texts_file))
             print(f"  raw runner {raws[-1]['texts_per_s_median']:.1f} texts/s", flush=True)
             order = opts.servers if round_index % 2 == 0 else tuple(reversed(opts.servers))
             for name in order:
@@ -462,6 +519,7 @@ def summarise_service(
     return {
         "preset": asdict(opts.preset),
         "threads": opts.threads,
+        "server_env": server_env(opts),
         "max_batch_size": opts.max_batch_size,
         "order": list(opts.servers),
         "rounds": opts.preset.rounds,
@@ -539,7 +597,9 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     md = ["## Service: sidecar against two baselines over HTTP\n"]
     md.append(
         f"Each server alone on the machine, torch intra-op threads = {data['threads']} in every "
-        f"server, one text per request from a fixed-seed mix (short/medium/long), "
+        f"server (environment of all servers: "
+        f"{', '.join(f'`{k}={v}`' for k, v in data['server_env'].items())}), "
+        "one text per request from a fixed-seed mix (short/medium/long), "
         f"{data['preset']['requests']} requests per level and round after warm-up, load "
         f"generator in its own process. {data['rounds']} round(s), servers in the order "
         f"{', '.join(data['order'])} (reversed every other round), rounds pooled.\n"
@@ -625,3 +685,37 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
 
 def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m app.bench.service raw-runner ...`: the raw runner measurement as a process
+    (the service benchmark runs it this way); prints JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m app.bench.service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    raw = sub.add_parser("raw-runner", help="EmbeddingRunner.run on full batches, texts/s")
+    raw.add_argument("--mode", choices=("NONE", "PIECEWISE", "FULL"), required=True)
+    raw.add_argument("--batch-size", type=int, required=True)
+    raw.add_argument("--threads", type=int, required=True)
+    raw.add_argument("--texts-file", type=Path, required=True)
+    raw.add_argument("--batches", type=int, default=8)
+    raw.add_argument("--repeats", type=int, default=2)
+    raw.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+    result = measure_raw_runner(
+        mode=args.mode,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        model=args.model,
+        texts=json.loads(args.texts_file.read_text()),
+        batches=args.batches,
+        repeats=args.repeats,
+    )
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,9 +3,11 @@ write the answer; batching and the model live in the engine."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+import torch
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.api.deps import get_engine
@@ -13,24 +15,68 @@ from app.api.responses import RawJSONResponse, embeddings_body, infer_body
 from app.api.routing import StrictJSONRoute, bind_body
 from app.api.schemas import EmbeddingsResponse, InferResponse, RequestModels
 from app.engine.engine import Engine
-from app.errors import ApiError, error_responses
+from app.errors import ApiError, error_response, error_responses
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+# nginx's "client closed request": counted in sidecar_requests_total, never received by anyone.
+CLIENT_GONE = 499
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected. The body is read by now, so the server's next
+    ASGI message is http.disconnect (uvicorn sends it when the connection drops)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def embed_while_connected(
+    request: Request, engine: Engine, token_ids: list[list[int]]
+) -> list[torch.Tensor] | None:
+    """`engine.embed(token_ids)`, abandoned as soon as the client disconnects (None then).
+
+    uvicorn does not cancel a handler whose client went away: without this, a gone client's
+    texts stay queued and are computed for nobody, holding queue room and worker time that live
+    clients need (clients that time out and retry would fill the queue with dead work).
+    Cancelling the wait makes the batcher drop the texts still queued; a batch already running
+    finishes normally for the other requests in it.
+    """
+    work = asyncio.ensure_future(engine.embed(token_ids))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler cancelled (server shutdown, in-process client)
+        work.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if work.done():
+        return work.result()  # the answer, or the batcher's refusal/failure (raised)
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    return None
+
+
+def _gone_response() -> Response:
+    return error_response(
+        CLIENT_GONE, "client_closed_request", "the client disconnected before the answer"
+    )
 
 
 def build_inference_router(models: RequestModels) -> APIRouter:
     router = APIRouter(route_class=StrictJSONRoute, tags=["inference"])
 
-    async def infer(body: Any, engine: EngineDep) -> Response:
+    async def infer(body: Any, engine: EngineDep, request: Request) -> Response:
         """Embed texts; the embeddings come back in input order, L2-normalised."""
         engine.check_ready(len(body.inputs))  # refuse before tokenizing when it cannot be served
         token_ids = await engine.tokenize(body.inputs)
-        rows = await engine.embed(token_ids)
+        rows = await embed_while_connected(request, engine, token_ids)
+        if rows is None:
+            return _gone_response()
         encoder = engine.encoder
         tokens = sum(map(len, token_ids))
         return RawJSONResponse(infer_body(encoder.name, encoder.dimensions, rows, tokens))
 
-    async def embeddings(body: Any, engine: EngineDep) -> Response:
+    async def embeddings(body: Any, engine: EngineDep, request: Request) -> Response:
         """OpenAI embeddings API: point an OpenAI client's base URL at `<server>/v1`."""
         texts = [body.input] if isinstance(body.input, str) else body.input
         engine.check_ready(len(texts))
@@ -43,7 +89,9 @@ def build_inference_router(models: RequestModels) -> APIRouter:
                 f"`dimensions` must be {encoder.dimensions} or omitted",
             )
         token_ids = await engine.tokenize(texts)
-        rows = await engine.embed(token_ids)
+        rows = await embed_while_connected(request, engine, token_ids)
+        if rows is None:
+            return _gone_response()
         tokens = sum(map(len, token_ids))
         return RawJSONResponse(embeddings_body(encoder.name, rows, tokens, body.encoding_format))
 

@@ -299,15 +299,29 @@ def test_clients_leaving_mid_batch_cause_no_error_and_no_leak(
     assert not bad, [r.getMessage() for r in bad]
 
 
-def _send_and_hang_up(port: int, body: bytes) -> None:
+def _send_and_hang_up(port: int, body: bytes, after_s: float = 0.0) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
             b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        time.sleep(after_s)
         # Gone before the answer: RST instead of FIN makes it as abrupt as a crashed client.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def _wait_idle(server: SidecarProcess) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        s: dict[str, Any] = httpx.get(server.url + "/admin/stats", headers=ADMIN).json()
+        if s["queue_depth"] == 0 or time.monotonic() > deadline:
+            return s
+        time.sleep(0.05)
+
+
+HANGUPS = 20
+TEXTS_PER_HANGUP = 256
 
 
 @pytest.mark.slow
@@ -315,12 +329,51 @@ def test_real_server_clients_hanging_up(tmp_path: Path) -> None:
     env = {
         "SIDECAR_MODEL_PATH": "toy",
         "SIDECAR_ADMIN_TOKEN": TOKEN,
+        "SIDECAR_NUM_THREADS": "1",
         "SIDECAR_MAX_BATCH_WAIT_MS": "5",
-        "SIDECAR_MAX_QUEUE": "4096",  # room for every abandoned text: this is not overload
+        "SIDECAR_MAX_QUEUE": str(HANGUPS * TEXTS_PER_HANGUP),  # this is not overload
         "SIDECAR_LOG_LEVEL": "info",
     }
     with SidecarProcess(env, tmp_path / "server.log") as server:
         server.wait_ready()
+        metrics_before = httpx.get(server.url + "/metrics").text
+        before = httpx.get(server.url + "/admin/stats", headers=ADMIN).json()
+
+        # 1. Clients that queue a lot of work and leave: their queued texts are dropped, not
+        # computed for nobody (uvicorn does not cancel the handler of a client that left).
+        big = json.dumps({"inputs": [f"abandoned {i} " * 8 for i in range(TEXTS_PER_HANGUP)]})
+        threads = [
+            threading.Thread(target=_send_and_hang_up, args=(server.port, big.encode(), 0.2))
+            for _ in range(HANGUPS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = _wait_idle(server)
+        assert after["queue_depth"] == 0, after
+        computed = after["texts"] - before["texts"]
+        deadline = time.monotonic() + 10
+        while True:  # the abandoned handlers answer (into the void) once their work is dropped
+            text = httpx.get(server.url + "/metrics").text
+            gone = metric(text, "sidecar_requests_total", route="/infer", status="499")
+            answered = metric(text, "sidecar_requests_total", route="/infer", status="200")
+            answered -= metric(
+                metrics_before, "sidecar_requests_total", route="/infer", status="200"
+            )
+            if gone + answered >= HANGUPS or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        print(
+            f"\nhang-ups: {HANGUPS} clients x {TEXTS_PER_HANGUP} texts left after 0.2 s: "
+            f"{computed} of {HANGUPS * TEXTS_PER_HANGUP} texts computed, {gone:.0f} requests "
+            f"dropped (499), {answered:.0f} answered before the client left"
+        )
+        assert gone + answered == HANGUPS, (gone, answered)
+        assert gone >= HANGUPS // 2, "the abandoned requests were served, not dropped"
+        assert computed <= HANGUPS * TEXTS_PER_HANGUP // 2, f"{computed} abandoned texts computed"
+
+        # 2. Hang-ups in the middle of steady traffic: the others do not notice.
         body = json.dumps({"inputs": [f"text number {i} " * 6 for i in range(32)]}).encode()
 
         async def load() -> list[int]:
@@ -338,12 +391,7 @@ def test_real_server_clients_hanging_up(tmp_path: Path) -> None:
 
         statuses = run(load())
         assert statuses == [200] * 30
-        deadline = time.monotonic() + 10
-        while True:
-            s = httpx.get(server.url + "/admin/stats", headers=ADMIN).json()
-            if s["queue_depth"] == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        s = _wait_idle(server)
         assert s["queue_depth"] == 0, s
         texts = ["still", "answering correctly"]
         resp = httpx.post(server.url + "/infer", json={"inputs": texts})

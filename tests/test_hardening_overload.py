@@ -129,7 +129,9 @@ def test_overload_refuses_the_excess_and_answers_the_rest(
         f"{dict(statuses)}; RSS {rss_base / 2**20:.1f} MB -> peak {rss_peak / 2**20:.1f} MB -> "
         f"{rss_end / 2**20:.1f} MB"
     )
-    assert statuses["200"] >= 20 and statuses["503"] >= total // 2, statuses
+    # At least the queue's worth of requests is admitted per burst (each has <= MAX_INPUTS texts).
+    assert statuses["200"] >= BURSTS * MAX_QUEUE // MAX_INPUTS, statuses
+    assert statuses["503"] >= total // 2, statuses
     assert statuses["200"] + statuses["503"] == total, statuses
     assert set(codes) == {"queue_full"}, codes
     rejected = metric(after, "sidecar_rejected_total", reason="queue_full") - metric(
@@ -171,6 +173,7 @@ def test_requests_past_their_deadline_are_refused_and_counted() -> None:
             finally:
                 handle.remove()
             status = Counter(r.status_code for r in resps)
+            print(f"\ndeadline: 12 requests, 150 ms per batch, 0.4 s timeout: {dict(status)}")
             assert status[200] >= 2 and status[503] >= 4, status
             assert set(status) == {200, 503}, status
             enc = make_toy_encoder()

@@ -44,6 +44,9 @@ TOKEN = "fuzz-admin-token-0123456789"
 AUTHS: dict[str, dict[str, str]] = {"token": {"Authorization": f"Bearer {TOKEN}"}, "none": {}}
 MIN_CASES = 500
 FUZZ_EXAMPLES = 25  # hypothesis examples per (operation, mode, auth)
+# The routes that reach the model get more: that is where batching, padding and graphs are.
+FUZZ_EXAMPLES_INFERENCE = 80
+INFERENCE_PATHS = {"/infer", "/v1/embeddings"}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -172,7 +175,7 @@ def test_fuzz_the_openapi_schema(api_schema: Any, record_property: Callable[...,
 
 def _fuzz(op: Any, mode: GenerationMode, send: Callable[[Any], None]) -> None:
     @hypothesis.settings(
-        max_examples=FUZZ_EXAMPLES,
+        max_examples=FUZZ_EXAMPLES_INFERENCE if op.path in INFERENCE_PATHS else FUZZ_EXAMPLES,
         deadline=None,
         database=None,
         phases=[Phase.generate, Phase.shrink],

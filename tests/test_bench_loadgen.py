@@ -16,14 +16,24 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from app.bench.loadgen import LENGTH_MIX, make_texts, percentile, pool, run_load, summarise
+from app.bench.loadgen import (
+    LENGTH_MIX,
+    TRANSPORTS,
+    make_texts,
+    percentile,
+    pool,
+    run_load,
+    summarise,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def tiny_app(scope, receive, send) -> None:
     """POST /infer {"inputs": [text]}: "fail..." answers 500, "bad..." a 200 without
-    embeddings, "sleep:S" sleeps S seconds first; everything else one embedding."""
+    embeddings, "sleep:S" sleeps S seconds first, "chunked..." streams its answer in two
+    chunks (no Content-Length), "close..." closes the connection after answering; everything
+    else one embedding."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -47,14 +57,17 @@ async def tiny_app(scope, receive, send) -> None:
     elif text.startswith("sleep:"):
         await asyncio.sleep(float(text.split(":", 1)[1]))
     data = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    headers = [(b"content-type", b"application/json")]
+    if text.startswith("close"):
+        headers.append((b"connection", b"close"))
+    if not text.startswith("chunked"):
+        headers.append((b"content-length", str(len(data)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if text.startswith("chunked"):
+        await send({"type": "http.response.body", "body": data[:5], "more_body": True})
+        await send({"type": "http.response.body", "body": data[5:]})
+    else:
+        await send({"type": "http.response.body", "body": data})
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +148,13 @@ def test_text_mix_is_fixed_and_mixed() -> None:
         assert any(wmin <= w <= wmax for w in words)
 
 
-def test_run_load_counts_requests_errors_and_latency(server_url: str) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_run_load_counts_requests_errors_and_latency(server_url: str, transport: str) -> None:
     # 40 requests cycling through 4 kinds: 10 fast, 10 failing, 10 bad bodies, 10 slow (60 ms)
     texts = ["hello world", "fail now", "bad body", "sleep:0.06"]
-    r = asyncio.run(run_load(server_url, texts, concurrency=4, num_requests=40))
+    r = asyncio.run(
+        run_load(server_url, texts, concurrency=4, num_requests=40, transport=transport)
+    )
     assert r.requests == 40
     assert r.ok == 20 and r.errors == 20
     assert r.status_counts == {"500": 10, "bad_body": 10, "ok": 20}
@@ -150,29 +166,41 @@ def test_run_load_counts_requests_errors_and_latency(server_url: str) -> None:
     assert r.throughput_rps == pytest.approx(20 / r.wall_seconds)
 
 
-def test_clients_really_run_concurrently(server_url: str) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clients_really_run_concurrently(server_url: str, transport: str) -> None:
     # 16 requests of 100 ms each: one client needs >= 1.6 s, eight need about 0.2 s.
     texts = ["sleep:0.1"]
-    r = asyncio.run(run_load(server_url, texts, concurrency=8, num_requests=16))
+    r = asyncio.run(
+        run_load(server_url, texts, concurrency=8, num_requests=16, transport=transport)
+    )
     assert r.ok == 16
     assert 0.19 <= r.wall_seconds < 0.9
     assert r.p50_ms >= 100.0
 
 
-def test_connection_errors_are_counted_not_raised() -> None:
+def test_raw_transport_handles_chunked_and_connection_close(server_url: str) -> None:
+    texts = ["chunked one", "close after this", "plain", "chunked two", "close again"]
+    r = asyncio.run(run_load(server_url, texts, concurrency=2, num_requests=20, transport="raw"))
+    assert (r.ok, r.errors) == (20, 0), r.error_samples
+
+
+@pytest.mark.parametrize(
+    ("transport", "error"), [("raw", "ConnectionRefusedError"), ("httpx", "ConnectError")]
+)
+def test_connection_errors_are_counted_not_raised(transport: str, error: str) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    r = asyncio.run(
-        run_load(f"http://127.0.0.1:{port}/infer", ["x"], concurrency=2, num_requests=6)
-    )
+    url = f"http://127.0.0.1:{port}/infer"
+    r = asyncio.run(run_load(url, ["x"], concurrency=2, num_requests=6, transport=transport))
     assert r.ok == 0 and r.errors == 6
-    assert r.status_counts == {"ConnectError": 6}
+    assert r.status_counts == {error: 6}
     assert math.isnan(r.p50_ms) and r.throughput_rps == 0.0
 
 
-def test_loadgen_process_prints_json(server_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_loadgen_process_prints_json(server_url: str, tmp_path: Path, transport: str) -> None:
     texts_file = tmp_path / "texts.json"
     texts_file.write_text(json.dumps(["one", "two", "three"]))
     out = subprocess.run(
@@ -190,6 +218,8 @@ def test_loadgen_process_prints_json(server_url: str, tmp_path: Path) -> None:
             "3",
             "--texts-file",
             str(texts_file),
+            "--transport",
+            transport,
         ],
         cwd=ROOT,
         capture_output=True,

@@ -1,9 +1,10 @@
 """Async HTTP load generator and the text workload it sends.
 
-N client coroutines share one `httpx.AsyncClient` (one keep-alive connection each) and post one
-text per request until a fixed number of requests has been sent, the closed-loop way a fleet of
-callers behaves: each client sends its next request when the previous answer arrives. Latency is
-measured per request from just before the send to the parsed answer.
+N client coroutines, one keep-alive connection each, post one text per request until a fixed
+number of requests has been sent, the closed-loop way a fleet of callers behaves: each client
+sends its next request when the previous answer arrives. Latency is measured per request from
+just before the send to the parsed and checked answer. Two transports: a minimal HTTP/1.1 client
+on asyncio streams (default, the cheapest in client CPU) and `httpx.AsyncClient`.
 
 Run it in its own process (`python -m app.bench.loadgen ...`) so it does not share a GIL with
 the server it measures; the service benchmark does exactly that and reads the JSON it prints.
@@ -19,9 +20,10 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -158,17 +160,138 @@ def pool(results: Sequence[LoadResult]) -> LoadResult:
     return summarise(results[0].url, results[0].concurrency, latencies, statuses, wall, samples)
 
 
-def _check_answer(response: httpx.Response) -> str | None:
+def check_answer(status: int, body: bytes) -> str | None:
     """None when the answer is a 200 with one non-empty embedding, else why not."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
     try:
-        embeddings = response.json()["embeddings"]
+        embeddings = json.loads(body)["embeddings"]
     except (ValueError, KeyError, TypeError) as exc:
-        return f"bad body ({type(exc).__name__}): {response.text[:200]}"
+        return f"bad body ({type(exc).__name__}): {body[:200]!r}"
     if not isinstance(embeddings, list) or len(embeddings) != 1 or not embeddings[0]:
         return f"expected one embedding, got {str(embeddings)[:200]}"
     return None
+
+
+class RawHTTPConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams.
+
+    The load generator shares the machine with the server it measures, so its own CPU per
+    request matters: on the 2-core machine httpx.AsyncClient cost 1.2 ms (1 connection), 3.3 ms
+    (32) and 6.1 ms (128) of client CPU per request, this 0.1 to 0.2 ms at any of them (1000
+    requests against a toy server, process CPU time). Handles Content-Length and chunked
+    answers, reconnects after `Connection: close` or an error.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"only http://host:port/path URLs are supported, got {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        self._head = (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        try:
+            return await self._post(body)
+        except BaseException:
+            await self.close()  # the connection's state is unknown: start afresh next time
+            raise
+
+    async def _post(self, body: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        reader = self._reader
+        assert reader is not None
+        self._writer.write(self._head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip().lower()
+        if "content-length" in headers:
+            data = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            chunks = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunks.append(await reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            data = b"".join(c[:-2] for c in chunks)
+        else:
+            raise ValueError("answer has neither Content-Length nor chunked encoding")
+        if headers.get("connection") == "close":
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+
+Sender = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+TRANSPORTS = ("raw", "httpx")
+
+
+class LoadClient:
+    """`concurrency` senders (one connection each) posting to one URL; reused across runs so
+    the warm-up leaves its connections open for the measured run."""
+
+    def __init__(self, url: str, concurrency: int, transport: str = "raw") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self.url, self.concurrency, self.transport = url, concurrency, transport
+        self._raw: list[RawHTTPConnection] = []
+        self._httpx: httpx.AsyncClient | None = None
+        if transport == "raw":
+            self._raw = [RawHTTPConnection(url) for _ in range(concurrency)]
+        else:
+            limits = httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency
+            )
+            self._httpx = httpx.AsyncClient(limits=limits, timeout=None)
+
+    def senders(self) -> list[Sender]:
+        if self._raw:
+            return [conn.post for conn in self._raw]
+        client = self._httpx
+        assert client is not None
+        headers = {"content-type": "application/json"}
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            response = await client.post(self.url, content=body, headers=headers)
+            return response.status_code, response.content
+
+        return [post] * self.concurrency
+
+    async def aclose(self) -> None:
+        for conn in self._raw:
+            await conn.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+    async def __aenter__(self) -> LoadClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 async def run_load(
@@ -179,7 +302,8 @@ async def run_load(
     num_requests: int,
     timeout_s: float = 60.0,
     start_index: int = 0,
-    client: httpx.AsyncClient | None = None,
+    transport: str = "raw",
+    client: LoadClient | None = None,
 ) -> LoadResult:
     """Send `num_requests` POSTs of `{"inputs": [text]}` to `url` from `concurrency` clients.
 
@@ -193,59 +317,58 @@ async def run_load(
     if not texts:
         raise ValueError("no texts to send")
     if client is None:
-        async with make_client(concurrency, timeout_s) as own:
+        async with LoadClient(url, concurrency, transport) as own:
             return await run_load(
                 url,
                 texts,
                 concurrency=concurrency,
                 num_requests=num_requests,
+                timeout_s=timeout_s,
                 start_index=start_index,
                 client=own,
             )
+    if client.concurrency != concurrency:
+        raise ValueError(f"client has {client.concurrency} connections, asked for {concurrency}")
     bodies = [
         json.dumps({"inputs": [texts[(start_index + i) % len(texts)]]}).encode()
         for i in range(num_requests)
     ]
-    headers = {"content-type": "application/json"}
     latencies: list[float] = []
     statuses: list[str] = []
     samples: list[str] = []
     next_index = 0
 
-    async def client_loop() -> None:
+    async def client_loop(send: Sender) -> None:
         nonlocal next_index
         while next_index < num_requests:
             body = bodies[next_index]
             next_index += 1  # single-threaded event loop: no lock needed between awaits
             t0 = time.perf_counter()
             try:
-                response = await client.post(url, content=body, headers=headers)
-                problem = _check_answer(response)
-            except httpx.HTTPError as exc:
+                status, data = await asyncio.wait_for(send(body), timeout_s)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                problem: str | None = f"{type(exc).__name__}: {exc}"
+                statuses.append(type(exc).__name__)
+            except (httpx.HTTPError, ValueError, asyncio.LimitOverrunError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
                 statuses.append(type(exc).__name__)
             else:
+                problem = check_answer(status, data)
                 if problem is None:
                     statuses.append("ok")
-                elif response.status_code == 200:
+                elif status == 200:
                     statuses.append("bad_body")
                 else:
-                    statuses.append(str(response.status_code))
+                    statuses.append(str(status))
             if problem is None:
                 latencies.append(time.perf_counter() - t0)
             elif len(samples) < 5:
                 samples.append(problem)
 
     t_start = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    await asyncio.gather(*(client_loop(send) for send in client.senders()))
     wall = time.perf_counter() - t_start
     return summarise(url, concurrency, latencies, statuses, wall, samples)
-
-
-def make_client(concurrency: int, timeout_s: float = 60.0) -> httpx.AsyncClient:
-    """One keep-alive connection per concurrent client, no more."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(limits=limits, timeout=timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,7 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=0, help="requests sent first, not counted")
     parser.add_argument("--texts-file", type=Path, help="JSON list of texts (default: the mix)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the default text mix")
+    parser.add_argument("--start-index", type=int, default=0, help="first text sent")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="raw",
+        help="raw: HTTP/1.1 on asyncio streams (cheapest); httpx: httpx.AsyncClient",
+    )
     args = parser.parse_args(argv)
 
     if args.texts_file is not None:
@@ -268,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         texts = make_texts(max(args.requests, 64), seed=args.seed)
 
     async def go() -> LoadResult:
-        async with make_client(args.concurrency, args.timeout) as client:
+        async with LoadClient(args.url, args.concurrency, args.transport) as client:
             if args.warmup > 0:
                 # Warm-up on the same client (its connections stay open) with texts from the
                 # middle of the list, so the measured run starts warm but not on cached texts.
@@ -277,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     texts,
                     concurrency=args.concurrency,
                     num_requests=args.warmup,
+                    timeout_s=args.timeout,
                     start_index=len(texts) // 2,
                     client=client,
                 )
@@ -285,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 texts,
                 concurrency=args.concurrency,
                 num_requests=args.requests,
+                timeout_s=args.timeout,
+                start_index=args.start_index,
                 client=client,
             )
 

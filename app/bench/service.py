@@ -91,6 +91,7 @@ class ServiceOptions:
     seed: int = 0
     model: str | None = None  # None: the shipped MiniLM; "toy": the tiny test model (no ST)
     omp_passive: bool = True  # OMP_WAIT_POLICY=PASSIVE in every server (see server_env)
+    transport: str = "raw"  # the load generator's HTTP client (see loadgen.RawHTTPConnection)
 
 
 @dataclass
@@ -258,9 +259,15 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
 
 
 def run_loadgen(
-    url: str, texts_file: Path, concurrency: int, requests: int, warmup: int, seed: int
+    url: str,
+    texts_file: Path,
+    concurrency: int,
+    requests: int,
+    *,
+    transport: str = "raw",
+    start_index: int = 0,
 ) -> dict[str, Any]:
-    """One measurement, in its own process; returns the LoadResult as a dict."""
+    """One load run, in its own process; returns the LoadResult as a dict."""
     cmd = [
         sys.executable,
         "-m",
@@ -271,12 +278,12 @@ def run_loadgen(
         str(concurrency),
         "--requests",
         str(requests),
-        "--warmup",
-        str(warmup),
         "--texts-file",
         str(texts_file),
-        "--seed",
-        str(seed),
+        "--start-index",
+        str(start_index),
+        "--transport",
+        transport,
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -347,17 +354,16 @@ def measure_server(
         # Server-wide warm-up at the largest level: opens the code paths, fills the sidecar's
         # graph cache with the shapes this traffic makes (captures are not measured below).
         top = max(preset.concurrencies)
-        run_loadgen(base + "/infer", texts_file, top, preset.warmup_requests, 0, opts.seed)
+        url, half = base + "/infer", preset.num_texts // 2
+        kw: dict[str, Any] = {"transport": opts.transport, "start_index": half}
+        run_loadgen(url, texts_file, top, preset.warmup_requests, **kw)
         for level in preset.concurrencies:
+            # Per-level warm-up (texts from the second half of the list), then the counters,
+            # then the measured run (texts from the start): "captures in run" are the
+            # measured run's own.
+            run_loadgen(url, texts_file, level, max(preset.level_warmup, level), **kw)
             before = scrape_sidecar(base, admin_token) if run.name == SIDECAR else {}
-            result = run_loadgen(
-                base + "/infer",
-                texts_file,
-                level,
-                preset.requests,
-                min(preset.level_warmup, preset.requests),
-                opts.seed,
-            )
+            result = run_loadgen(url, texts_file, level, preset.requests, transport=opts.transport)
             if run.name == SIDECAR:
                 result["sidecar"] = _sidecar_means(
                     _delta(scrape_sidecar(base, admin_token), before)
@@ -520,6 +526,7 @@ def summarise_service(
         "preset": asdict(opts.preset),
         "threads": opts.threads,
         "server_env": server_env(opts),
+        "transport": opts.transport,
         "max_batch_size": opts.max_batch_size,
         "order": list(opts.servers),
         "rounds": opts.preset.rounds,
@@ -601,7 +608,8 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
         f"{', '.join(f'`{k}={v}`' for k, v in data['server_env'].items())}), "
         "one text per request from a fixed-seed mix (short/medium/long), "
         f"{data['preset']['requests']} requests per level and round after warm-up, load "
-        f"generator in its own process. {data['rounds']} round(s), servers in the order "
+        f"generator in its own process ({data['transport']} HTTP/1.1 client). "
+        f"{data['rounds']} round(s), servers in the order "
         f"{', '.join(data['order'])} (reversed every other round), rounds pooled.\n"
     )
     md.append(

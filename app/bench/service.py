@@ -61,8 +61,8 @@ class ServicePreset:
 QUICK = ServicePreset(
     concurrencies=(1, 32),
     requests=96,
-    warmup_requests=96,
-    level_warmup=48,
+    warmup_requests=64,
+    level_warmup=32,
     num_texts=256,
     raw_batches=4,
     raw_repeats=2,

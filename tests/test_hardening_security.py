@@ -211,17 +211,18 @@ def test_every_admin_request_goes_through_compare_digest(
 
 
 # --------------------------------------------------------------------------- real server
+SERVER_ENV = {
+    "SIDECAR_MODEL_PATH": "toy",
+    "SIDECAR_ADMIN_TOKEN": SECRET,
+    "SIDECAR_LOG_LEVEL": "debug",  # as much logging as there can be
+    "SIDECAR_ACCESS_LOG": "true",
+    "SIDECAR_MAX_BODY_BYTES": "4096",
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
-    log = tmp_path_factory.mktemp("security") / "server.log"
-    env = {
-        "SIDECAR_MODEL_PATH": "toy",
-        "SIDECAR_ADMIN_TOKEN": SECRET,
-        "SIDECAR_LOG_LEVEL": "debug",
-        "SIDECAR_ACCESS_LOG": "true",
-        "SIDECAR_MAX_BODY_BYTES": "4096",
-    }
-    with SidecarProcess(env, log) as proc:
+    with SidecarProcess(SERVER_ENV, tmp_path_factory.mktemp("security") / "server.log") as proc:
         proc.wait_ready()
         yield proc
 
@@ -282,9 +283,8 @@ def test_body_limit_on_a_real_server(server: SidecarProcess, path: str) -> None:
     assert status == 200, body
 
 
-@pytest.mark.slow
-def test_the_token_never_reaches_the_log(server: SidecarProcess, tmp_path: Path) -> None:
-    url = server.url
+def _admin_traffic(url: str) -> None:
+    """Authorized and unauthorized calls to every admin route, and a 422 carrying the token."""
     with httpx.Client(base_url=url, timeout=30) as c:
         for method, path in ADMIN_CALLS:
             assert c.request(method, path, headers=AUTH).status_code == 200
@@ -294,7 +294,16 @@ def test_the_token_never_reaches_the_log(server: SidecarProcess, tmp_path: Path)
         assert c.post("/admin/prewarm", json=body, headers=AUTH).status_code == 200
         bad = {"shapes": [{"batch_size": -1, "seq_len": 8}], "note": SECRET}
         assert c.post("/admin/prewarm", json=bad, headers=AUTH).status_code == 422
-    code = server.stop()
+
+
+@pytest.mark.slow
+def test_the_token_never_reaches_the_log(tmp_path: Path) -> None:
+    server = SidecarProcess(SERVER_ENV, tmp_path / "server.log")  # its own: it is stopped here
+    try:
+        server.wait_ready()
+        _admin_traffic(server.url)
+    finally:
+        code = server.stop()
     log = server.log_text()
     assert code == 0
     assert "GET /admin/stats" in log, "the access log is on: requests must be in it"

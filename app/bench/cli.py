@@ -87,7 +87,7 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
             choices=("auto", "NONE", "PIECEWISE", "FULL"),
             default="auto",
             help="the sidecar's SIDECAR_GRAPH_MODE and the raw runner's (auto: FULL on CUDA, "
-            "PIECEWISE on a CPU, where FULL's padding costs more than mock graphs save)",
+            "NONE on a CPU, where mock graphs save nothing and padding/captures cost)",
         )
         p.add_argument(
             "--max-batch-size", type=int, default=32, help="the sidecar's SIDECAR_MAX_BATCH_SIZE"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity_sentences import SENTENCES
 
 from app.cudagraph import CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
@@ -16,28 +17,6 @@ from models import default_model_path, load_sentence_encoder
 
 pytestmark = pytest.mark.gpu
 
-SENTENCES = [
-    "Hi",
-    "The quick brown fox jumps over the lazy dog.",
-    "Café crème brûlée, naïve façade: déjà vu!",
-    "東京は日本の首都です。",
-    "I love pizza 🍕🍕 and sushi 🍣!!!",
-    "?!?!... ;-) ¯\\_(ツ)_/¯",
-    "Numbers like 3.14159, 2,718 and 1e-10 appear here.",
-    "A sentence-embedding model maps text to a dense vector space.",
-    "word " * 300,
-    " ".join(f"token{i}" for i in range(200)),
-    "¿Dónde está la biblioteca? ¡Allí!",
-    "e-mail: someone@example.com, url: https://example.org/path?q=1",
-    "😀😃😄😁😆😅😂🤣",
-    "a",
-    "In 1905, Einstein published four groundbreaking papers that changed physics forever.",
-    "The mitochondria is the powerhouse of the cell.",
-    "<html><body>markup &amp; entities</body></html>",
-    "Привет, как дела?",
-    "   leading and trailing whitespace   ",
-    "CUDA graphs replace many kernel launches with one graph launch.",
-]
 MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 GRAPH_MODES = [CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 

@@ -68,7 +68,11 @@ def plot_service(
         _line(ax_t, concurrency, ys, label=name, marker="o")
     if raw_runner_rps is not None:
         ax_t.axhline(raw_runner_rps, color="grey", ls="--", lw=1, label="raw runner (no HTTP)")
-    ax_t.set_xscale("log", base=2)
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(concurrency))
+        ax.set_xticklabels([str(c) for c in concurrency])
+        ax.minorticks_off()
     ax_t.set_xlabel("concurrent clients")
     ax_t.set_ylabel("throughput (requests/s)")
     ax_t.set_title("Throughput")
@@ -78,7 +82,6 @@ def plot_service(
         color = f"C{i}"
         _line(ax_l, concurrency, ys, label=f"{name} p50", marker="o", color=color)
         _line(ax_l, concurrency, p99_ms[name], label=f"{name} p99", ls="--", color=color)
-    ax_l.set_xscale("log", base=2)
     ax_l.set_yscale("log")
     ax_l.set_xlabel("concurrent clients")
     ax_l.set_ylabel("latency (ms, log)")

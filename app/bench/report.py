@@ -147,7 +147,7 @@ class ResultsDir:
         all_data["machine"] = machine_info()
         # allow_nan=False: a NaN in results.json would not be valid JSON for other tools.
         self.json_path.write_text(
-            json.dumps(_json_safe(all_data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+            json.dumps(_json_safe(all_data), indent=2, allow_nan=False) + "\n"
         )
         self._rebuild_markdown(all_data["machine"])
 

@@ -237,7 +237,9 @@ class CUDAGraphWrapper:
             memory_bytes=result.memory_bytes,
             static_inputs=(args, kwargs),
         )
-        del result  # with weak_ref_output, only the graph (its pool) keeps the output alive
+        # From here the entry holds the only reference to the output (with weak_ref_output, only
+        # the graph's pool keeps it alive), so releasing a refused entry really frees its pool.
+        del result, output
         protect = {key} if self._session is None else self._session | {key}
         with self._state:
             self._stats.record_capture_seconds(entry.capture_time)

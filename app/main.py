@@ -22,6 +22,7 @@ from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from app.api.schemas import Limits, build_request_models
 from app.cudagraph import CUDAGraphMode
 from app.engine.engine import Engine, EngineConfig
+from app.engine.runner import RunnerConfig
 from app.errors import install_error_handlers
 from app.metrics import GraphCacheCollector, ServiceMetrics
 from app.settings import Settings, SettingsError, load_settings
@@ -70,16 +71,18 @@ def engine_config(settings: Settings) -> EngineConfig:
         dtype=resolve_dtype(settings.dtype, device),
         max_seq_len=settings.max_seq_len,
         num_threads=settings.num_threads,
-        mode=CUDAGraphMode[settings.graph_mode],
-        capture_sizes=settings.capture_sizes,
-        seq_buckets=settings.seq_buckets,
-        token_buckets=settings.token_buckets,
-        max_cached_graphs=settings.max_cached_graphs,
-        memory_budget_bytes=settings.graph_memory_budget_bytes,
-        capture_threshold=settings.capture_threshold,
-        min_replays_to_keep=settings.min_replays_to_keep,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        runner=RunnerConfig(
+            mode=CUDAGraphMode[settings.graph_mode],
+            max_batch_size=settings.max_batch_size,
+            max_num_tokens=settings.max_batch_tokens,
+            capture_sizes=settings.capture_sizes,
+            seq_buckets=settings.seq_buckets,
+            token_buckets=settings.token_buckets,
+            max_cached_graphs=settings.max_cached_graphs,
+            memory_budget_bytes=settings.graph_memory_budget_bytes,
+            capture_threshold=settings.capture_threshold,
+            min_replays_to_keep=settings.min_replays_to_keep,
+        ),
         max_batch_wait_s=settings.max_batch_wait_ms / 1000.0,
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,

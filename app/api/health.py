@@ -35,7 +35,7 @@ def build_health_router() -> APIRouter:
                 {
                     "status": "ready",
                     "model": engine.encoder.name,
-                    "mode": engine.config.mode.name,
+                    "mode": engine.config.runner.mode.name,
                     "prewarm": {"done": engine.prewarm_done, "total": engine.prewarm_total},
                 }
             )

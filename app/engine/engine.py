@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from app.cudagraph import BatchDescriptor, CUDAGraphMode, GraphCacheView
+from app.cudagraph import BatchDescriptor, GraphCacheView
 from app.cudagraph.view import PrewarmReport
 from app.engine.batcher import (
     REASON_DRAINING,
@@ -89,16 +89,9 @@ class EngineConfig:
     dtype: torch.dtype = torch.float32
     max_seq_len: int | None = None  # None: the model's own
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    mode: CUDAGraphMode = CUDAGraphMode.FULL
-    capture_sizes: list[int] | None = None
-    seq_buckets: list[int] | None = None
-    token_buckets: list[int] | None = None
-    max_cached_graphs: int = 64
-    memory_budget_bytes: int | None = None
-    capture_threshold: int = 2
-    min_replays_to_keep: int = 2
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
+    # Graph mode, ladders, cache limits, and the batch limits the batcher shares with the runner
+    # (max_batch_size texts, max_num_tokens padded tokens per forward).
+    runner: RunnerConfig = field(default_factory=lambda: RunnerConfig(capture_threshold=2))
     max_batch_wait_s: float = 0.0
     max_queue: int = 1024
     request_timeout_s: float = 30.0
@@ -178,8 +171,8 @@ class Engine:
         self._batcher = Batcher(
             self._run_batch,
             executor=self._executor,
-            max_batch_size=cfg.max_batch_size,
-            max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_size=cfg.runner.max_batch_size,
+            max_batch_tokens=cfg.runner.max_num_tokens,
             max_batch_wait_s=cfg.max_batch_wait_s,
             max_queue=cfg.max_queue,
             timeout_s=cfg.request_timeout_s,
@@ -289,27 +282,14 @@ class Engine:
             encoder = load_sentence_encoder(
                 cfg.model_path, device=cfg.device, dtype=cfg.dtype, max_seq_len=cfg.max_seq_len
             )
-        if cfg.max_batch_tokens < encoder.max_seq_len:
+        if cfg.runner.max_num_tokens < encoder.max_seq_len:
             raise EngineConfigError(
-                f"SIDECAR_MAX_BATCH_TOKENS ({cfg.max_batch_tokens}) must be at least the model's "
-                f"max sequence length ({encoder.max_seq_len}): one long text must fit a batch"
+                f"SIDECAR_MAX_BATCH_TOKENS ({cfg.runner.max_num_tokens}) must be at least the "
+                f"model's max sequence length ({encoder.max_seq_len}): one long text must fit a "
+                "batch"
             )
         try:
-            runner = EmbeddingRunner(
-                encoder,
-                RunnerConfig(
-                    mode=cfg.mode,
-                    max_batch_size=cfg.max_batch_size,
-                    max_num_tokens=cfg.max_batch_tokens,
-                    capture_sizes=cfg.capture_sizes,
-                    seq_buckets=cfg.seq_buckets,
-                    token_buckets=cfg.token_buckets,
-                    max_cached_graphs=cfg.max_cached_graphs,
-                    memory_budget_bytes=cfg.memory_budget_bytes,
-                    capture_threshold=cfg.capture_threshold,
-                    min_replays_to_keep=cfg.min_replays_to_keep,
-                ),
-            )
+            runner = EmbeddingRunner(encoder, cfg.runner)
         except ValueError as exc:
             raise EngineConfigError(
                 f"the batch ladders do not fit together ({exc}); check SIDECAR_MAX_BATCH_SIZE, "
@@ -324,7 +304,7 @@ class Engine:
             encoder.device,
             str(encoder.dtype).removeprefix("torch."),
             time.perf_counter() - t0,
-            cfg.mode.name,
+            cfg.runner.mode.name,
         )
         return encoder, runner
 

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from test_hardening_support import assert_envelope
+from test_hardening_support import reference as eager_reference
 
 from app.main import create_app
 from app.settings import load_settings
-from models import make_toy_encoder
 
 TOKEN = "catalogue-admin-token"
 JSON = {"content-type": "application/json"}
@@ -378,20 +379,7 @@ def declared(client: TestClient) -> dict[tuple[str, str], set[int]]:
 
 @pytest.fixture(scope="module")
 def reference() -> torch.Tensor:
-    """The toy model's plain eager answer, one text at a time (no batching, no graphs)."""
-    enc = make_toy_encoder()
-    return torch.cat([enc.embed([t]) for t in GOOD_TEXTS])
-
-
-def assert_envelope(resp: Any, status: int, code: str) -> str:
-    assert resp.status_code == status, resp.text[:500]
-    assert resp.headers["content-type"].startswith("application/json"), resp.headers
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    message = body["error"]["message"]
-    assert isinstance(message, str) and 0 < len(message) < 2000, message
-    return str(message)
+    return eager_reference(GOOD_TEXTS)
 
 
 def assert_still_serving(client: TestClient, reference: torch.Tensor) -> None:
@@ -455,8 +443,7 @@ def test_escaped_control_characters_are_text(client: TestClient) -> None:
     texts = ["tab\there", "nul\u0000byte", "bell\u0007 and \u001f"]
     resp = client.post("/infer", content=_dumps({"inputs": texts}), headers=JSON)
     assert resp.status_code == 200, resp.text
-    enc = make_toy_encoder()
-    expected = torch.cat([enc.embed([t]) for t in texts])
+    expected = eager_reference(texts)
     torch.testing.assert_close(torch.tensor(resp.json()["embeddings"]), expected, atol=1e-5, rtol=0)
 
 

@@ -9,6 +9,7 @@ import path without importing it (so its declared dependencies need not be insta
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -71,19 +72,13 @@ def _bert_config(file: Path) -> BertConfig:
         raise ModelLoadError(file, f"model_type {raw.get('model_type')!r} is not 'bert'")
     if raw.get("position_embedding_type", "absolute") != "absolute":
         raise ModelLoadError(file, "only absolute position embeddings are supported")
-    required = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-    )
-    missing = [k for k in required if k not in raw]
+    # BertConfig's fields are the keys that change the computation; those without a default
+    # must be in the file.
+    known = dataclasses.fields(BertConfig)
+    missing = [f.name for f in known if f.default is dataclasses.MISSING and f.name not in raw]
     if missing:
         raise ModelLoadError(file, f"missing keys {missing}")
-    optional = ("type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act")
-    kwargs = {k: raw[k] for k in required + optional if k in raw}
+    kwargs = {f.name: raw[f.name] for f in known if f.name in raw}
     try:
         return BertConfig(**kwargs)
     except (TypeError, ValueError) as e:

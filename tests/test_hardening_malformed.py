@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 from test_hardening_support import assert_envelope
 from test_hardening_support import reference as eager_reference
+from test_service_api import wait_ready
 
 from app.main import create_app
 from app.settings import load_settings
@@ -341,13 +342,6 @@ CATALOGUE: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     # --- routes and methods
     ("unknown-route", "/embed", _dumps({"inputs": ["a"]}), JSON, 404, "not_found"),
 ]
-
-
-def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

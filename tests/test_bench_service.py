@@ -75,6 +75,14 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
     assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
     assert len(data["raw_runner"]["rounds"]) == 2
+    # one device and dtype for every server and the raw runner (auto on this CPU: float32)
+    assert (data["device"], data["dtype"]) == ("cpu", "float32")
+    assert saved["servers"][SIDECAR]["settings"]["SIDECAR_DEVICE"] == "cpu"
+    assert saved["servers"][SIDECAR]["settings"]["SIDECAR_DTYPE"] == "float32"
+    assert saved["servers"][NAIVE]["settings"]["device"] == "cpu"
+    assert saved["servers"][NAIVE]["settings"]["dtype"] == "float32"
+    assert "--device cpu --dtype float32" in saved["servers"][NAIVE]["command"]
+    assert (data["raw_runner"]["device"], data["raw_runner"]["dtype"]) == ("cpu", "float32")
 
 
 def test_server_that_dies_reports_its_log(tmp_path: Path) -> None:

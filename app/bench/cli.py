@@ -93,6 +93,17 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
             "--max-batch-size", type=int, default=32, help="the sidecar's SIDECAR_MAX_BATCH_SIZE"
         )
         p.add_argument(
+            "--device",
+            default="auto",
+            help="device of every server and the raw runner (auto: cuda where available)",
+        )
+        p.add_argument(
+            "--dtype",
+            choices=("auto", "float32", "float16", "bfloat16"),
+            default="auto",
+            help="dtype of every server (auto, as the sidecar: float16 on cuda, float32 on cpu)",
+        )
+        p.add_argument(
             "--servers",
             default="sidecar,naive,st",
             help="which servers, in order (sidecar, naive, st; default: %(default)s)",
@@ -224,6 +235,8 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
         model=args.model,
         omp_passive=not args.omp_active,
         transport=args.transport,
+        device=args.device,
+        dtype=args.dtype,
     )
     service.run_service_bench(opts, results)
 

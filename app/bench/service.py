@@ -92,6 +92,19 @@ class ServiceOptions:
     model: str | None = None  # None: the shipped MiniLM; "toy": the tiny test model (no ST)
     omp_passive: bool = True  # OMP_WAIT_POLICY=PASSIVE in every server (see server_env)
     transport: str = "raw"  # the load generator's HTTP client (see loadgen.RawHTTPConnection)
+    # Every server and the raw runner compute on the same device in the same dtype, so the
+    # ratios compare serving, not arithmetic. "auto" resolves as the sidecar's own settings do.
+    device: str = "auto"  # auto: cuda where available, else cpu
+    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """(device, dtype name) for every server, by the sidecar's own rules (app.main), so the
+    sidecar's SIDECAR_DEVICE=auto / SIDECAR_DTYPE=auto and this benchmark cannot disagree."""
+    from app.main import resolve_device, resolve_dtype  # the web stack: the servers need it too
+
+    dev = resolve_device(device)
+    return dev, str(resolve_dtype(dtype, dev)).removeprefix("torch.")
 
 
 @dataclass
@@ -233,6 +246,7 @@ def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
         "SIDECAR_LOG_LEVEL": "warning",
         "SIDECAR_ADMIN_TOKEN": admin_token,
     }
+    env["SIDECAR_DEVICE"], env["SIDECAR_DTYPE"] = resolve_device_dtype(opts.device, opts.dtype)
     if opts.model is not None:
         env["SIDECAR_MODEL_PATH"] = opts.model
     env.update(opts.sidecar_env)
@@ -241,7 +255,9 @@ def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
 
 def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[str, ServerRun]:
     py = sys.executable
+    device, dtype = resolve_device_dtype(opts.device, opts.dtype)
     base = ["--host", "127.0.0.1", "--port", str(port), "--threads", str(opts.threads)]
+    base += ["--device", device, "--dtype", dtype]
     if opts.model is not None:
         base += ["--model-dir", opts.model]
     return {
@@ -253,12 +269,23 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
         NAIVE: ServerRun(
             NAIVE,
             [py, "-m", "app.bench.baselines.naive", *base],
-            {"route": "def (threadpool)", "threads": str(opts.threads)},
+            {
+                "route": "def (threadpool)",
+                "threads": str(opts.threads),
+                "device": device,
+                "dtype": dtype,
+            },
         ),
         ST: ServerRun(
             ST,
             [py, "-m", "app.bench.baselines.st_server", *base],
-            {"route": "def (threadpool)", "threads": str(opts.threads), "HF_HUB_OFFLINE": "1"},
+            {
+                "route": "def (threadpool)",
+                "threads": str(opts.threads),
+                "device": device,
+                "dtype": dtype,
+                "HF_HUB_OFFLINE": "1",
+            },
         ),
     }
 
@@ -394,6 +421,8 @@ def measure_raw_runner(
     texts: Sequence[str],
     batches: int,
     repeats: int,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Texts/s of EmbeddingRunner.run on full batches (batch_size texts of the same mix): the
     model work the sidecar does per batch, without HTTP, queueing or tokenization."""
@@ -404,7 +433,12 @@ def measure_raw_runner(
     from models import load_sentence_encoder, make_toy_encoder
 
     torch.set_num_threads(threads)
-    encoder = make_toy_encoder() if model == "toy" else load_sentence_encoder(model)
+    torch_dtype = getattr(torch, dtype)
+    encoder = (
+        make_toy_encoder(device, torch_dtype)
+        if model == "toy"
+        else load_sentence_encoder(model, device=device, dtype=torch_dtype)
+    )
     config = RunnerConfig(mode=CUDAGraphMode[mode], max_batch_size=batch_size, capture_threshold=1)
     runner = EmbeddingRunner(encoder, config)
     bs = batch_size
@@ -434,6 +468,8 @@ def measure_raw_runner(
         "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(groups),
         "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
         "mode": mode,
+        "device": device,
+        "dtype": dtype,
         "descriptors": sorted({str(d) for d in runner.run(groups[0]).descriptors}),
     }
 
@@ -459,6 +495,10 @@ def run_raw_runner(opts: ServiceOptions, texts_file: Path) -> dict[str, Any]:
         str(opts.preset.raw_batches),
         "--repeats",
         str(opts.preset.raw_repeats),
+        "--device",
+        settings["SIDECAR_DEVICE"],
+        "--dtype",
+        settings["SIDECAR_DTYPE"],
     ]
     if opts.model is not None:
         cmd += ["--model", opts.model]
@@ -527,9 +567,12 @@ def summarise_service(
     saturated = side.levels[top]["throughput_rps"] if side else None
     fraction = saturated / raw["texts_per_s_median"] if saturated is not None else None
     targets = evaluate_targets(runs, ratios, fraction)
+    device, dtype = resolve_device_dtype(opts.device, opts.dtype)
     return {
         "preset": asdict(opts.preset),
         "threads": opts.threads,
+        "device": device,
+        "dtype": dtype,
         "server_env": server_env(opts),
         "transport": opts.transport,
         "max_batch_size": opts.max_batch_size,
@@ -608,7 +651,8 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
             )
     md = ["## Service: sidecar against two baselines over HTTP\n"]
     md.append(
-        f"Each server alone on the machine, torch intra-op threads = {data['threads']} in every "
+        f"Each server alone on the machine, on {data.get('device', 'cpu')} in "
+        f"{data.get('dtype', 'float32')}, torch intra-op threads = {data['threads']} in every "
         f"server (environment of all servers: "
         f"{', '.join(f'`{k}={v}`' for k, v in data['server_env'].items())}), "
         "one text per request from a fixed-seed mix (short/medium/long), "
@@ -715,6 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw.add_argument("--batches", type=int, default=8)
     raw.add_argument("--repeats", type=int, default=2)
     raw.add_argument("--model", default=None)
+    raw.add_argument("--device", default="cpu")
+    raw.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
     result = measure_raw_runner(
         mode=args.mode,
@@ -724,6 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         texts=json.loads(args.texts_file.read_text()),
         batches=args.batches,
         repeats=args.repeats,
+        device=args.device,
+        dtype=args.dtype,
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

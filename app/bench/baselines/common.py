@@ -59,6 +59,10 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> argpa
         "--threads", type=int, default=2, help="torch.set_num_threads (same for every server)"
     )
     parser.add_argument("--route", choices=("def", "async"), default="def")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weights"
+    )
     parser.add_argument(
         "--model-dir", default=None, help="model directory (default: the shipped MiniLM)"
     )

@@ -19,15 +19,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
     )
     pin_threads(args.threads)
+    import torch
+
     from models import load_sentence_encoder, make_toy_encoder
 
+    dtype = getattr(torch, args.dtype)
     # "toy" (the tiny test model, as SIDECAR_MODEL_PATH=toy) lets tests run this server fast.
     encoder = (
-        make_toy_encoder() if args.model_dir == "toy" else load_sentence_encoder(args.model_dir)
+        make_toy_encoder(args.device, dtype)
+        if args.model_dir == "toy"
+        else load_sentence_encoder(args.model_dir, device=args.device, dtype=dtype)
     )
 
     def embed(texts: list[str]) -> list[list[float]]:
-        # (n, 384) float32, L2-normalised, padded to the longest text of this request only.
+        # (n, 384), L2-normalised, padded to the longest text of this request only.
         return encoder.embed(texts).tolist()
 
     serve(build_app("naive same-model baseline", embed, args.route), args)

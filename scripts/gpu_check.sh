@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: the `gpu` tests, then the engine, adaptive and overhead benchmarks, in under eight
-# minutes, everything written to OUTDIR (logs, results.md, results.json, PNG plots).
+# GPU check: the `gpu` tests, then the engine, adaptive and overhead benchmarks (and the service
+# benchmark where the web stack imports), in under eight minutes, everything written to OUTDIR
+# (logs, results.md, results.json, PNG plots).
 #
 #   scripts/gpu_check.sh OUTDIR
 #
@@ -189,6 +190,17 @@ fi
 step bench-engine 150 "$PYTHON" -m app.bench engine "${PRESET[@]}" --out "$OUT"
 step bench-adaptive 150 "$PYTHON" -m app.bench adaptive "${PRESET[@]}" --out "$OUT"
 step bench-overhead 60 "$PYTHON" -m app.bench overhead "${PRESET[@]}" --out "$OUT"
+
+# The service benchmark (sidecar, naive and sentence-transformers servers over HTTP) needs the web
+# stack and sentence-transformers: it runs last, one round, only where they import (on the lent
+# GPU box, carry their wheels; see docs/benchmarks.md). Every server on the same device and dtype.
+if "$PYTHON" -c 'import fastapi, uvicorn, pydantic_settings, sentence_transformers' 2>/dev/null
+then
+    step bench-service 180 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 --out "$OUT"
+else
+    log "bench-service: not run (fastapi, uvicorn, pydantic-settings or sentence-transformers" \
+        "does not import here)"
+fi
 
 log "done in $(($(date +%s) - START))s; CUDA=$CUDA; results: $OUT/results.md"
 if ((FAILED)); then

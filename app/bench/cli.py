@@ -299,6 +299,30 @@ def run_overhead(args: argparse.Namespace, results: ResultsDir) -> None:
                 ],
             )
         )
+    lm = result.get("cuda_minilm")
+    if lm is not None:
+        md.append(
+            f"\nCUDA replay of the {lm['model']} FULL graph {lm['descriptor']} on {lm['device']} "
+            f"(launch-bound; median of {lm['iters']} calls, synchronised after each, called as "
+            "the runner calls it):\n"
+        )
+        md.append(
+            markdown_table(
+                ["measure", "us", "ratio", "target", "met"],
+                [
+                    ["raw CUDAGraph.replay()", lm["raw_replay_us"], 1.0, None, None],
+                    [
+                        "wrapper replay",
+                        lm["wrapper_replay_us"],
+                        lm["wrapper_vs_raw_ratio"],
+                        f"<= {lm['target_ratio']:.2f}x raw",
+                        lm["meets_target"],
+                    ],
+                ],
+            )
+        )
+    elif "cuda_minilm_error" in result:
+        md.append(f"\nCUDA MiniLM graph replay: not measured ({result['cuda_minilm_error']}).\n")
     results.write_section("overhead", "\n".join(md), result)
 
 

@@ -149,6 +149,25 @@ def _abandon_capture(graph: Any, index: int, pool: Any, *, end_capture: bool) ->
             torch._C._cuda_releasePool(index, pool)
     with contextlib.suppress(Exception):
         graph.reset()
+    _settle_rng_after_failed_capture(index)
+
+
+def _settle_rng_after_failed_capture(index: int) -> None:
+    """Clear the "capturing" flag a failed capture can leave on the device's CUDA generator.
+
+    Before the per-capture generator state of newer PyTorch (seen on torch 2.11, not 2.13),
+    ``capture_begin`` flags the default CUDA generator as capturing and only a ``capture_end``
+    that succeeds clears it (``capture_epilogue``). After an invalidated capture every later
+    random op outside a capture raises "Offset increment outside graph capture encountered
+    unexpectedly". A one-op capture that ends well clears it; on a newer PyTorch it is merely
+    a short no-op capture. Best effort: never raises.
+    """
+    with contextlib.suppress(Exception), torch.cuda.device(index):
+        scratch = torch.zeros(1, device="cuda")  # allocated before, so nothing in the pool
+        probe = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(probe):
+            scratch.add_(1)
+        probe.reset()
 
 
 def new_pool_handle(on_cuda: bool) -> Any:

@@ -17,7 +17,8 @@
 #
 # PYTHON=/path/to/python overrides the interpreter (default: .venv/bin/python if present).
 # GPU_CHECK_BLOCK_WEB=1 makes fastapi/starlette/pydantic/uvicorn unimportable for every step, to
-# rehearse the GPU box on a machine that has them installed.
+# rehearse the GPU box on a machine that has them installed. GPU_CHECK_SKIP="bench-adaptive ..."
+# leaves out the named steps (a rerun of part of the check on a short device lease).
 set -uo pipefail
 
 if [[ $# -ne 1 || "$1" == -* ]]; then
@@ -65,6 +66,10 @@ log() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$SUMMARY"; }
 step() {
     local name=$1 limit=$2
     shift 2
+    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+        log "$name: skipped (GPU_CHECK_SKIP)"
+        return
+    fi
     local left=$((BUDGET_S - ($(date +%s) - START) - 5))
     ((limit > left)) && limit=$left
     if ((limit < 10)); then

@@ -92,3 +92,22 @@ def test_plots_write_png_files(tmp_path: Path) -> None:
 def test_plot_rejects_mismatched_series(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 points for 3 buckets"):
         plot_engine_latency(["a", "b", "c"], {"NONE": [1.0, 2.0]}, tmp_path / "x.png")
+
+
+def test_replay_table_renders_raw_wrapper_and_extra_rows() -> None:
+    from app.bench.cli import _replay_table
+
+    m = {
+        "raw_replay_us": 370.0,
+        "wrapper_replay_us": 377.4,
+        "wrapper_vs_raw_ratio": 377.4 / 370.0,
+        "target_ratio": 1.05,
+        "meets_target": True,
+    }
+    table = _replay_table(m, [["eager", 1700.0, 1700.0 / 370.0, None, None]])
+    lines = table.splitlines()
+    assert lines[0] == "| measure | us | ratio | target | met |"
+    assert lines[2].startswith("| raw CUDAGraph.replay() | 370.00 | 1.00 |")
+    assert lines[3] == "| wrapper replay | 377.40 | 1.02 | <= 1.05x raw | yes |"
+    assert lines[4].startswith("| eager | 1700.00 | 4.59 |")
+    assert len(lines) == 5

@@ -283,22 +283,8 @@ def run_overhead(args: argparse.Namespace, results: ResultsDir) -> None:
         md.append("\nCUDA: not available on this machine, so no real-graph replay comparison.\n")
     else:
         md.append(f"\nCUDA replay on {gpu['device']} (input {gpu['shape']}, mean per call):\n")
-        md.append(
-            markdown_table(
-                ["measure", "us", "ratio", "target", "met"],
-                [
-                    ["raw CUDAGraph.replay()", gpu["raw_replay_us"], 1.0, None, None],
-                    [
-                        "wrapper replay",
-                        gpu["wrapper_replay_us"],
-                        gpu["wrapper_vs_raw_ratio"],
-                        f"<= {gpu['target_ratio']:.2f}x raw",
-                        gpu["meets_target"],
-                    ],
-                    ["eager", gpu["eager_us"], gpu["eager_us"] / gpu["raw_replay_us"], None, None],
-                ],
-            )
-        )
+        eager = ["eager", gpu["eager_us"], gpu["eager_us"] / gpu["raw_replay_us"], None, None]
+        md.append(_replay_table(gpu, [eager]))
     lm = result.get("cuda_minilm")
     if lm is not None:
         md.append(
@@ -306,24 +292,26 @@ def run_overhead(args: argparse.Namespace, results: ResultsDir) -> None:
             f"(launch-bound; median of {lm['iters']} calls, synchronised after each, called as "
             "the runner calls it):\n"
         )
-        md.append(
-            markdown_table(
-                ["measure", "us", "ratio", "target", "met"],
-                [
-                    ["raw CUDAGraph.replay()", lm["raw_replay_us"], 1.0, None, None],
-                    [
-                        "wrapper replay",
-                        lm["wrapper_replay_us"],
-                        lm["wrapper_vs_raw_ratio"],
-                        f"<= {lm['target_ratio']:.2f}x raw",
-                        lm["meets_target"],
-                    ],
-                ],
-            )
-        )
+        md.append(_replay_table(lm))
     elif "cuda_minilm_error" in result:
         md.append(f"\nCUDA MiniLM graph replay: not measured ({result['cuda_minilm_error']}).\n")
     results.write_section("overhead", "\n".join(md), result)
+
+
+def _replay_table(m: dict[str, Any], extra_rows: Sequence[list[Any]] = ()) -> str:
+    """Raw replay against wrapper replay (and any extra rows) of one CUDA measurement."""
+    rows = [
+        ["raw CUDAGraph.replay()", m["raw_replay_us"], 1.0, None, None],
+        [
+            "wrapper replay",
+            m["wrapper_replay_us"],
+            m["wrapper_vs_raw_ratio"],
+            f"<= {m['target_ratio']:.2f}x raw",
+            m["meets_target"],
+        ],
+        *extra_rows,
+    ]
+    return markdown_table(["measure", "us", "ratio", "target", "met"], rows)
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {

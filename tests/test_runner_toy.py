@@ -244,3 +244,25 @@ def test_memory_budget_is_shared_by_pieces(toy):
     assert runner.graphs.memory_budget_bytes == (3_000_000 // n) * n
     full = make_runner(toy, CUDAGraphMode.FULL, memory_budget_bytes=1234)
     assert full.graphs.memory_budget_bytes == 1234
+
+
+def test_full_layout_of_ids_mask_and_padding_rows(toy):
+    runner = make_runner(toy, CUDAGraphMode.FULL)
+    pad = runner.pad_id
+    ids, mask = runner._fill_full(3, 4, [[5, 6, 7], [8, 9]])
+    # real rows left-aligned, padded with the pad id; the padding row is a length-1 dummy
+    assert ids.tolist() == [[5, 6, 7, pad], [8, 9, pad, pad], [pad, pad, pad, pad]]
+    assert mask.tolist() == [
+        [True, True, True, False],
+        [True, True, False, False],
+        [True, False, False, False],
+    ]
+    # the views are the static buffers the graphs read, not copies
+    assert ids.data_ptr() == runner._ids.data_ptr()
+    assert mask.data_ptr() == runner._mask.data_ptr()
+
+
+def test_full_layout_refuses_a_row_longer_than_its_bucket(toy):
+    runner = make_runner(toy, CUDAGraphMode.FULL)
+    with pytest.raises(ValueError, match="does not fit a \\(1, 4\\) bucket"):
+        runner._fill_full(1, 4, [[1, 2, 3, 4, 5]])

@@ -227,6 +227,8 @@ class EmbeddingRunner:
         ids = array.array("q", [self.pad_id]) * (B * S)
         lens = array.array("q", [1]) * B
         for i, row in enumerate(rows):
+            if len(row) > S:  # the planner never does this; an array slice would grow silently
+                raise ValueError(f"a row of {len(row)} tokens does not fit a ({B}, {S}) bucket")
             ids[i * S : i * S + len(row)] = array.array("q", row)
             lens[i] = len(row)
         lengths = torch.frombuffer(lens, dtype=torch.int64)

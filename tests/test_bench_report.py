@@ -111,3 +111,15 @@ def test_replay_table_renders_raw_wrapper_and_extra_rows() -> None:
     assert lines[3] == "| wrapper replay | 377.40 | 1.02 | <= 1.05x raw | yes |"
     assert lines[4].startswith("| eager | 1700.00 | 4.59 |")
     assert len(lines) == 5
+
+
+def test_service_device_option_is_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.bench.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["service", "--device", "CUDA:1", "--dtype", "float16"])
+    assert (args.device, args.dtype) == ("cuda:1", "float16")
+    assert parser.parse_args(["service"]).device == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["service", "--device", "gpu"])
+    assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err

@@ -40,6 +40,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _device_name(text: str) -> str:
+    name = text.strip().lower()
+    prefix, sep, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda") or (prefix == "cuda" and sep and index.isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.startswith("SIDECAR_"):
@@ -94,8 +102,10 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--device",
+            type=_device_name,
             default="auto",
-            help="device of every server and the raw runner (auto: cuda where available)",
+            help="auto, cpu, cuda or cuda:N: device of every server and the raw runner "
+            "(auto: cuda where available)",
         )
         p.add_argument(
             "--dtype",

@@ -7,10 +7,10 @@ and its /metrics text is the source of truth for the exported names.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
+from app_support import wait_ready
 from deploy_support import (
     dashboard_queries,
     exported_series_names,
@@ -31,10 +31,7 @@ ADMIN_TOKEN = "deploy-metrics-token"
 def metrics_text() -> Iterator[str]:
     settings = load_settings(model_path="toy", device="cpu", admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "app not ready after 120 s"
-            time.sleep(0.05)
+        wait_ready(client, timeout_s=120)
         # Same shape repeatedly (captured, then replayed), plus another shape and the OpenAI
         # route, so labelled series (descriptors, hot shapes, routes) have children.
         for text in ["a short one"] * 6 + ["a somewhat longer sentence for a second shape"] * 3:

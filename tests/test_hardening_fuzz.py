@@ -16,7 +16,6 @@ operation, and records the total as a junit property (`fuzz_cases`).
 from __future__ import annotations
 
 import functools
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
+from app_support import wait_ready
 from hypothesis import HealthCheck, Phase, given
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -83,10 +83,7 @@ def api_schema() -> Iterator[Any]:
     app: Any = create_app(settings)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
     client = asgi.get_client(app)
-    deadline = time.monotonic() + 60
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.02)
+    wait_ready(client)
     yield schema
     asgi.shutdown_lifespans()  # drains the engine and stops its worker thread
 

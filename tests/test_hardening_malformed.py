@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from app_support import wait_ready
 from fastapi.testclient import TestClient
 from test_hardening_support import assert_envelope
 from test_hardening_support import reference as eager_reference
-from test_service_api import wait_ready
 
 from app.main import create_app
 from app.settings import load_settings

@@ -32,13 +32,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from app_support import ADMIN_CALLS, wait_ready
 from fastapi.testclient import TestClient
 from test_hardening_support import assert_envelope
 
@@ -51,13 +51,6 @@ from models import default_model_path
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-" + secrets.token_hex(12)
 AUTH = {"Authorization": f"Bearer {SECRET}"}
-ADMIN_CALLS = [
-    ("POST", "/admin/prewarm"),
-    ("GET", "/admin/graphs"),
-    ("DELETE", "/admin/graphs"),
-    ("GET", "/admin/hot-shapes"),
-    ("GET", "/admin/stats"),
-]
 WRONG_AUTHORIZATIONS = [
     pytest.param(None, id="no-header"),
     pytest.param("", id="empty"),
@@ -82,10 +75,7 @@ WRONG_AUTHORIZATIONS = [
 def client() -> Iterator[TestClient]:
     settings = load_settings(model_path="toy", admin_token=SECRET)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_ready(c)
         yield c
 
 
@@ -414,9 +404,6 @@ def test_a_booby_trapped_profile_is_never_unpickled(tmp_path: Path) -> None:
     profile.write_bytes(pickle.dumps(_Trap(marker)))
     settings = load_settings(model_path="toy", profile_path=str(profile))
     with TestClient(create_app(settings)) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/readyz").status_code != 200:  # the bad profile is ignored, not fatal
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_ready(c)  # the bad profile is ignored, not fatal
         assert c.post("/infer", json={"inputs": ["ok"]}).status_code == 200
     assert not marker.exists(), "the profile was unpickled"

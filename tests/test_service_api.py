@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from app_support import ADMIN_CALLS, wait_ready
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -24,13 +24,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def make_client(**overrides: Any) -> TestClient:
     settings = load_settings(model_path="toy", **overrides)
     return TestClient(create_app(settings), raise_server_exceptions=False)
-
-
-def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -212,15 +205,6 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 
 # ---------------------------------------------------------------------------- admin
-ADMIN_CALLS = [
-    ("POST", "/admin/prewarm"),
-    ("GET", "/admin/graphs"),
-    ("DELETE", "/admin/graphs"),
-    ("GET", "/admin/hot-shapes"),
-    ("GET", "/admin/stats"),
-]
-
-
 @pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
 def test_admin_auth(client: TestClient, method: str, path: str) -> None:
     err = assert_error(client.request(method, path), 401, "unauthorized")

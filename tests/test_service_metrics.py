@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from app_support import wait_ready
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -67,10 +67,7 @@ def value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
 def client() -> Iterator[TestClient]:
     settings = load_settings(model_path="toy", admin_token="t", capture_threshold=2)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_ready(c, timeout_s=30)
         yield c
 
 
@@ -165,8 +162,7 @@ def test_each_app_has_its_own_registry() -> None:
     s = load_settings(model_path="toy")
     with TestClient(create_app(s)) as a, TestClient(create_app(s)) as b:
         for c in (a, b):
-            while c.get("/readyz").status_code != 200:
-                time.sleep(0.02)
+            wait_ready(c)
         a.post("/infer", json={"inputs": ["only a"]})
         assert value(scrape(a), "sidecar_requests_total", route="/infer") == 1
         assert value(scrape(b), "sidecar_requests_total", route="/infer") == 0

@@ -37,10 +37,12 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 FAILED=0
 
-if [[ "${GPU_CHECK_BLOCK_WEB:-0}" == 1 ]]; then
-    mkdir -p "$OUT/.noweb"
-    cat >"$OUT/.noweb/sitecustomize.py" <<'EOF'
-# Written by scripts/gpu_check.sh (GPU_CHECK_BLOCK_WEB=1): the web stack is "not installed".
+# What "the web stack is not installed" means, as an import hook: the test selection below
+# always uses it; GPU_CHECK_BLOCK_WEB=1 also loads it in every step (through sitecustomize).
+NOWEB="$OUT/.noweb"
+mkdir -p "$NOWEB"
+cat >"$NOWEB/block_web.py" <<'EOF'
+# Written by scripts/gpu_check.sh: importing this makes the web stack "not installed".
 import importlib.abc
 import sys
 
@@ -50,13 +52,15 @@ BLOCKED = {"fastapi", "starlette", "pydantic", "pydantic_core", "pydantic_settin
 class _BlockWeb(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (GPU_CHECK_BLOCK_WEB)", name=name)
+            raise ModuleNotFoundError(f"No module named {name!r} (web stack blocked)", name=name)
         return None
 
 
 sys.meta_path.insert(0, _BlockWeb())
 EOF
-    export PYTHONPATH="$OUT/.noweb${PYTHONPATH:+:$PYTHONPATH}"
+if [[ "${GPU_CHECK_BLOCK_WEB:-0}" == 1 ]]; then
+    echo "import block_web" >"$NOWEB/sitecustomize.py"
+    export PYTHONPATH="$NOWEB${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 log() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$SUMMARY"; }
@@ -142,24 +146,15 @@ EOF
 # with the web packages blocked as on the GPU box), not by grepping: helpers in tests/ may pull
 # fastapi in indirectly. A file that fails to import for any other reason is kept, so pytest
 # reports it as the error it is.
-"$PYTHON" - "$OUT" <<'EOF' >"$OUT/pytest-gpu-select.log" 2>&1
+"$PYTHON" - "$OUT" "$NOWEB" <<'EOF' >"$OUT/pytest-gpu-select.log" 2>&1
 import importlib
-import importlib.abc
 import pathlib
 import sys
 
 out = pathlib.Path(sys.argv[1])
-web = {"fastapi", "starlette", "pydantic", "pydantic_core", "pydantic_settings", "uvicorn"}
+sys.path.insert(0, sys.argv[2])
+import block_web  # noqa: E402,F401 - from here on the web stack does not import
 
-
-class BlockWeb(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in web:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, BlockWeb())
 sys.path[:0] = [str(pathlib.Path("tests").resolve()), str(pathlib.Path(".").resolve())]
 # Our own modules: a ModuleNotFoundError naming one of these is a bug, reported by pytest. One
 # naming anything else is a package this machine lacks (the web stack, schemathesis, ...).

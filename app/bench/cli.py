@@ -41,6 +41,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _device_name(text: str) -> str:
+    # The names SIDECAR_DEVICE accepts (app.settings); checked here again because this module
+    # must import without pydantic (the engine/adaptive/overhead benchmarks run on bare GPU boxes).
     name = text.strip().lower()
     prefix, sep, index = name.partition(":")
     if name in ("auto", "cpu", "cuda") or (prefix == "cuda" and sep and index.isdigit()):

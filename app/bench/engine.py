@@ -100,8 +100,7 @@ def _raw_replay_ms(
     wrapper = runner._full
     if wrapper is None or runner.device.type != "cuda":
         return None
-    # Bench-only peek at the graph the wrapper replays (no public accessor by design).
-    entry = wrapper._entries.get(descriptor)
+    entry = wrapper.get_entry(descriptor)  # the graph the wrapper replays for it
     if entry is None:
         return None
     graph: Any = entry.cudagraph

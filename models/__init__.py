@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from models.bert import BertConfig, BertEncoder, PackedLayout, PackedPiece
-from models.encoder import SentenceEncoder
+from models.encoder import SentenceEncoder, cpu_has_native_bf16
 from models.loader import (
     DEFAULT_MODEL_NAME,
     ModelLoadError,
@@ -22,6 +22,7 @@ __all__ = [
     "PackedPiece",
     "SentenceEncoder",
     "TextTokenizer",
+    "cpu_has_native_bf16",
     "default_model_path",
     "load_sentence_encoder",
     "make_toy_encoder",

@@ -18,6 +18,7 @@ from app.bench.service import (
     ServicePreset,
     run_service_bench,
 )
+from app.main import resolve_dtype
 
 TINY = ServicePreset(
     concurrencies=(1, 4),
@@ -75,14 +76,16 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
     assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
     assert len(data["raw_runner"]["rounds"]) == 2
-    # one device and dtype for every server and the raw runner (auto on this CPU: float32)
-    assert (data["device"], data["dtype"]) == ("cpu", "float32")
+    # one device and dtype for every server and the raw runner (auto on this CPU: bfloat16
+    # where it multiplies bfloat16 natively, else float32)
+    auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    assert (data["device"], data["dtype"]) == ("cpu", auto)
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_DEVICE"] == "cpu"
-    assert saved["servers"][SIDECAR]["settings"]["SIDECAR_DTYPE"] == "float32"
+    assert saved["servers"][SIDECAR]["settings"]["SIDECAR_DTYPE"] == auto
     assert saved["servers"][NAIVE]["settings"]["device"] == "cpu"
-    assert saved["servers"][NAIVE]["settings"]["dtype"] == "float32"
-    assert "--device cpu --dtype float32" in saved["servers"][NAIVE]["command"]
-    assert (data["raw_runner"]["device"], data["raw_runner"]["dtype"]) == ("cpu", "float32")
+    assert saved["servers"][NAIVE]["settings"]["dtype"] == auto
+    assert f"--device cpu --dtype {auto}" in saved["servers"][NAIVE]["command"]
+    assert (data["raw_runner"]["device"], data["raw_runner"]["dtype"]) == ("cpu", auto)
 
 
 def test_server_that_dies_reports_its_log(tmp_path: Path) -> None:

@@ -113,6 +113,7 @@ def test_sigterm_under_load_drains_every_accepted_request(tmp_path: Path) -> Non
     texts = medium_texts(BIG_REQUESTS + TEXTS_PER_BIG)
     env = {
         "SIDECAR_ADMIN_TOKEN": TOKEN,
+        "SIDECAR_DTYPE": "float32",  # compared with the float32 reference at 1e-4
         "SIDECAR_NUM_THREADS": "1",
         "SIDECAR_MAX_BATCH_SIZE": str(TEXTS_PER_BIG),
         "SIDECAR_CAPTURE_THRESHOLD": "1000",  # eager: the timing is the model's, not captures'

@@ -328,6 +328,7 @@ TEXTS_PER_HANGUP = 256
 def test_real_server_clients_hanging_up(tmp_path: Path) -> None:
     env = {
         "SIDECAR_MODEL_PATH": "toy",
+        "SIDECAR_DTYPE": "float32",  # compared with the float32 toy reference at 1e-5
         "SIDECAR_ADMIN_TOKEN": TOKEN,
         "SIDECAR_NUM_THREADS": "1",
         "SIDECAR_MAX_BATCH_WAIT_MS": "5",

@@ -348,6 +348,7 @@ CATALOGUE: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
 def client() -> Iterator[TestClient]:
     settings = load_settings(
         model_path="toy",
+        dtype="float32",  # the answers are compared with the float32 toy reference at 1e-5
         admin_token=TOKEN,
         max_inputs_per_request=MAX_INPUTS,
         max_text_chars=MAX_CHARS,

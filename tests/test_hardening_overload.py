@@ -72,6 +72,7 @@ def test_overload_refuses_the_excess_and_answers_the_rest(
 ) -> None:
     env = {
         "SIDECAR_MODEL_PATH": "toy",
+        "SIDECAR_DTYPE": "float32",  # compared with the float32 toy reference at 1e-5
         "SIDECAR_ADMIN_TOKEN": TOKEN,
         "SIDECAR_MAX_QUEUE": str(MAX_QUEUE),
         "SIDECAR_MAX_INPUTS_PER_REQUEST": str(MAX_INPUTS),

@@ -29,6 +29,9 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncC
     ready to serve. 5xx answers come back as responses, not raised."""
     overrides.setdefault("model_path", "toy")
     overrides.setdefault("admin_token", TOKEN)
+    # float32: answers are compared with the float32 toy reference at 1e-5 (auto would pick
+    # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
+    overrides.setdefault("dtype", "float32")
     app = create_app(load_settings(**overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -163,8 +163,18 @@ def test_config_validation(kwargs, message):
         BertConfig(**{**base, **kwargs})
 
 
-def test_half_precision_is_refused_on_cpu():
+def test_float16_is_refused_on_cpu():
     with pytest.raises(ValueError, match="only supported on CUDA"):
         make_toy_encoder(dtype=torch.float16)
-    with pytest.raises(ValueError, match="only supported on CUDA"):
-        make_toy_encoder(dtype=torch.bfloat16)
+
+
+def test_bfloat16_on_cpu_matches_float32():
+    """bfloat16 runs on the CPU (weights and activations; pooling and the output in float32)."""
+    texts = ["a short one", "a somewhat longer sentence with more words in it", "x"]
+    ref = make_toy_encoder().embed(texts)
+    enc = make_toy_encoder(dtype=torch.bfloat16)
+    assert next(enc.model.parameters()).dtype == torch.bfloat16
+    out = enc.embed(texts)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    cos = torch.nn.functional.cosine_similarity(out, ref)
+    assert cos.min() >= 0.995, cos

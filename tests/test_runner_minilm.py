@@ -56,6 +56,18 @@ def test_parity_with_sentence_transformers(runner, token_ids, reference):
         assert snap["replays"] >= len(res.descriptors) and snap["eager_runs"] == 0
 
 
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_bfloat16_on_cpu_parity(mode, token_ids, reference):
+    """bfloat16 weights and activations on the CPU (the `auto` dtype where the CPU multiplies
+    bfloat16 natively) stay within cosine 0.999 of sentence-transformers in float32."""
+    runner = EmbeddingRunner(load_sentence_encoder(dtype=torch.bfloat16), RunnerConfig(mode=mode))
+    for _ in range(2):
+        res = runner.run(token_ids)
+        assert res.embeddings.dtype == torch.float32
+        cos = torch.nn.functional.cosine_similarity(res.embeddings, reference)
+        assert cos.min() >= 0.999, (mode.name, cos)
+
+
 def test_isolation_alone_vs_batched(runner, token_ids):
     """Same embedding (max abs diff <= 1e-5) alone, or batched with requests of other lengths
     (so padded to other buckets)."""

@@ -15,13 +15,16 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import load_settings
-from models import make_toy_encoder
+from models import cpu_has_native_bf16, make_toy_encoder
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def make_client(**overrides: Any) -> TestClient:
+    # float32: answers are compared with the float32 toy reference at 1e-5 (auto would pick
+    # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
+    overrides.setdefault("dtype", "float32")
     settings = load_settings(model_path="toy", **overrides)
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
@@ -65,6 +68,7 @@ def test_health_ready_docs(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["model"] == "toy-bert"
+    assert (ready.json()["device"], ready.json()["dtype"]) == ("cpu", "float32")
     assert client.get("/docs").status_code == 200
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
 
@@ -82,6 +86,23 @@ def test_infer_returns_embeddings_in_order(client: TestClient) -> None:
     # Unit length (the model L2-normalises), and each text its own vector.
     torch.testing.assert_close(got.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
     assert not torch.allclose(got[0], got[1])
+
+
+def test_auto_dtype_serves_what_the_cpu_multiplies_natively() -> None:
+    """SIDECAR_DTYPE=auto (the default): bfloat16 on a CPU with native bfloat16, else float32;
+    /readyz says which, and the answers stay within cosine 0.995 of the float32 reference."""
+    want = "bfloat16" if cpu_has_native_bf16() else "float32"
+    with TestClient(
+        create_app(load_settings(model_path="toy")), raise_server_exceptions=False
+    ) as c:
+        wait_ready(c)
+        assert c.get("/readyz").json()["dtype"] == want
+        resp = c.post("/infer", json={"inputs": TEXTS})
+        assert resp.status_code == 200, resp.text
+        got = torch.tensor(resp.json()["embeddings"])
+    cos = torch.nn.functional.cosine_similarity(got, reference(TEXTS))
+    assert cos.min() >= 0.995, cos
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-5, rtol=0)
 
 
 def test_openai_embeddings_float_and_base64(client: TestClient) -> None:

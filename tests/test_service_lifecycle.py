@@ -26,6 +26,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @asynccontextmanager
 async def serving(**overrides: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The app with its lifespan running, and an HTTP client talking to it in-process."""
+    # float32: answers are compared with the float32 toy reference at 1e-5 (auto would pick
+    # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
+    overrides.setdefault("dtype", "float32")
     app = create_app(load_settings(admin_token=TOKEN, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

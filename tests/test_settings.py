@@ -11,6 +11,7 @@ import torch
 
 from app.main import engine_config, resolve_device, resolve_dtype
 from app.settings import Settings, SettingsError, load_settings, unknown_env_vars
+from models import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "sidecar.toml"
@@ -159,7 +160,10 @@ def test_device_and_dtype_resolution() -> None:
             resolve_device("cuda")
         with pytest.raises(SettingsError, match="SIDECAR_DTYPE"):
             resolve_dtype("float16", "cpu")
-    assert resolve_dtype("auto", "cpu") is torch.float32
+    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_dtype("auto", "cpu") is native
+    assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert resolve_dtype("float32", "cpu") is torch.float32
     assert resolve_dtype("auto", "cuda") is torch.float16
     cfg = engine_config(load_settings(model_path="toy", max_batch_wait_ms=2.5))
     assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model_path == "toy"

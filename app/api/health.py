@@ -35,6 +35,9 @@ def build_health_router() -> APIRouter:
                 {
                     "status": "ready",
                     "model": engine.encoder.name,
+                    # what SIDECAR_DEVICE/SIDECAR_DTYPE=auto resolved to on this machine
+                    "device": str(engine.encoder.device),
+                    "dtype": str(engine.encoder.dtype).removeprefix("torch."),
                     "mode": engine.config.runner.mode.name,
                     "prewarm": {"done": engine.prewarm_done, "total": engine.prewarm_total},
                 }

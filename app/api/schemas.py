@@ -116,6 +116,8 @@ class PrewarmProgress(_Out):
 class ReadyResponse(_Out):
     status: Literal["ready"]
     model: str
+    device: str
+    dtype: str
     mode: str
     prewarm: PrewarmProgress
 

@@ -113,7 +113,8 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
             "--dtype",
             choices=("auto", "float32", "float16", "bfloat16"),
             default="auto",
-            help="dtype of every server (auto, as the sidecar: float16 on cuda, float32 on cpu)",
+            help="dtype of every server (auto, as the sidecar: float16 on cuda, bfloat16 on a cpu "
+            "with native bfloat16, else float32)",
         )
         p.add_argument(
             "--servers",

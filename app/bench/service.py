@@ -95,7 +95,7 @@ class ServiceOptions:
     # Every server and the raw runner compute on the same device in the same dtype, so the
     # ratios compare serving, not arithmetic. "auto" resolves as the sidecar's own settings do.
     device: str = "auto"  # auto: cuda where available, else cpu
-    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
+    dtype: str = "auto"  # auto as the sidecar: float16 on cuda; bfloat16/float32 on cpu
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:

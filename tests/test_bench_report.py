@@ -123,3 +123,30 @@ def test_service_device_option_is_checked_by_the_parser(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         parser.parse_args(["service", "--device", "gpu"])
     assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+
+
+def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
+    """--st-dtype float32: the sentence-transformers server as first written (no cast), every
+    other server in the benchmark's dtype; the default keeps every server in one dtype."""
+    from app.bench.cli import build_parser
+    from app.bench.service import NAIVE, QUICK, ST, ServiceOptions, server_commands
+
+    args = build_parser().parse_args(["service", "--dtype", "bfloat16", "--st-dtype", "float32"])
+    assert (args.dtype, args.st_dtype) == ("bfloat16", "float32")
+    assert build_parser().parse_args(["service"]).st_dtype == "same"
+
+    def dtypes(opts: ServiceOptions) -> dict[str, str]:
+        runs = server_commands(opts, port=1, admin_token="t")
+        out = {}
+        for name in (NAIVE, ST):
+            cmd = runs[name].command
+            assert runs[name].settings["dtype"] == cmd[cmd.index("--dtype") + 1]
+            out[name] = runs[name].settings["dtype"]
+        return out
+
+    own = ServiceOptions(QUICK, device="cpu", dtype="bfloat16", st_dtype="float32")
+    assert dtypes(own) == {NAIVE: "bfloat16", ST: "float32"}
+    assert dtypes(ServiceOptions(QUICK, device="cpu", dtype="bfloat16")) == {
+        NAIVE: "bfloat16",
+        ST: "bfloat16",
+    }

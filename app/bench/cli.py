@@ -117,6 +117,13 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
             "with native bfloat16, else float32)",
         )
         p.add_argument(
+            "--st-dtype",
+            choices=("same", "float32", "float16", "bfloat16"),
+            default="same",
+            help="dtype of the sentence-transformers server: same (as every server, the default) "
+            "or its own, e.g. float32 for the server as first written, which never casts",
+        )
+        p.add_argument(
             "--servers",
             default="sidecar,naive,st",
             help="which servers, in order (sidecar, naive, st; default: %(default)s)",
@@ -250,6 +257,7 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
         transport=args.transport,
         device=args.device,
         dtype=args.dtype,
+        st_dtype=args.st_dtype,
     )
     service.run_service_bench(opts, results)
 

@@ -96,6 +96,15 @@ class ServiceOptions:
     # ratios compare serving, not arithmetic. "auto" resolves as the sidecar's own settings do.
     device: str = "auto"  # auto: cuda where available, else cpu
     dtype: str = "auto"  # auto as the sidecar: float16 on cuda; bfloat16/float32 on cpu
+    # The one exception, on request: the sentence-transformers server in its own dtype ("same":
+    # as every server). "float32" is that server as users first write it (no cast), the
+    # comparison a user choosing between the two makes; the same-dtype one isolates serving.
+    st_dtype: str = "same"
+
+
+def st_dtype_name(opts: ServiceOptions, dtype: str) -> str:
+    """The sentence-transformers server's dtype: opts.st_dtype, or `dtype` (every server's)."""
+    return dtype if opts.st_dtype == "same" else opts.st_dtype
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
@@ -256,10 +265,10 @@ def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
 def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[str, ServerRun]:
     py = sys.executable
     device, dtype = resolve_device_dtype(opts.device, opts.dtype)
-    base = ["--host", "127.0.0.1", "--port", str(port), "--threads", str(opts.threads)]
-    base += ["--device", device, "--dtype", dtype]
-    if opts.model is not None:
-        base += ["--model-dir", opts.model]
+    st_dtype = st_dtype_name(opts, dtype)
+    common = ["--host", "127.0.0.1", "--port", str(port), "--threads", str(opts.threads)]
+    common += ["--device", device]
+    model = [] if opts.model is None else ["--model-dir", opts.model]
     return {
         SIDECAR: ServerRun(
             SIDECAR,
@@ -268,7 +277,7 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
         ),
         NAIVE: ServerRun(
             NAIVE,
-            [py, "-m", "app.bench.baselines.naive", *base],
+            [py, "-m", "app.bench.baselines.naive", *common, "--dtype", dtype, *model],
             {
                 "route": "def (threadpool)",
                 "threads": str(opts.threads),
@@ -278,12 +287,12 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
         ),
         ST: ServerRun(
             ST,
-            [py, "-m", "app.bench.baselines.st_server", *base],
+            [py, "-m", "app.bench.baselines.st_server", *common, "--dtype", st_dtype, *model],
             {
                 "route": "def (threadpool)",
                 "threads": str(opts.threads),
                 "device": device,
-                "dtype": dtype,
+                "dtype": st_dtype,
                 "HF_HUB_OFFLINE": "1",
             },
         ),
@@ -573,6 +582,7 @@ def summarise_service(
         "threads": opts.threads,
         "device": device,
         "dtype": dtype,
+        "st_dtype": st_dtype_name(opts, dtype),
         "server_env": server_env(opts),
         "transport": opts.transport,
         "max_batch_size": opts.max_batch_size,
@@ -627,6 +637,13 @@ def evaluate_targets(
     return out
 
 
+def _st_dtype_note(data: dict[str, Any]) -> str:
+    st = data.get("st_dtype", data.get("dtype"))
+    if ST not in data["servers"] or st == data.get("dtype"):
+        return ""
+    return f" (sentence-transformers in {st}, its own dtype: `--st-dtype {st}`)"
+
+
 def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     levels = [int(k) for k in next(iter(data["servers"].values()))["levels"]]
     names = list(data["servers"])
@@ -652,7 +669,8 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     md = ["## Service: sidecar against two baselines over HTTP\n"]
     md.append(
         f"Each server alone on the machine, on {data.get('device', 'cpu')} in "
-        f"{data.get('dtype', 'float32')}, torch intra-op threads = {data['threads']} in every "
+        f"{data.get('dtype', 'float32')}{_st_dtype_note(data)}, "
+        f"torch intra-op threads = {data['threads']} in every "
         f"server (environment of all servers: "
         f"{', '.join(f'`{k}={v}`' for k, v in data['server_env'].items())}), "
         "one text per request from a fixed-seed mix (short/medium/long), "

@@ -148,16 +148,6 @@ class EmbeddingRunner:
         self._full: AdaptiveCUDAGraphWrapper | None = None
         if self.mode is CUDAGraphMode.FULL:
             self._mask = torch.ones((max_tokens,), dtype=torch.bool, device=dev)
-            B_max, S_max = self.planner.max_requests, self.planner.max_seq_len
-            self._lengths = torch.ones((B_max,), dtype=torch.int64, device=dev)
-            self._positions = torch.arange(S_max, dtype=torch.int64, device=dev)
-            # Host staging of ids and lengths. Pinned on CUDA, so both copies are asynchronous
-            # (a pageable copy blocks the host until the data is staged) and the replay is
-            # queued right behind them. Reusing it is safe: every run ends with a synchronous
-            # device-to-host copy of the output, so no copy from it is still in flight.
-            self._staging = torch.empty(
-                (max_tokens + B_max,), dtype=torch.int64, pin_memory=dev.type == "cuda"
-            )
             self._full = wrap(model, self.mode, "bert_full", config.memory_budget_bytes)
             self.graphs: GraphCacheView = self._full
         else:
@@ -221,13 +211,8 @@ class EmbeddingRunner:
                 emb = self._run_full(sb, rows)
             else:
                 emb = self._run_packed(sb, rows)
-            # emb is graph memory (or a fresh tensor): copy the real rows out, in input order
-            # (straight into `out` when this sub-batch is the whole call, in order: the common
-            # case at small batches, where every microsecond of host work adds to latency).
-            if len(sb.indices) == n and all(i == k for k, i in enumerate(sb.indices)):
-                out.copy_(emb)
-            else:
-                out.index_copy_(0, torch.tensor(sb.indices), emb.to("cpu", torch.float32))
+            # emb is graph memory (or a fresh tensor): copy the real rows out, in input order.
+            out.index_copy_(0, torch.tensor(sb.indices), emb.to("cpu", torch.float32))
             padded += sb.num_tokens
             descriptors.append(sb.descriptor)
         return RunResult(out, sum(lengths), padded, descriptors)
@@ -236,26 +221,21 @@ class EmbeddingRunner:
         """Write `rows` into the static (B, S) ids/mask views; padding rows are length-1 dummies
         (a row with no real token would make attention undefined).
 
-        The padded ids and the lengths are laid out in `array.array`s (row slices assigned in C;
-        64x256: 0.22 ms against 1.46 ms from Python lists, measured on CPU), staged in one host
-        buffer, copied to the device without blocking, and the mask is computed there from the
-        lengths: host work that runs serially with every replay."""
-        n = B * S
-        ids = array.array("q", [self.pad_id]) * (n + B)  # ids, then the B lengths
-        ids[n:] = array.array("q", [1]) * B
+        The padded ids are laid out in an `array.array` (row slices assigned in C) and handed to
+        torch without a copy: host work that runs serially with every replay, ~7x cheaper than
+        building tensors from Python lists (64x256: 0.22 against 1.46 ms, measured on CPU)."""
+        ids = array.array("q", [self.pad_id]) * (B * S)
+        lens = array.array("q", [1]) * B
         for i, row in enumerate(rows):
             if len(row) > S:  # the planner never does this; an array slice would grow silently
                 raise ValueError(f"a row of {len(row)} tokens does not fit a ({B}, {S}) bucket")
             ids[i * S : i * S + len(row)] = array.array("q", row)
-            ids[n + i] = len(row)
-        stage = self._staging[: n + B]
-        stage.copy_(torch.frombuffer(ids, dtype=torch.int64))
-        ids_view = self._ids[:n].view(B, S)
-        mask_view = self._mask[:n].view(B, S)
-        lengths = self._lengths[:B]
-        ids_view.copy_(stage[:n].view(B, S), non_blocking=True)
-        lengths.copy_(stage[n:], non_blocking=True)
-        torch.lt(self._positions[:S].view(1, S), lengths.view(B, 1), out=mask_view)
+            lens[i] = len(row)
+        lengths = torch.frombuffer(lens, dtype=torch.int64)
+        ids_view = self._ids[: B * S].view(B, S)
+        mask_view = self._mask[: B * S].view(B, S)
+        ids_view.copy_(torch.frombuffer(ids, dtype=torch.int64).view(B, S))
+        mask_view.copy_(torch.arange(S).view(1, S) < lengths.view(B, 1))
         return ids_view, mask_view
 
     def _run_full(self, sb: SubBatch, rows: list[list[int]]) -> torch.Tensor:

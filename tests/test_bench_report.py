@@ -150,3 +150,29 @@ def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
         NAIVE: "bfloat16",
         ST: "bfloat16",
     }
+
+
+def test_sidecar_prewarms_its_ladder_only_with_real_graphs() -> None:
+    """On a CPU (mock graphs, NONE by default) the bench sidecar starts as configured."""
+    from app.bench.service import QUICK, ServiceOptions, sidecar_settings
+
+    env = sidecar_settings(ServiceOptions(QUICK, device="cpu"), "t")
+    assert "SIDECAR_PREWARM_LADDER" not in env and env["SIDECAR_GRAPH_MODE"] == "NONE"
+    full = sidecar_settings(ServiceOptions(QUICK, device="cpu", graph_mode="FULL"), "t")
+    assert "SIDECAR_PREWARM_LADDER" not in full
+
+
+@pytest.mark.gpu
+def test_sidecar_prewarms_its_ladder_on_cuda() -> None:
+    """With real graphs the measured runs replay: the whole ladder is captured at start-up,
+    unless the caller asks otherwise."""
+    from app.bench.service import QUICK, ServiceOptions, sidecar_settings
+
+    assert (
+        sidecar_settings(ServiceOptions(QUICK, device="cuda"), "t")["SIDECAR_PREWARM_LADDER"]
+        == "true"
+    )
+    off = ServiceOptions(QUICK, device="cuda", sidecar_env={"SIDECAR_PREWARM_LADDER": "false"})
+    assert sidecar_settings(off, "t")["SIDECAR_PREWARM_LADDER"] == "false"
+    none = ServiceOptions(QUICK, device="cuda", graph_mode="NONE")
+    assert "SIDECAR_PREWARM_LADDER" not in sidecar_settings(none, "t")

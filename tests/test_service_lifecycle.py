@@ -4,6 +4,7 @@ graceful drain and the hot-shape profile surviving a restart. Real models, nothi
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -82,6 +83,25 @@ def test_not_ready_until_startup_prewarm_is_captured() -> None:
 
 
 # ---------------------------------------------------------------------------- batching
+def test_startup_heap_is_frozen_while_serving_and_given_back_on_stop() -> None:
+    """Ready: what start-up allocated is out of the collector's reach (gc.freeze), and stays so
+    across a capture while serving; stopped: given back."""
+    gc.unfreeze()
+
+    async def main() -> None:
+        async with serving(model_path="toy", graph_mode="FULL", capture_threshold=1) as (app, c):
+            await engine_of(app).wait_ready()
+            frozen = gc.get_freeze_count()
+            assert frozen > 1000, frozen
+            resp = await c.post("/infer", json={"inputs": ["a new shape, captured now"]})
+            assert resp.status_code == 200
+            assert engine_of(app).graphs.stats_snapshot()["captures"] >= 1
+            assert gc.get_freeze_count() >= frozen and gc.isenabled()
+        assert gc.get_freeze_count() == 0
+
+    run(main)
+
+
 def test_concurrent_requests_share_model_calls_and_match_unbatched() -> None:
     async def main() -> None:
         # Graphs are not the point here: a high capture threshold keeps it quick (eager runs).

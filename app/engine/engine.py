@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -111,6 +112,7 @@ class Engine:
         self._runner: EmbeddingRunner | None = None
         self._batcher: Batcher[torch.Tensor] | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._froze_heap = False  # gc.freeze() after warm-up; undone by stop()
         self._startup_descriptors: list[BatchDescriptor] = []
         self.prewarm_done = 0
         self.prewarm_total = 0
@@ -211,6 +213,9 @@ class Engine:
                 logger.exception("could not save the hot-shape profile")
         await self._on_worker(lambda: None)  # everything submitted before has finished
         self._executor.shutdown(wait=False)
+        if self._froze_heap:  # give the heap back (several apps start and stop in one test run)
+            gc.unfreeze()
+            self._froze_heap = False
         self._state = EngineState.STOPPED
 
     # ---------------------------------------------------------------- serving
@@ -369,8 +374,20 @@ class Engine:
             # A failed prewarm is not an outage: shapes run eagerly (or capture on demand).
             logger.exception("start-up prewarm failed; serving without it")
         if self._state is EngineState.WARMING:
+            self._freeze_startup_heap()
             self._state = EngineState.READY
             logger.info("ready")
+
+    def _freeze_startup_heap(self) -> None:
+        """Move what start-up allocated (model, tokenizer, web framework, graphs: it lives as
+        long as the process) out of the cyclic collector's reach, as vLLM and SGLang do after
+        start-up. Unfrozen, every full collection walked that heap, ~90 ms of stall on the
+        event loop and the worker for nothing collected, about every thousand requests: the
+        p99 of the 32-client level (108 against 15 ms p50, toy model, 2-core CPU)."""
+        gc.collect()
+        gc.freeze()
+        self._froze_heap = True
+        logger.info("froze %d start-up objects out of the collector's reach", gc.get_freeze_count())
 
     def _restore_profile(self, path: Path) -> list[BatchDescriptor]:
         """Worker thread. Import the saved hot-shape counts; the shapes to prewarm from them."""

@@ -57,7 +57,7 @@ def check_device_dtype(device: torch.device | str, dtype: torch.dtype) -> torch.
     """Validate the (device, dtype) pair; returns the torch.device.
 
     float32 runs everywhere; float16 and bfloat16 on CUDA; bfloat16 also on CPU (fast where
-    `cpu_has_native_bf16`, correct but slower than float32 elsewhere). float16 is refused on
+    `cpu_has_native_bf16`; correct elsewhere, with no speed-up expected). float16 is refused on
     CPU: few CPUs multiply it in hardware and torch's CPU kernels for it are slow.
     """
     dev = torch.device(device)

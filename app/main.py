@@ -54,8 +54,8 @@ def resolve_device(name: str) -> str:
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """auto: the half precision the hardware multiplies natively, else float32. float16 on
-    CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX (1.7x float32's throughput for MiniLM on
-    such a CPU, embeddings within cosine 0.9999 of float32's); float32 on other CPUs."""
+    CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX (1.6 to 1.7x float32's throughput for
+    MiniLM on such a CPU, embeddings within cosine 0.9999 of float32's); float32 on others."""
     if name == "auto":
         if device.startswith("cuda"):
             return torch.float16

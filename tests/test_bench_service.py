@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.bench.report import ResultsDir
+from app.bench.server_process import ServerProcess
 from app.bench.service import (
     NAIVE,
     SIDECAR,
-    ServerProcess,
     ServiceOptions,
     ServicePreset,
     run_service_bench,
@@ -88,20 +88,23 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert (data["raw_runner"]["device"], data["raw_runner"]["dtype"]) == ("cpu", auto)
 
 
+NOWHERE = "http://127.0.0.1:9/readyz"  # nothing listens there
+
+
 def test_server_that_dies_reports_its_log(tmp_path: Path) -> None:
     code = "import sys; print('model file missing: boom'); sys.exit(3)"
-    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log")
+    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log", NOWHERE)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            server.wait_ready("http://127.0.0.1:9/readyz", timeout_s=30)
+            server.wait_ready(timeout_s=30)
     finally:
         server.stop()
 
 
 def test_stop_ends_a_running_server(tmp_path: Path) -> None:
     code = "import time; time.sleep(60)"
-    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log")
+    server = ServerProcess([sys.executable, "-c", code], {}, tmp_path / "s.log", NOWHERE)
     with pytest.raises(TimeoutError):
-        server.wait_ready("http://127.0.0.1:9/readyz", timeout_s=0.5)
+        server.wait_ready(timeout_s=0.5)
     server.stop()
     assert server.proc.returncode is not None  # terminated by SIGTERM, not left behind

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from test_hardening_support import (
     ADMIN,
     TOKEN,
+    assert_answers,
     assert_envelope,
     metric,
     reference,
@@ -122,12 +123,7 @@ def test_a_model_fault_fails_only_its_batch(graph_mode: str, threshold: int, pat
                 assert after["captures"] == before["captures"] == 0
                 assert after["eager_runs"] - before["eager_runs"] >= 2
             # Later batches, of any shape, succeed; nothing is left queued.
-            texts = [TEXT_A, "and another one", "x"]
-            resp = await client.post("/infer", json={"inputs": texts})
-            assert resp.status_code == 200
-            torch.testing.assert_close(
-                torch.tensor(resp.json()["embeddings"]), reference(texts), atol=1e-5, rtol=0
-            )
+            await assert_answers(client, [TEXT_A, "and another one", "x"])
             assert after["queue_depth"] == 0 and (await stats(client))["queue_depth"] == 0
             text = (await client.get("/metrics")).text
             assert metric(text, "sidecar_requests_total", route="/infer", status="500") == 3
@@ -156,10 +152,7 @@ def test_out_of_memory_during_capture_falls_back_to_eager(graph_mode: str) -> No
             try:
                 for _ in range(2):
                     for texts in SHAPES:
-                        resp = await client.post("/infer", json={"inputs": texts})
-                        assert resp.status_code == 200, resp.text
-                        got = torch.tensor(resp.json()["embeddings"])
-                        torch.testing.assert_close(got, reference(texts), atol=1e-5, rtol=0)
+                        await assert_answers(client, texts)
                 s = await stats(client)
                 text = (await client.get("/metrics")).text
             finally:
@@ -184,10 +177,7 @@ def test_a_budget_smaller_than_any_graph_serves_eagerly() -> None:
         # 1 byte: no graph fits, every capture is refused, every request still answered.
         async with serving(graph_memory_budget_mb=1 / 2**20, capture_threshold=1) as (_, client):
             for texts in SHAPES:
-                resp = await client.post("/infer", json={"inputs": texts})
-                assert resp.status_code == 200, resp.text
-                got = torch.tensor(resp.json()["embeddings"])
-                torch.testing.assert_close(got, reference(texts), atol=1e-5, rtol=0)
+                await assert_answers(client, texts)
             s = await stats(client)
             assert s["capture_failures"] >= len(SHAPES) and s["cached_graphs"] == 0, s
             assert s["memory_bytes"] == 0, s
@@ -280,12 +270,7 @@ def test_clients_leaving_mid_batch_cause_no_error_and_no_leak(
                 gate.release.set()
                 handle.remove()
             before = await stats(client)
-            texts = ["after the disconnects", "all is well"]
-            resp = await client.post("/infer", json={"inputs": texts})
-            assert resp.status_code == 200, resp.text
-            torch.testing.assert_close(
-                torch.tensor(resp.json()["embeddings"]), reference(texts), atol=1e-5, rtol=0
-            )
+            await assert_answers(client, ["after the disconnects", "all is well"])
             after = await stats(client)
             # The cancelled queued texts never reached the model: one batch for the new request.
             assert (

@@ -59,6 +59,14 @@ def reference(texts: list[str]) -> torch.Tensor:
     return torch.cat([enc.embed([t]) for t in texts])
 
 
+async def assert_answers(client: httpx.AsyncClient, texts: list[str]) -> None:
+    """POST /infer `texts`: 200, with the toy model's plain eager answer (within 1e-5)."""
+    resp = await client.post("/infer", json={"inputs": texts})
+    assert resp.status_code == 200, resp.text
+    got = torch.tensor(resp.json()["embeddings"])
+    torch.testing.assert_close(got, reference(texts), atol=1e-5, rtol=0)
+
+
 def assert_envelope(resp: Any, status: int, code: str) -> str:
     assert resp.status_code == status, resp.text[:500]
     assert resp.headers["content-type"].startswith("application/json"), resp.headers

@@ -4,11 +4,8 @@ client, a client that hangs up mid-request, SIGTERM, and refusing bad settings a
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,80 +13,35 @@ import httpx
 import numpy as np
 import pytest
 
+from app.bench.soak import SidecarProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "server-test-token-9c1e"
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+SERVER_ENV = {
+    "SIDECAR_MODEL_PATH": "toy",
+    "SIDECAR_ADMIN_TOKEN": TOKEN,
+    "SIDECAR_CAPTURE_THRESHOLD": "1",
+}
 
 
 def sidecar_env(**extra: str) -> dict[str, str]:
+    """The environment of a server started by hand (SidecarProcess builds its own alike)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.update(
-        SIDECAR_MODEL_PATH="toy",
-        SIDECAR_ADMIN_TOKEN=TOKEN,
-        SIDECAR_LOG_LEVEL="info",
-        SIDECAR_CAPTURE_THRESHOLD="1",
-        PYTHONUNBUFFERED="1",
-    )
+    env.update(SERVER_ENV, SIDECAR_LOG_LEVEL="info", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 
 
-class Server:
-    def __init__(self, tmp: Path, *args: str, **env: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"server-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), *args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=sidecar_env(**env), stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server not ready:\n" + self.log())
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        self._log.close()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
     tmp = tmp_path_factory.mktemp("server")
     config = tmp / "sidecar.toml"
     config.write_text(f'max_batch_size = 16\nprofile_path = "{tmp / "hot.json"}"\n')
-    srv = Server(tmp, "--config", str(config))
+    srv = SidecarProcess(SERVER_ENV, tmp / "server.log", ["--config", str(config)])
     try:
         srv.wait_ready()
         yield srv
@@ -99,8 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             srv.proc.wait()
 
 
-def test_http_round_trip(server: Server) -> None:
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+def test_http_round_trip(server: SidecarProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         body = c.post("/infer", json={"inputs": ["over real http", "two"]}).json()
         assert body["dimensions"] == 32 and len(body["embeddings"]) == 2
@@ -111,9 +63,9 @@ def test_http_round_trip(server: Server) -> None:
         assert "sidecar_requests_total" in c.get("/metrics").text
 
 
-def test_official_openai_client(server: Server) -> None:
+def test_official_openai_client(server: SidecarProcess) -> None:
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     texts = ["The sidecar batches requests.", "CUDA graphs replay kernels."]
     # The SDK asks for base64 by default and decodes it to floats.
     result = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
@@ -128,16 +80,16 @@ def test_official_openai_client(server: Server) -> None:
         client.embeddings.create(model="x", input="hi", dimensions=8)
 
 
-def test_client_hanging_up_mid_request_breaks_nothing(server: Server) -> None:
+def test_client_hanging_up_mid_request_breaks_nothing(server: SidecarProcess) -> None:
     # A burst of clients that give up almost at once, while others keep going.
     texts = [f"request number {i} " * 20 for i in range(24)]
-    with httpx.Client(base_url=server.base, timeout=0.001) as impatient:
+    with httpx.Client(base_url=server.url, timeout=0.001) as impatient:
         for t in texts:
             try:
                 impatient.post("/infer", json={"inputs": [t, t]})
             except httpx.TimeoutException:
                 pass
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
         for t in texts[:4]:
             assert c.post("/infer", json={"inputs": [t]}).status_code == 200
         metrics = c.get("/metrics").text
@@ -145,11 +97,11 @@ def test_client_hanging_up_mid_request_breaks_nothing(server: Server) -> None:
     assert server.proc.poll() is None
 
 
-def test_sigterm_exits_cleanly_and_saves_the_profile(server: Server) -> None:
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+def test_sigterm_exits_cleanly_and_saves_the_profile(server: SidecarProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
         c.post("/infer", json={"inputs": ["remember this shape"]})
     assert server.stop() == 0
-    log = server.log()
+    log = server.log_text()
     assert "Application shutdown complete" in log
     assert "saved the hot-shape profile" in log
     assert TOKEN not in log  # the admin token is never logged
@@ -160,7 +112,7 @@ def test_sigterm_exits_cleanly_and_saves_the_profile(server: Server) -> None:
 def test_bad_setting_refuses_to_start(tmp_path: Path) -> None:
     env = sidecar_env(SIDECAR_MAX_BATCH_SIZE="0")
     out = subprocess.run(
-        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -174,11 +126,11 @@ def test_bad_setting_refuses_to_start(tmp_path: Path) -> None:
 def test_model_that_cannot_load_refuses_to_start(tmp_path: Path) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    srv = Server(tmp_path, SIDECAR_MODEL_PATH=str(empty))
+    srv = SidecarProcess({**SERVER_ENV, "SIDECAR_MODEL_PATH": str(empty)}, tmp_path / "s.log")
     code = srv.proc.wait(timeout=120)
     srv.stop()
     assert code == 3
-    assert "config.json" in srv.log() and "start-up failed" in srv.log()
+    assert "config.json" in srv.log_text() and "start-up failed" in srv.log_text()
 
 
 def test_cli_help_lists_the_commands() -> None:

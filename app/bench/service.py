@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,8 +36,8 @@ import httpx
 from app.bench.loadgen import LoadResult, make_texts, pool
 from app.bench.plots import plot_service
 from app.bench.report import ResultsDir, fmt, markdown_table
+from app.bench.server_process import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 SIDECAR = "sidecar"
 NAIVE = "naive same-model"
 ST = "sentence-transformers"
@@ -163,57 +162,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """A server under test: started in its own session, output to a log file, stopped with
-    SIGTERM (then SIGKILL) so it drains the way it would in production."""
-
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.command = command
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, url: str, timeout_s: float) -> float:
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.command[2:4]} exited with {self.proc.returncode} before ready:\n"
-                    + self.tail()
-                )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s:\n" + self.tail())
-
-    def tail(self, lines: int = 30) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 def resolve_graph_mode(mode: str) -> str:
@@ -397,11 +345,11 @@ def measure_server(
     base = f"http://127.0.0.1:{port}"
     tag = run.name.replace(" ", "_")
     log_path = log_dir / f"server-{tag}-round{len(run.rounds) + 1}.log"
-    server = ServerProcess(run.command, env, log_path)
+    server = ServerProcess(run.command, env, log_path, ready_url=base + "/readyz")
     preset = opts.preset
     levels: dict[int, dict[str, Any]] = {}
     try:
-        run.ready_seconds.append(server.wait_ready(base + "/readyz", opts.ready_timeout_s))
+        run.ready_seconds.append(server.wait_ready(opts.ready_timeout_s))
         # Server-wide warm-up at the largest level: opens the code paths, fills the sidecar's
         # graph cache with the shapes this traffic makes (captures are not measured below).
         top = max(preset.concurrencies)

@@ -28,8 +28,6 @@ import os
 import random
 import re
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +40,8 @@ from typing import Any
 import httpx
 
 from app.bench.loadgen import make_texts
+from app.bench.server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"Uvicorn running on http://[^:\s]+:(\d+)")
 
 
@@ -59,97 +57,41 @@ def read_rss_bytes(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid} (a zombie?)")
 
 
-class SidecarProcess:
+class SidecarProcess(ServerProcess):
     """`python -m app serve` on 127.0.0.1 with an OS-chosen port, output to a log file.
 
-    `env` holds SIDECAR_* settings on top of this process's environment. The log level must stay
-    info or debug: the port is read from uvicorn's "Uvicorn running on" line.
+    `env` holds SIDECAR_* settings on top of this process's environment (whose own SIDECAR_*
+    variables are dropped); `args` are more command-line arguments (e.g. `--config FILE`). The
+    log level must stay info or debug: the port is read from uvicorn's "Uvicorn running on" line.
     """
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.log_path = log_path
+    name = "sidecar"
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         full_env.setdefault("SIDECAR_LOG_LEVEL", "info")
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"
         if full_env["SIDECAR_LOG_LEVEL"].lower() not in ("info", "debug"):
             raise ValueError("SIDECAR_LOG_LEVEL must be info or debug (the port is read from it)")
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's Ctrl-C reaches it only through us
-        )
+        command = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0"]
+        super().__init__([*command, *args], full_env, log_path)
         self.port = 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def log_text(self) -> str:
-        # The child writes the file through its own descriptor: nothing to flush on this side.
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_ready(self, timeout_s: float = 120.0) -> float:
-        """Seconds until /readyz answers 200; raises with the log tail if it exits or stalls."""
-        t0 = time.monotonic()
-        deadline = t0 + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode} before ready:\n{self.tail()}"
-                )
-            if not self.port:
-                found = _LISTENING.search(self.log_path.read_bytes())
-                if found:
-                    self.port = int(found.group(1))
-            if self.port:
-                try:
-                    if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
-                        return time.monotonic() - t0
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout_s:.0f} s:\n{self.tail()}")
+    def ready_url(self) -> str | None:
+        if not self.port:
+            found = _LISTENING.search(self.log_path.read_bytes())
+            if found is None:
+                return None
+            self.port = int(found.group(1))
+        return self.url + "/readyz"
 
     def rss_bytes(self) -> int:
-        return read_rss_bytes(self.proc.pid)
-
-    def terminate(self) -> None:
-        """SIGTERM to the server only (not its process group): what an orchestrator sends."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout_s: float) -> int:
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, wait, SIGKILL if it will not go; the exit code (negative: killed)."""
-        if self.proc.poll() is None:
-            self.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> SidecarProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return read_rss_bytes(self.pid)
 
 
 def clean_exit(code: int | None, log: str) -> bool:

@@ -346,11 +346,14 @@ async def run_load(
             t0 = time.perf_counter()
             try:
                 status, data = await asyncio.wait_for(send(body), timeout_s)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (
+                OSError,  # connection refused or reset; asyncio's TimeoutError is one too
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                httpx.HTTPError,
+                ValueError,  # an answer the raw client cannot parse
+            ) as exc:
                 problem: str | None = f"{type(exc).__name__}: {exc}"
-                statuses.append(type(exc).__name__)
-            except (httpx.HTTPError, ValueError, asyncio.LimitOverrunError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
                 statuses.append(type(exc).__name__)
             else:
                 problem = check_answer(status, data)

@@ -26,7 +26,6 @@ TINY = ServicePreset(
     warmup_requests=8,
     level_warmup=2,
     num_texts=32,
-    raw_batches=2,
     raw_repeats=1,
     rounds=2,
 )
@@ -65,6 +64,8 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     )
     assert ratios[4]["throughput_x_naive"] == pytest.approx(expect)
     assert data["raw_runner"]["batch_size"] == 4 and data["raw_runner"]["texts_per_s_median"] > 0
+    # the raw runner timed exactly the texts each measured level sent: 12 in batches of 4
+    assert (data["raw_runner"]["texts"], data["raw_runner"]["batches"]) == (TINY.requests, 3)
     targets = {t["target"]: t for t in data["targets"]}
     # this preset has no 32-client level: those targets are reported as not measured
     assert all(t["met"] is None for name, t in targets.items() if name.startswith("32 clients"))
@@ -108,3 +109,29 @@ def test_stop_ends_a_running_server(tmp_path: Path) -> None:
         server.wait_ready(timeout_s=0.5)
     server.stop()
     assert server.proc.returncode is not None  # terminated by SIGTERM, not left behind
+
+
+def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
+    from app.bench.service import measure_raw_runner, texts_sent
+
+    mix = ["alpha beta", "gamma", "delta epsilon zeta"]
+    # request i carries texts[i % len(texts)], as the load generator sends them
+    assert texts_sent(mix, 5) == [
+        "alpha beta",
+        "gamma",
+        "delta epsilon zeta",
+        "alpha beta",
+        "gamma",
+    ]
+    raw = measure_raw_runner(
+        mode="NONE",
+        batch_size=2,
+        threads=1,
+        model="toy",
+        texts=texts_sent(mix, 5),
+        repeats=1,
+    )
+    # 5 texts in batches of 2: the short last batch is timed and counted too
+    assert (raw["texts"], raw["batches"]) == (5, 3)
+    assert raw["texts_per_s_median"] > 0
+    assert raw["mean_tokens_per_text"] > 2  # [CLS] + words + [SEP]

@@ -9,9 +9,10 @@ Method (also in docs/benchmarks.md):
   shares a GIL with a server. Each server is warmed up first (one run at the largest concurrency
   level, so the sidecar has seen and captured its hot shapes), then every concurrency level is
   measured with the same fixed-seed list of texts and the same number of requests.
-- The raw runner (model work only, no HTTP, no tokenizer) is timed on batches of
-  `max_batch_size` texts of the same mix, in this process with the same thread count; the
-  sidecar's throughput at the largest concurrency level is reported as a fraction of it.
+- The raw runner (model work only, no HTTP, no tokenizer) is timed on exactly the texts each
+  measured level sends, in consecutive batches of `max_batch_size`, in its own process with the
+  servers' environment; the sidecar's throughput at the largest concurrency level is reported as
+  a fraction of it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ class ServicePreset:
     warmup_requests: int  # per server, at the largest level, before any measurement
     level_warmup: int  # per level, on the measuring client's connections (not counted)
     num_texts: int  # size of the fixed-seed text list every server receives
-    raw_batches: int  # batches of max_batch_size texts timed for the raw runner
-    raw_repeats: int
+    raw_repeats: int  # passes of the raw runner over the measured texts
     # Rounds: every server is started and measured once per round (order reversed every other
     # round) and the rounds are pooled, so drift in the machine's load hits all servers alike.
     rounds: int = 1
@@ -63,7 +63,6 @@ QUICK = ServicePreset(
     warmup_requests=64,
     level_warmup=32,
     num_texts=256,
-    raw_batches=4,
     raw_repeats=2,
 )
 FULL = ServicePreset(
@@ -72,7 +71,6 @@ FULL = ServicePreset(
     warmup_requests=256,
     level_warmup=64,
     num_texts=1024,
-    raw_batches=8,
     raw_repeats=2,
     rounds=2,
 )
@@ -379,6 +377,11 @@ def measure_server(
     run.rounds.append(levels)
 
 
+def texts_sent(texts: Sequence[str], count: int) -> list[str]:
+    """The texts a measured level sends: request i carries texts[i % len(texts)] (loadgen)."""
+    return [texts[i % len(texts)] for i in range(count)]
+
+
 def measure_raw_runner(
     *,
     mode: str,
@@ -386,19 +389,22 @@ def measure_raw_runner(
     threads: int,
     model: str | None,
     texts: Sequence[str],
-    batches: int,
     repeats: int,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Texts/s of EmbeddingRunner.run on full batches (batch_size texts of the same mix): the
-    model work the sidecar does per batch, without HTTP, queueing or tokenization."""
+    """Texts/s of EmbeddingRunner.run over `texts` in consecutive batches of `batch_size` (the
+    last one may be short): the model work the sidecar does for the same texts, without HTTP,
+    queueing or tokenization. Pass exactly the texts a measured level sends, so the fraction
+    compares the same work (a sample of the mix with a few more long texts costs several %)."""
     import torch
 
     from app.cudagraph import CUDAGraphMode
     from app.engine.runner import EmbeddingRunner, RunnerConfig
     from models import load_sentence_encoder, make_toy_encoder
 
+    if not texts:
+        raise ValueError("no texts to run")
     torch.set_num_threads(threads)
     torch_dtype = getattr(torch, dtype)
     encoder = (
@@ -410,12 +416,9 @@ def measure_raw_runner(
     runner = EmbeddingRunner(encoder, config)
     bs = batch_size
     t0 = time.perf_counter()
-    ids = encoder.tokenizer.encode(list(texts[: bs * batches]))
+    ids = encoder.tokenizer.encode(list(texts))
     tokenize_s = time.perf_counter() - t0
     groups = [ids[i : i + bs] for i in range(0, len(ids), bs)]
-    groups = [g for g in groups if len(g) == bs]
-    if not groups:
-        raise ValueError(f"need at least {bs} texts for one full batch")
     for group in groups:  # first sight: captures (mock on CPU), not timed
         runner.run(group)
     per_pass: list[float] = []
@@ -424,10 +427,12 @@ def measure_raw_runner(
         for group in groups:
             runner.run(group)
         per_pass.append(time.perf_counter() - t0)
-    texts_per_pass = bs * len(groups)
+    texts_per_pass = len(ids)
     return {
         "batch_size": bs,
         "batches": len(groups),
+        "texts": len(ids),
+        "mean_tokens_per_text": sum(map(len, ids)) / len(ids),
         "repeats": repeats,
         "threads": threads,
         "texts_per_s_median": texts_per_pass / statistics.median(per_pass),
@@ -458,8 +463,8 @@ def run_raw_runner(opts: ServiceOptions, texts_file: Path) -> dict[str, Any]:
         str(opts.threads),
         "--texts-file",
         str(texts_file),
-        "--batches",
-        str(opts.preset.raw_batches),
+        "--count",
+        str(opts.preset.requests),
         "--repeats",
         str(opts.preset.raw_repeats),
         "--device",
@@ -679,8 +684,9 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     )
     raw = data["raw_runner"]
     md.append(
-        f"\nRaw runner ({raw['mode']}, batches of {raw['batch_size']} texts of the same mix, no "
-        f"HTTP, no tokenizer): {raw['texts_per_s_median']:.1f} texts/s median "
+        f"\nRaw runner ({raw['mode']}, the {raw.get('texts', '')} texts a measured level sends, in "
+        f"batches of {raw['batch_size']}, no HTTP, no tokenizer): "
+        f"{raw['texts_per_s_median']:.1f} texts/s median "
         f"({raw['ms_per_batch_median']:.1f} ms per batch; tokenizing costs "
         f"{raw['tokenize_ms_per_text']:.3f} ms per text on top). Sidecar at "
         f"{data['saturated_concurrency']} clients: "
@@ -727,12 +733,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m app.bench.service")
     sub = parser.add_subparsers(dest="command", required=True)
-    raw = sub.add_parser("raw-runner", help="EmbeddingRunner.run on full batches, texts/s")
+    raw = sub.add_parser("raw-runner", help="EmbeddingRunner.run in batches, texts/s")
     raw.add_argument("--mode", choices=("NONE", "PIECEWISE", "FULL"), required=True)
     raw.add_argument("--batch-size", type=int, required=True)
     raw.add_argument("--threads", type=int, required=True)
     raw.add_argument("--texts-file", type=Path, required=True)
-    raw.add_argument("--batches", type=int, default=8)
+    raw.add_argument(
+        "--count", type=int, required=True, help="time the first COUNT texts of the file"
+    )
     raw.add_argument("--repeats", type=int, default=2)
     raw.add_argument("--model", default=None)
     raw.add_argument("--device", default="cpu")
@@ -743,8 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         model=args.model,
-        texts=json.loads(args.texts_file.read_text()),
-        batches=args.batches,
+        texts=texts_sent(json.loads(args.texts_file.read_text()), args.count),
         repeats=args.repeats,
         device=args.device,
         dtype=args.dtype,

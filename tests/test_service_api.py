@@ -120,7 +120,7 @@ def test_openai_embeddings_float_and_base64(client: TestClient) -> None:
     for f, b in zip(floats["data"], b64["data"], strict=True):
         decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
         assert decoded.shape == (32,)
-        # %.9g floats round-trip float32 exactly.
+        # The JSON floats (orjson, shortest float32 form) round-trip float32 exactly.
         assert np.array_equal(decoded, np.asarray(f["embedding"], dtype=np.float32))
     torch.testing.assert_close(
         torch.tensor([d["embedding"] for d in floats["data"]]),

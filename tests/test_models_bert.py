@@ -91,9 +91,8 @@ def test_packed_layout_groups_and_positions():
     # Positions restart at 0 for each request.
     expected = torch.cat([torch.arange(n) for n in lens])
     assert torch.equal(lay.positions, expected)
-    assert torch.equal(
-        lay.segment_ids, torch.repeat_interleave(torch.arange(7), torch.tensor(lens))
-    )
+    assert lay.token_counts.tolist() == lens
+    assert lay.lengths.view(-1).tolist() == [float(n) for n in lens]
     uniform = PackedLayout.build([7, 7, 7], hidden_size=8, device="cpu", dtype=torch.float32)
     assert len(uniform.groups) == 1 and uniform.groups[0].index is None
     with pytest.raises(ValueError):

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -21,60 +20,29 @@ from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from app.api.schemas import Limits, build_request_models
 from app.cudagraph import CUDAGraphMode
+from app.devices import resolve_device, resolve_dtype
 from app.engine.engine import Engine, EngineConfig
 from app.engine.runner import RunnerConfig
 from app.errors import install_error_handlers
 from app.metrics import GraphCacheCollector, ServiceMetrics
 from app.settings import Settings, SettingsError, load_settings
-from models import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
 INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings"})
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SettingsError(
-                f"invalid setting SIDECAR_DEVICE: {name!r} requested but CUDA is not available "
-                "(use auto or cpu)"
-            )
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise SettingsError(
-                f"invalid setting SIDECAR_DEVICE: {name!r} but only "
-                f"{torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return name
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """auto: the half precision the hardware multiplies natively, else float32. float16 on
-    CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX (1.6 to 1.7x float32's throughput for
-    MiniLM on such a CPU, embeddings within cosine 0.9999 of float32's); float32 on others."""
-    if name == "auto":
-        if device.startswith("cuda"):
-            return torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    if device == "cpu" and name == "float16":
-        raise SettingsError(
-            "invalid setting SIDECAR_DTYPE: float16 is only supported on CUDA; use float32, "
-            "bfloat16 or auto on the CPU"
-        )
-    return _DTYPES[name]
 
 
 def engine_config(settings: Settings) -> EngineConfig:
     """The engine's view of the settings, with device and dtype resolved."""
-    device = resolve_device(settings.device)
+    try:
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     return EngineConfig(
         model_path=settings.model_path,
         device=device,
-        dtype=resolve_dtype(settings.dtype, device),
+        dtype=dtype,
         max_seq_len=settings.max_seq_len,
         num_threads=settings.num_threads,
         runner=RunnerConfig(

@@ -18,7 +18,7 @@ from app.bench.service import (
     ServicePreset,
     run_service_bench,
 )
-from app.main import resolve_dtype
+from app.devices import resolve_dtype
 
 TINY = ServicePreset(
     concurrencies=(1, 4),

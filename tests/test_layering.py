@@ -19,6 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "app/cudagraph": {"torch", "app.cudagraph"},
     "models": {"torch", "safetensors", "tokenizers", "models"},
     "app/engine": {"torch", "app.cudagraph", "models", "app.engine"},
+    # device/dtype rules, shared by the app and the service benchmark on bare GPU boxes
+    "app/devices.py": {"torch", "models"},
 }
 WEB_PACKAGES = {"fastapi", "starlette", "pydantic", "pydantic_settings", "uvicorn"}
 
@@ -44,7 +46,8 @@ def _is_allowed(name: str, allowed: set[str]) -> bool:
 
 
 def _layer_files(layer: str) -> list[Path]:
-    return sorted((ROOT / layer).rglob("*.py"))
+    path = ROOT / layer
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.main import engine_config, resolve_device, resolve_dtype
+from app.devices import resolve_device, resolve_dtype
+from app.main import engine_config
 from app.settings import Settings, SettingsError, load_settings, unknown_env_vars
 from models import cpu_has_native_bf16
 
@@ -156,10 +157,15 @@ def test_unknown_env_vars_are_reported() -> None:
 def test_device_and_dtype_resolution() -> None:
     if not torch.cuda.is_available():
         assert resolve_device("auto") == "cpu"
-        with pytest.raises(SettingsError, match="SIDECAR_DEVICE"):
+        with pytest.raises(ValueError, match="SIDECAR_DEVICE"):
             resolve_device("cuda")
-        with pytest.raises(SettingsError, match="SIDECAR_DTYPE"):
+        with pytest.raises(ValueError, match="SIDECAR_DTYPE"):
             resolve_dtype("float16", "cpu")
+        # the app turns them into the settings error the CLI reports in one line
+        with pytest.raises(SettingsError, match="SIDECAR_DEVICE"):
+            engine_config(load_settings(device="cuda"))
+        with pytest.raises(SettingsError, match="SIDECAR_DTYPE"):
+            engine_config(load_settings(dtype="float16", device="cpu"))
     native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert resolve_dtype("auto", "cpu") is native
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16

@@ -105,9 +105,9 @@ def st_dtype_name(opts: ServiceOptions, dtype: str) -> str:
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
-    """(device, dtype name) for every server, by the sidecar's own rules (app.main), so the
+    """(device, dtype name) for every server, by the sidecar's own rules (app.devices), so the
     sidecar's SIDECAR_DEVICE=auto / SIDECAR_DTYPE=auto and this benchmark cannot disagree."""
-    from app.main import resolve_device, resolve_dtype  # the web stack: the servers need it too
+    from app.devices import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     return dev, str(resolve_dtype(dtype, dev)).removeprefix("torch.")

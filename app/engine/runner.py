@@ -142,21 +142,17 @@ class EmbeddingRunner:
             )
 
         # Static inputs, allocated once at the largest bucket; calls and graphs use slices.
+        self._ids = torch.full((max_tokens,), self.pad_id, dtype=torch.int64, device=dev)
         self._pieces: list[PackedPiece] = []
         self._piece_wrappers: list[AdaptiveCUDAGraphWrapper] = []
         self._full: AdaptiveCUDAGraphWrapper | None = None
         if self.mode is CUDAGraphMode.FULL:
-            # A (B, S) call reads its ids from [0, B*S) and its mask (int64, 1 = real) from
-            # [B*S, 2*B*S) of this one buffer, so both are staged with ONE host-to-device copy:
-            # at 1x16 on CUDA the call is ~0.55 ms and each extra small copy costs ~10-20 us.
-            self._full_inputs = torch.zeros((2 * max_tokens,), dtype=torch.int64, device=dev)
+            self._mask = torch.ones((max_tokens,), dtype=torch.bool, device=dev)
             self._full = wrap(model, self.mode, "bert_full", config.memory_budget_bytes)
             self.graphs: GraphCacheView = self._full
         else:
-            # Packed layout: ids, positions, two hidden buffers (the residual stream ping-pongs
-            # so no piece writes its own input) and the attention output the eager attention
-            # fills.
-            self._ids = torch.full((max_tokens,), self.pad_id, dtype=torch.int64, device=dev)
+            # Packed layout: positions, two hidden buffers (the residual stream ping-pongs so no
+            # piece writes its own input) and the attention output the eager attention fills.
             self._pos = torch.zeros((max_tokens,), dtype=torch.int64, device=dev)
             self._hidden = [torch.zeros((max_tokens, H), dtype=self.dtype, device=dev)]
             self._hidden.append(torch.zeros_like(self._hidden[0]))
@@ -206,55 +202,41 @@ class EmbeddingRunner:
             raise ValueError(
                 f"request {bad} has {lengths[bad]} tokens; each needs 1..{self.max_seq_len}"
             )
-        subs = self.planner.plan(lengths)
-        out: torch.Tensor | None = None
+        out = torch.empty((n, self.hidden_size), dtype=torch.float32)
         padded = 0
         descriptors: list[BatchDescriptor] = []
-        for sb in subs:
+        for sb in self.planner.plan(lengths):
             rows = [token_ids[i] for i in sb.indices]
             if self.mode is CUDAGraphMode.FULL:
                 emb = self._run_full(sb, rows)
             else:
                 emb = self._run_packed(sb, rows)
             # emb is graph memory (or a fresh tensor): copy the real rows out, in input order.
-            if len(subs) == 1 and sb.indices == tuple(range(n)):
-                # Already in order (every single request): one copy, no index bookkeeping.
-                # copy=True: on a CPU a graph's output is CPU memory the next replay overwrites.
-                out = emb.to("cpu", torch.float32, copy=True)
-            else:
-                if out is None:
-                    out = torch.empty((n, self.hidden_size), dtype=torch.float32)
-                out.index_copy_(0, torch.tensor(sb.indices), emb.to("cpu", torch.float32))
+            out.index_copy_(0, torch.tensor(sb.indices), emb.to("cpu", torch.float32))
             padded += sb.num_tokens
             descriptors.append(sb.descriptor)
-        assert out is not None  # the plan covers every request: n >= 1 here
         return RunResult(out, sum(lengths), padded, descriptors)
-
-    def _full_views(self, B: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (B, S) ids and mask views of the static FULL input buffer (see __init__)."""
-        n = B * S
-        return self._full_inputs[:n].view(B, S), self._full_inputs[n : 2 * n].view(B, S)
 
     def _fill_full(self, B: int, S: int, rows: list[list[int]]) -> tuple[torch.Tensor, ...]:
         """Write `rows` into the static (B, S) ids/mask views; padding rows are length-1 dummies
         (a row with no real token would make attention undefined).
 
-        Ids and mask are laid out in one `array.array` (row slices assigned in C) and handed to
-        torch without a copy, then staged with a single copy: host work that runs serially with
-        every replay, ~7x cheaper than building tensors from Python lists (64x256: 0.22 against
-        1.46 ms, measured on CPU)."""
-        n = B * S
-        staged = array.array("q", [self.pad_id]) * n + array.array("q", [0]) * n  # ids | mask
-        ones = array.array("q", [1]) * S
+        The padded ids are laid out in an `array.array` (row slices assigned in C) and handed to
+        torch without a copy: host work that runs serially with every replay, ~7x cheaper than
+        building tensors from Python lists (64x256: 0.22 against 1.46 ms, measured on CPU)."""
+        ids = array.array("q", [self.pad_id]) * (B * S)
+        lens = array.array("q", [1]) * B
         for i, row in enumerate(rows):
             if len(row) > S:  # the planner never does this; an array slice would grow silently
                 raise ValueError(f"a row of {len(row)} tokens does not fit a ({B}, {S}) bucket")
-            staged[i * S : i * S + len(row)] = array.array("q", row)
-            staged[n + i * S : n + i * S + len(row)] = ones[: len(row)]
-        for i in range(len(rows), B):
-            staged[n + i * S] = 1
-        self._full_inputs[: 2 * n].copy_(torch.frombuffer(staged, dtype=torch.int64))
-        return self._full_views(B, S)
+            ids[i * S : i * S + len(row)] = array.array("q", row)
+            lens[i] = len(row)
+        lengths = torch.frombuffer(lens, dtype=torch.int64)
+        ids_view = self._ids[: B * S].view(B, S)
+        mask_view = self._mask[: B * S].view(B, S)
+        ids_view.copy_(torch.frombuffer(ids, dtype=torch.int64).view(B, S))
+        mask_view.copy_(torch.arange(S).view(1, S) < lengths.view(B, 1))
+        return ids_view, mask_view
 
     def _run_full(self, sb: SubBatch, rows: list[list[int]]) -> torch.Tensor:
         assert self._full is not None
@@ -316,9 +298,10 @@ class EmbeddingRunner:
         B = descriptor.num_reqs
         assert B is not None
         S = descriptor.num_tokens // B
-        ids, mask = self._full_views(B, S)
+        ids = self._ids[: B * S].view(B, S)
+        mask = self._mask[: B * S].view(B, S)
         ids.fill_(self.pad_id)
-        mask.fill_(1)
+        mask.fill_(True)
         return (ids, mask), {}
 
     def _packed_dummy_run(self, descriptor: BatchDescriptor) -> None:

@@ -126,14 +126,15 @@ def test_service_device_option_is_checked_by_the_parser(capsys: pytest.CaptureFi
 
 
 def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
-    """--st-dtype float32: the sentence-transformers server as first written (no cast), every
-    other server in the benchmark's dtype; the default keeps every server in one dtype."""
+    """The sentence-transformers server runs as first written (float32, no cast) by default,
+    every other server in the benchmark's dtype; --st-dtype same puts it in that dtype too."""
     from app.bench.cli import build_parser
     from app.bench.service import NAIVE, QUICK, ST, ServiceOptions, server_commands
 
     args = build_parser().parse_args(["service", "--dtype", "bfloat16", "--st-dtype", "float32"])
     assert (args.dtype, args.st_dtype) == ("bfloat16", "float32")
-    assert build_parser().parse_args(["service"]).st_dtype == "same"
+    assert build_parser().parse_args(["service"]).st_dtype == "float32"
+    assert build_parser().parse_args(["service", "--st-dtype", "same"]).st_dtype == "same"
 
     def dtypes(opts: ServiceOptions) -> dict[str, str]:
         runs = server_commands(opts, port=1, admin_token="t")
@@ -146,10 +147,9 @@ def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
 
     own = ServiceOptions(QUICK, device="cpu", dtype="bfloat16", st_dtype="float32")
     assert dtypes(own) == {NAIVE: "bfloat16", ST: "float32"}
-    assert dtypes(ServiceOptions(QUICK, device="cpu", dtype="bfloat16")) == {
-        NAIVE: "bfloat16",
-        ST: "bfloat16",
-    }
+    assert dtypes(ServiceOptions(QUICK, device="cpu", dtype="bfloat16")) == dtypes(own)
+    same = ServiceOptions(QUICK, device="cpu", dtype="bfloat16", st_dtype="same")
+    assert dtypes(same) == {NAIVE: "bfloat16", ST: "bfloat16"}
 
 
 def test_sidecar_prewarms_its_ladder_only_with_real_graphs() -> None:

@@ -119,9 +119,10 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
         p.add_argument(
             "--st-dtype",
             choices=("same", "float32", "float16", "bfloat16"),
-            default="same",
-            help="dtype of the sentence-transformers server: same (as every server, the default) "
-            "or its own, e.g. float32 for the server as first written, which never casts",
+            default="float32",
+            help="dtype of the sentence-transformers server: float32 (the default: the server as "
+            "users first write it, which never casts) or same (cast to every server's dtype, to "
+            "compare serving alone)",
         )
         p.add_argument(
             "--servers",

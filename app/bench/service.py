@@ -11,8 +11,8 @@ Method (also in docs/benchmarks.md):
   measured with the same fixed-seed list of texts and the same number of requests.
 - The raw runner (model work only, no HTTP, no tokenizer) is timed on exactly the texts each
   measured level sends, in consecutive batches of `max_batch_size`, in its own process with the
-  servers' environment; the sidecar's throughput at the largest concurrency level is reported as
-  a fraction of it.
+  servers' environment, right before the sidecar in every round; the sidecar's throughput at the
+  largest concurrency level is reported as a fraction of it.
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ class ServiceOptions:
     # ratios compare serving, not arithmetic. "auto" resolves as the sidecar's own settings do.
     device: str = "auto"  # auto: cuda where available, else cpu
     dtype: str = "auto"  # auto as the sidecar: float16 on cuda; bfloat16/float32 on cpu
-    # The one exception, on request: the sentence-transformers server in its own dtype ("same":
-    # as every server). "float32" is that server as users first write it (no cast), the
-    # comparison a user choosing between the two makes; the same-dtype one isolates serving.
-    st_dtype: str = "same"
+    # The one exception: the sentence-transformers server runs as users first write it,
+    # `SentenceTransformer(path).encode(texts)`, which computes in float32 (issue 6 defines that
+    # baseline as "the server most users write first"). "same" casts it to every server's dtype
+    # instead, which isolates serving from arithmetic (no user writes that cast first).
+    st_dtype: str = "float32"
 
 
 def st_dtype_name(opts: ServiceOptions, dtype: str) -> str:
@@ -496,11 +497,15 @@ def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, An
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         for round_index in range(preset.rounds):
-            print(f"service: round {round_index + 1}/{preset.rounds}: raw runner", flush=True)
-            raws.append(run_raw_runner(opts, texts_file))
-            print(f"  raw runner {raws[-1]['texts_per_s_median']:.1f} texts/s", flush=True)
+            print(f"service: round {round_index + 1}/{preset.rounds}", flush=True)
             order = opts.servers if round_index % 2 == 0 else tuple(reversed(opts.servers))
+            # The raw runner runs right before the sidecar it is compared with: this shared
+            # machine's speed drifts by 15 to 20 % within a minute (whole rounds ran slower).
+            raw_before = SIDECAR if SIDECAR in order else order[0]
             for name in order:
+                if name == raw_before:
+                    raws.append(run_raw_runner(opts, texts_file))
+                    print(f"  raw runner {raws[-1]['texts_per_s_median']:.1f} texts/s", flush=True)
                 port = free_port()
                 fresh = server_commands(opts, port, admin_token)[name]
                 runs[name].command = fresh.command
@@ -586,7 +591,10 @@ def evaluate_targets(
     for key, label, want in (("naive", NAIVE, 1.5), ("st", ST, 3.0)):
         v = r32.get(f"throughput_x_{key}") if r32 else None
         met = None if v is None else bool(v >= want and errors32 == 0)
-        add(f"32 clients: sidecar >= {want}x {label} throughput, no errors", v, met, note32)
+        note = note32
+        if label in runs and note:  # which dtype the baseline computed in belongs to the figure
+            note += f"; {label} in {runs[label].settings.get('dtype', '?')}"
+        add(f"32 clients: sidecar >= {want}x {label} throughput, no errors", v, met, note)
     r1 = by_level.get(1)
     for key, label in (("naive", NAIVE), ("st", ST)):
         v = r1.get(f"p50_minus_{key}_ms") if r1 else None
@@ -604,7 +612,10 @@ def _st_dtype_note(data: dict[str, Any]) -> str:
     st = data.get("st_dtype", data.get("dtype"))
     if ST not in data["servers"] or st == data.get("dtype"):
         return ""
-    return f" (sentence-transformers in {st}, its own dtype: `--st-dtype {st}`)"
+    return (
+        f" (sentence-transformers in {st}, as its users first run it; `--st-dtype same` puts it "
+        "in the same dtype)"
+    )
 
 
 def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
@@ -695,8 +706,8 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
     md.append("\nTargets (issue 6):\n")
     md.append(
         markdown_table(
-            ["target", "measured", "met"],
-            [[t["target"], t["value"], t["met"]] for t in data["targets"]],
+            ["target", "measured", "met", "note"],
+            [[t["target"], t["value"], t["met"], t.get("note", "")] for t in data["targets"]],
         )
     )
     settings = data["servers"].get(SIDECAR, {}).get("settings", {})

@@ -89,8 +89,9 @@ class ServiceOptions:
     model: str | None = None  # None: the shipped MiniLM; "toy": the tiny test model (no ST)
     omp_passive: bool = True  # OMP_WAIT_POLICY=PASSIVE in every server (see server_env)
     transport: str = "raw"  # the load generator's HTTP client (see loadgen.RawHTTPConnection)
-    # Every server and the raw runner compute on the same device in the same dtype, so the
-    # ratios compare serving, not arithmetic. "auto" resolves as the sidecar's own settings do.
+    # The sidecar, the naive server and the raw runner compute on the same device in the same
+    # dtype, so those ratios compare serving, not arithmetic. "auto" resolves as the sidecar's
+    # own settings do.
     device: str = "auto"  # auto: cuda where available, else cpu
     dtype: str = "auto"  # auto as the sidecar: float16 on cuda; bfloat16/float32 on cpu
     # The one exception: the sentence-transformers server runs as users first write it,
@@ -750,7 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw.add_argument("--threads", type=int, required=True)
     raw.add_argument("--texts-file", type=Path, required=True)
     raw.add_argument(
-        "--count", type=int, required=True, help="time the first COUNT texts of the file"
+        "--count",
+        type=int,
+        required=True,
+        help="time the COUNT texts a measured level sends (the file's, in order, wrapping)",
     )
     raw.add_argument("--repeats", type=int, default=2)
     raw.add_argument("--model", default=None)

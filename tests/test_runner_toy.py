@@ -53,6 +53,17 @@ def test_matches_eager_in_input_order(toy, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_one_request_matches_eager(toy, mode):
+    """One request is the common case at low load (NONE runs it unpacked, at its own length)."""
+    runner = make_runner(toy, mode)
+    for text in random_texts(6, seed=9) + ["z" * 100]:
+        res = runner.run(ids_of(toy, [text]))
+        torch.testing.assert_close(res.embeddings, toy.embed([text]), atol=1e-5, rtol=0)
+        if mode is CUDAGraphMode.NONE:
+            assert res.padded_tokens == res.real_tokens == len(ids_of(toy, [text])[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_isolation_alone_vs_batched(toy, mode):
     """A request's embedding does not depend on its neighbours or on the bucket it lands in."""
     runner = make_runner(toy, mode)

@@ -274,11 +274,21 @@ class EmbeddingRunner:
         return layout.pool(qkv)  # (B, H) float32, a fresh tensor
 
     def _run_packed(self, sb: SubBatch, rows: list[list[int]]) -> torch.Tensor:
+        if self.mode is CUDAGraphMode.NONE and len(rows) == 1:
+            return self._forward_one(rows[0])
         layout = self._fill_packed(rows, sb.lengths, sb.num_tokens)
         if self.mode is CUDAGraphMode.NONE:
             return self._forward_packed(layout, sb.num_tokens)
         with cudagraph_context(self.mode, sb.descriptor):
             return self._forward_packed(layout, sb.num_tokens)
+
+    def _forward_one(self, row: list[int]) -> torch.Tensor:
+        """NONE, one request: the padded forward at the request's own length. With one row
+        neither layout pads anything, and this one skips the packed bookkeeping (the layout,
+        the attention groups, the copies into static buffers): one text is the common case at
+        low load."""
+        ids = int64_tensor(row).to(self.device).view(1, len(row))
+        return self.encoder.model(ids, torch.ones_like(ids, dtype=torch.bool))  # (1, H) f32
 
     # ------------------------------------------------------------------ prewarm
 

@@ -77,6 +77,11 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
     assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
     assert len(data["raw_runner"]["rounds"]) == 2
+    # the saturated fraction: each round's sidecar (top level) over that round's raw runner
+    top = data["servers"][SIDECAR]["levels"]["4"]["round_throughputs"]
+    per_round = [a / b for a, b in zip(top, data["raw_runner"]["rounds"], strict=True)]
+    assert data["saturated_fraction_per_round"] == pytest.approx(per_round)
+    assert data["saturated_fraction_of_raw"] == pytest.approx(sum(per_round) / 2)
     # one device and dtype for every server and the raw runner (auto on this CPU: bfloat16
     # where it multiplies bfloat16 natively, else float32)
     auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")

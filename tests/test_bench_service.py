@@ -117,7 +117,8 @@ def test_stop_ends_a_running_server(tmp_path: Path) -> None:
 
 
 def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
-    from app.bench.service import measure_raw_runner, texts_sent
+    from app.bench.loadgen import texts_sent
+    from app.bench.service import measure_raw_runner
 
     mix = ["alpha beta", "gamma", "delta epsilon zeta"]
     # request i carries texts[i % len(texts)], as the load generator sends them

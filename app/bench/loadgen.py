@@ -67,6 +67,12 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
+def texts_sent(texts: Sequence[str], count: int, start_index: int = 0) -> list[str]:
+    """The texts `count` requests carry: request i sends texts[(start_index + i) % len(texts)],
+    so every server (and the raw runner) gets the same sequence."""
+    return [texts[(start_index + i) % len(texts)] for i in range(count)]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's
     default). NaN for an empty list."""
@@ -330,8 +336,8 @@ async def run_load(
     if client.concurrency != concurrency:
         raise ValueError(f"client has {client.concurrency} connections, asked for {concurrency}")
     bodies = [
-        json.dumps({"inputs": [texts[(start_index + i) % len(texts)]]}).encode()
-        for i in range(num_requests)
+        json.dumps({"inputs": [text]}).encode()
+        for text in texts_sent(texts, num_requests, start_index)
     ]
     latencies: list[float] = []
     statuses: list[str] = []

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from app.bench.loadgen import LoadResult, make_texts, pool
+from app.bench.loadgen import LoadResult, make_texts, pool, texts_sent
 from app.bench.plots import plot_service
 from app.bench.report import ResultsDir, fmt, markdown_table
 from app.bench.server_process import ROOT, ServerProcess
@@ -377,11 +377,6 @@ def measure_server(
     finally:
         server.stop()
     run.rounds.append(levels)
-
-
-def texts_sent(texts: Sequence[str], count: int) -> list[str]:
-    """The texts a measured level sends: request i carries texts[i % len(texts)] (loadgen)."""
-    return [texts[i % len(texts)] for i in range(count)]
 
 
 def measure_raw_runner(

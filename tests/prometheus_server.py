@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from app.bench.server_process import ServerProcess
 
 T = TypeVar("T")
 
@@ -43,34 +44,17 @@ def http_get(
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-class ManagedProcess:
-    """A child process whose stdout and stderr go to a log file."""
+class ManagedProcess(ServerProcess):
+    """A child process run from the repository root, its stdout and stderr in a log file, stopped
+    with SIGTERM then SIGKILL (`ServerProcess`), reported and checked the pytest way."""
 
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        log_path: Path,
-        env: dict[str, str],
-        cwd: Path | None = None,
-    ) -> None:
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        super().__init__(args, env, log_path)
         self.name = name
         self.args = args
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-        )
 
     def logs(self, tail: int = 8000) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return text[-tail:]
+        return self.log_text()[-tail:]
 
     def report(self) -> str:
         state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
@@ -80,17 +64,8 @@ class ManagedProcess:
         if self.proc.poll() is not None:
             pytest.fail(f"{self.name} exited early\n{self.report()}", pytrace=False)
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 20.0) -> int:
+        return super().stop(timeout_s)
 
 
 def wait_for(

@@ -21,7 +21,6 @@ import pytest
 import yaml
 from deploy_support import (
     PROMETHEUS_CONFIG,
-    REPO,
     dashboard_queries,
     exported_series_names,
     load_dashboard,
@@ -96,8 +95,9 @@ def sidecar(workdir: Path) -> Iterator[Sidecar]:
         }
     )
     args = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    # From the repo root, so `-m app` finds the checkout even where it is not installed.
-    process = ManagedProcess("sidecar", args, workdir / "sidecar.log", env, cwd=REPO)
+    # Run from the repo root (ManagedProcess does), so `-m app` finds the checkout even where it
+    # is not installed.
+    process = ManagedProcess("sidecar", args, workdir / "sidecar.log", env)
     try:
         server = Sidecar(process, port)
         wait_for(

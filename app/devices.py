@@ -14,6 +14,16 @@ from models import cpu_has_native_bf16
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def device_name(text: str) -> str:
+    """A device setting normalised (auto, cpu, cuda or cuda:N); ValueError for anything else.
+    Only the spelling: whether the device exists is `resolve_device`'s question."""
+    name = text.strip().lower()
+    prefix, sep, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda") or (prefix == "cuda" and sep and index.isdigit()):
+        return name
+    raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,6 +33,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.devices import device_name
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 has no tomllib (install tomli there)
@@ -215,15 +217,7 @@ class Settings(BaseSettings):
     @field_validator("device", mode="before")
     @classmethod
     def _check_device(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        text = value.strip().lower()
-        if text in ("auto", "cpu", "cuda"):
-            return text
-        prefix, _, index = text.partition(":")
-        if prefix == "cuda" and index.isdigit():
-            return text
-        raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return device_name(value) if isinstance(value, str) else value
 
     @field_validator("capture_sizes", "seq_buckets", "token_buckets", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from app.bench.report import ResultsDir, markdown_table
+from app.devices import device_name
 
 SUBCOMMANDS = ("engine", "service", "adaptive", "overhead")
 RAW = "RAW_REPLAY"  # app.bench.engine's name for raw torch.cuda.CUDAGraph.replay()
@@ -41,13 +42,13 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _device_name(text: str) -> str:
-    # The names SIDECAR_DEVICE accepts (app.settings); checked here again because this module
-    # must import without pydantic (the engine/adaptive/overhead benchmarks run on bare GPU boxes).
-    name = text.strip().lower()
-    prefix, sep, index = name.partition(":")
-    if name in ("auto", "cpu", "cuda") or (prefix == "cuda" and sep and index.isdigit()):
-        return name
-    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    # The names SIDECAR_DEVICE accepts (app.devices: no pydantic, so GPU boxes can parse them).
+    try:
+        return device_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, cpu, cuda or cuda:N, got {text!r}"
+        ) from None
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -26,7 +26,8 @@ TINY = ServicePreset(
     warmup_requests=8,
     level_warmup=2,
     num_texts=32,
-    raw_repeats=1,
+    saturation_pairs=2,
+    saturation_requests=16,
     rounds=2,
 )
 
@@ -64,8 +65,8 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     )
     assert ratios[4]["throughput_x_naive"] == pytest.approx(expect)
     assert data["raw_runner"]["batch_size"] == 4 and data["raw_runner"]["texts_per_s_median"] > 0
-    # the raw runner timed exactly the texts each measured level sent: 12 in batches of 4
-    assert (data["raw_runner"]["texts"], data["raw_runner"]["batches"]) == (TINY.requests, 3)
+    # the raw runner timed exactly the texts each saturation run sent: 16 in batches of 4
+    assert (data["raw_runner"]["texts"], data["raw_runner"]["batches"]) == (16, 4)
     targets = {t["target"]: t for t in data["targets"]}
     # this preset has no 32-client level: those targets are reported as not measured
     assert all(t["met"] is None for name, t in targets.items() if name.startswith("32 clients"))
@@ -76,12 +77,19 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     saved = json.loads(res.json_path.read_text())["service"]
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
     assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
-    assert len(data["raw_runner"]["rounds"]) == 2
-    # the saturated fraction: each round's sidecar (top level) over that round's raw runner
-    top = data["servers"][SIDECAR]["levels"]["4"]["round_throughputs"]
-    per_round = [a / b for a, b in zip(top, data["raw_runner"]["rounds"], strict=True)]
-    assert data["saturated_fraction_per_round"] == pytest.approx(per_round)
-    assert data["saturated_fraction_of_raw"] == pytest.approx(sum(per_round) / 2)
+    # the saturated fraction: 2 pairs per round, each a sidecar run at the top level (all its
+    # requests answered) and a raw pass; the median of the pairs' ratios
+    pairs = data["saturation_pairs"]
+    assert len(pairs) == 2 * TINY.saturation_pairs and data["raw_runner"]["passes"] == 4
+    for pair in pairs:
+        assert pair["sidecar_errors"] == 0 and pair["sidecar_rps"] > 0
+        assert pair["fraction"] == pytest.approx(pair["sidecar_rps"] / pair["raw_texts_per_s"])
+    fractions = sorted(p["fraction"] for p in pairs)
+    assert data["saturated_fraction_of_raw"] == pytest.approx((fractions[1] + fractions[2]) / 2)
+    saturated = targets["saturated throughput >= 85% of the raw runner"]
+    assert saturated["value"] == data["saturated_fraction_of_raw"]
+    assert saturated["met"] is (saturated["value"] >= 0.85)
+    assert "median of 4 pairs" in saturated["note"] and "Saturation pairs" in md
     # one device and dtype for every server and the raw runner (auto on this CPU: bfloat16
     # where it multiplies bfloat16 natively, else float32)
     auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
@@ -118,7 +126,7 @@ def test_stop_ends_a_running_server(tmp_path: Path) -> None:
 
 def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
     from app.bench.loadgen import texts_sent
-    from app.bench.service import measure_raw_runner
+    from app.bench.raw_runner import measure_raw_runner
 
     mix = ["alpha beta", "gamma", "delta epsilon zeta"]
     # request i carries texts[i % len(texts)], as the load generator sends them
@@ -141,3 +149,30 @@ def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
     assert (raw["texts"], raw["batches"]) == (5, 3)
     assert raw["texts_per_s_median"] > 0
     assert raw["mean_tokens_per_text"] > 2  # [CLS] + words + [SEP]
+
+
+def test_raw_runner_process_times_one_pass_per_request(tmp_path: Path) -> None:
+    import os
+
+    from app.bench.raw_runner import RawRunnerProcess
+
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(["alpha beta", "gamma", "delta epsilon zeta"]))
+    args = ["--mode", "NONE", "--batch-size", "2", "--threads", "1", "--model", "toy"]
+    args += ["--texts-file", str(texts), "--count", "5"]
+    with RawRunnerProcess(args, dict(os.environ)) as raw:
+        # described once loaded: the 5 texts a level of 5 requests sends, in batches of 2
+        assert (raw.info["texts"], raw.info["batches"], raw.info["mode"]) == (5, 3, "NONE")
+        first, second = raw.texts_per_s(), raw.texts_per_s()
+        assert first > 0 and second > 0
+
+
+def test_raw_runner_process_reports_a_failed_start(tmp_path: Path) -> None:
+    import os
+
+    from app.bench.raw_runner import RawRunnerProcess
+
+    missing = tmp_path / "absent.json"
+    args = ["--mode", "NONE", "--batch-size", "2", "--threads", "1", "--model", "toy"]
+    with pytest.raises(RuntimeError, match="absent.json"):
+        RawRunnerProcess([*args, "--texts-file", str(missing), "--count", "5"], dict(os.environ))

@@ -9,10 +9,13 @@ Method (also in docs/benchmarks.md):
   shares a GIL with a server. Each server is warmed up first (one run at the largest concurrency
   level, so the sidecar has seen and captured its hot shapes), then every concurrency level is
   measured with the same fixed-seed list of texts and the same number of requests.
-- The raw runner (model work only, no HTTP, no tokenizer) is timed on exactly the texts each
-  measured level sends, in consecutive batches of `max_batch_size`, in its own process with the
-  servers' environment, right after the sidecar in every round; the sidecar's throughput at the
-  largest concurrency level (its last) is reported as a fraction of it.
+- Saturation: after the sidecar's levels, with the sidecar still up, the raw runner
+  (`app.bench.raw_runner`: model work only, no HTTP, no tokenizer, on exactly the texts a measured
+  level sends, in batches of `max_batch_size`) runs in its own process with the servers'
+  environment, and a few pairs alternate a load run at the largest concurrency level (on
+  connections the same load generator has just warmed) with one raw pass, seconds apart. The
+  saturated fraction is the median of the pairs' ratios: this shared machine's speed moves by
+  tens of % within a minute, so only measurements seconds apart compare.
 """
 
 from __future__ import annotations
@@ -26,16 +29,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.bench.loadgen import LoadResult, make_texts, pool, texts_sent
+from app.bench.loadgen import LoadResult, make_texts, pool
 from app.bench.plots import plot_service
+from app.bench.raw_runner import RawRunnerProcess
 from app.bench.report import ResultsDir, fmt, markdown_table
 from app.bench.server_process import ROOT, ServerProcess
 
@@ -51,7 +53,12 @@ class ServicePreset:
     warmup_requests: int  # per server, at the largest level, before any measurement
     level_warmup: int  # per level, on the measuring client's connections (not counted)
     num_texts: int  # size of the fixed-seed text list every server receives
-    raw_repeats: int  # passes of the raw runner over the measured texts
+    # Per round: (sidecar load run at the largest level, raw runner pass) pairs, order alternating,
+    # each side on the first `saturation_requests` texts: longer than a level, since a short
+    # window on this shared machine swings by 20 % either way (pairs of 320 requests at 128
+    # clients measured 83 to 105 %, of 960 requests 81 to 88 %).
+    saturation_pairs: int
+    saturation_requests: int
     # Rounds: every server is started and measured once per round (order reversed every other
     # round) and the rounds are pooled, so drift in the machine's load hits all servers alike.
     rounds: int = 1
@@ -63,7 +70,8 @@ QUICK = ServicePreset(
     warmup_requests=64,
     level_warmup=32,
     num_texts=256,
-    raw_repeats=2,
+    saturation_pairs=2,
+    saturation_requests=192,
 )
 FULL = ServicePreset(
     concurrencies=(1, 8, 32, 128),
@@ -71,7 +79,8 @@ FULL = ServicePreset(
     warmup_requests=256,
     level_warmup=64,
     num_texts=1024,
-    raw_repeats=2,
+    saturation_pairs=3,
+    saturation_requests=960,
     rounds=2,
 )
 
@@ -125,6 +134,9 @@ class ServerRun:
     ready_seconds: list[float] = field(default_factory=list)
     rounds: list[dict[int, dict[str, Any]]] = field(default_factory=list)
     levels: dict[int, dict[str, Any]] = field(default_factory=dict)  # pooled over rounds
+    # The sidecar only: the raw runner's description and the saturation pairs of every round.
+    raw_info: dict[str, Any] = field(default_factory=dict)
+    saturation: list[dict[str, Any]] = field(default_factory=list)
 
     def pool_rounds(self) -> None:
         for level in self.rounds[0]:
@@ -265,8 +277,10 @@ def run_loadgen(
     *,
     transport: str = "raw",
     start_index: int = 0,
+    warmup: int = 0,
 ) -> dict[str, Any]:
-    """One load run, in its own process; returns the LoadResult as a dict."""
+    """One load run, in its own process; returns the LoadResult as a dict. `warmup` requests go
+    first on the same connections, uncounted."""
     cmd = [
         sys.executable,
         "-m",
@@ -283,6 +297,8 @@ def run_loadgen(
         str(start_index),
         "--transport",
         transport,
+        "--warmup",
+        str(warmup),
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -374,109 +390,65 @@ def measure_server(
                 f"errors {result['errors']}",
                 flush=True,
             )
+        if run.name == SIDECAR and preset.saturation_pairs > 0:
+            run.raw_info, pairs = measure_saturation(opts, url, texts_file)
+            run.saturation.extend(pairs)
     finally:
         server.stop()
     run.rounds.append(levels)
 
 
-def measure_raw_runner(
-    *,
-    mode: str,
-    batch_size: int,
-    threads: int,
-    model: str | None,
-    texts: Sequence[str],
-    repeats: int,
-    device: str = "cpu",
-    dtype: str = "float32",
-) -> dict[str, Any]:
-    """Texts/s of EmbeddingRunner.run over `texts` in consecutive batches of `batch_size` (the
-    last one may be short): the model work the sidecar does for the same texts, without HTTP,
-    queueing or tokenization. Pass exactly the texts a measured level sends, so the fraction
-    compares the same work (a sample of the mix with a few more long texts costs several %)."""
-    import torch
-
-    from app.cudagraph import CUDAGraphMode
-    from app.engine.runner import EmbeddingRunner, RunnerConfig
-    from models import load_sentence_encoder, make_toy_encoder
-
-    if not texts:
-        raise ValueError("no texts to run")
-    torch.set_num_threads(threads)
-    torch_dtype = getattr(torch, dtype)
-    encoder = (
-        make_toy_encoder(device, torch_dtype)
-        if model == "toy"
-        else load_sentence_encoder(model, device=device, dtype=torch_dtype)
-    )
-    config = RunnerConfig(mode=CUDAGraphMode[mode], max_batch_size=batch_size, capture_threshold=1)
-    runner = EmbeddingRunner(encoder, config)
-    bs = batch_size
-    t0 = time.perf_counter()
-    ids = encoder.tokenizer.encode(list(texts))
-    tokenize_s = time.perf_counter() - t0
-    groups = [ids[i : i + bs] for i in range(0, len(ids), bs)]
-    for group in groups:  # first sight: captures (mock on CPU), not timed
-        runner.run(group)
-    per_pass: list[float] = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for group in groups:
-            runner.run(group)
-        per_pass.append(time.perf_counter() - t0)
-    texts_per_pass = len(ids)
-    return {
-        "batch_size": bs,
-        "batches": len(groups),
-        "texts": len(ids),
-        "mean_tokens_per_text": sum(map(len, ids)) / len(ids),
-        "repeats": repeats,
-        "threads": threads,
-        "texts_per_s_median": texts_per_pass / statistics.median(per_pass),
-        "texts_per_s_best": texts_per_pass / min(per_pass),
-        "ms_per_batch_median": 1000.0 * statistics.median(per_pass) / len(groups),
-        "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
-        "mode": mode,
-        "device": device,
-        "dtype": dtype,
-        "descriptors": sorted({str(d) for d in runner.run(groups[0]).descriptors}),
-    }
-
-
-def run_raw_runner(opts: ServiceOptions, texts_file: Path) -> dict[str, Any]:
-    """The raw runner in its own process, with the servers' environment (OMP policy included,
-    which must be set before torch starts) and the sidecar's effective mode and batch size."""
+def raw_runner_args(opts: ServiceOptions, texts_file: Path) -> list[str]:
+    """`app.bench.raw_runner` arguments: the sidecar's effective mode, batch size, threads,
+    device and dtype, on the texts a saturation run sends."""
     settings = sidecar_settings(opts, "")
-    cmd = [
-        sys.executable,
-        "-m",
-        "app.bench.service",
-        "raw-runner",
-        "--mode",
-        settings["SIDECAR_GRAPH_MODE"].upper(),
-        "--batch-size",
-        settings["SIDECAR_MAX_BATCH_SIZE"],
-        "--threads",
-        str(opts.threads),
-        "--texts-file",
-        str(texts_file),
-        "--count",
-        str(opts.preset.requests),
-        "--repeats",
-        str(opts.preset.raw_repeats),
-        "--device",
-        settings["SIDECAR_DEVICE"],
-        "--dtype",
-        settings["SIDECAR_DTYPE"],
-    ]
+    args = ["--mode", settings["SIDECAR_GRAPH_MODE"].upper()]
+    args += ["--batch-size", settings["SIDECAR_MAX_BATCH_SIZE"], "--threads", str(opts.threads)]
+    args += ["--texts-file", str(texts_file), "--count", str(opts.preset.saturation_requests)]
+    args += ["--device", settings["SIDECAR_DEVICE"], "--dtype", settings["SIDECAR_DTYPE"]]
     if opts.model is not None:
-        cmd += ["--model", opts.model]
+        args += ["--model", opts.model]
+    return args
+
+
+def measure_saturation(
+    opts: ServiceOptions, url: str, texts_file: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """With the sidecar up (and idle between runs): the raw runner's description, and
+    `saturation_pairs` pairs of (sidecar load run at the largest level, one raw runner pass), the
+    order alternating so that a drift in the machine's speed does not favour either side."""
+    preset = opts.preset
+    top = max(preset.concurrencies)
     env = {**os.environ, **server_env(opts)}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"raw runner failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    pairs: list[dict[str, Any]] = []
+
+    def load_run() -> dict[str, Any]:
+        # The same texts as every measured level (start 0), after a warm-up on the same
+        # connections: a fleet of callers keeps its connections open.
+        return run_loadgen(
+            url, texts_file, top, preset.saturation_requests, transport=opts.transport, warmup=top
+        )
+
+    with RawRunnerProcess(raw_runner_args(opts, texts_file), env) as raw:
+        for k in range(preset.saturation_pairs):
+            if k % 2 == 0:
+                side, raw_tps = load_run(), raw.texts_per_s()
+            else:
+                raw_tps = raw.texts_per_s()
+                side = load_run()
+            pair = {
+                "sidecar_rps": side["throughput_rps"],
+                "sidecar_errors": side["errors"],
+                "raw_texts_per_s": raw_tps,
+                "fraction": side["throughput_rps"] / raw_tps,
+            }
+            pairs.append(pair)
+            print(
+                f"  saturation pair {k + 1}: sidecar {pair['sidecar_rps']:.1f} req/s at {top} "
+                f"clients, raw runner {raw_tps:.1f} texts/s: {100 * pair['fraction']:.1f} %",
+                flush=True,
+            )
+        return raw.info, pairs
 
 
 def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, Any]:
@@ -488,40 +460,41 @@ def run_service_bench(opts: ServiceOptions, results: ResultsDir) -> dict[str, An
     log_dir = results.path / "logs"
     log_dir.mkdir(exist_ok=True)
     runs = {name: server_commands(opts, 0, admin_token)[name] for name in opts.servers}
-    raws: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         for round_index in range(preset.rounds):
             print(f"service: round {round_index + 1}/{preset.rounds}", flush=True)
             order = opts.servers if round_index % 2 == 0 else tuple(reversed(opts.servers))
-            # The raw runner runs right after the sidecar's last (largest, saturated) level, the
-            # one it is compared with: this shared machine's speed drifts by up to 20 % within a
-            # minute, and under sustained load it runs 5 to 10 % below a fresh burst.
-            raw_after = SIDECAR if SIDECAR in order else order[-1]
             for name in order:
                 port = free_port()
                 fresh = server_commands(opts, port, admin_token)[name]
                 runs[name].command = fresh.command
                 print(f"service: {name} on port {port}", flush=True)
                 measure_server(runs[name], opts, port, texts_file, log_dir, admin_token)
-                if name == raw_after:
-                    raws.append(run_raw_runner(opts, texts_file))
-                    print(f"  raw runner {raws[-1]['texts_per_s_median']:.1f} texts/s", flush=True)
     for run in runs.values():
         run.pool_rounds()
-    raw = dict(raws[0])
-    for key in ("texts_per_s_median", "texts_per_s_best", "ms_per_batch_median"):
-        raw[key] = statistics.median(r[key] for r in raws)
-    raw["rounds"] = [r["texts_per_s_median"] for r in raws]
-    data = summarise_service(opts, runs, raw)
+    data = summarise_service(opts, runs)
     write_service_section(results, data)
     return data
 
 
-def summarise_service(
-    opts: ServiceOptions, runs: dict[str, ServerRun], raw: dict[str, Any]
-) -> dict[str, Any]:
+def summarise_raw_runner(side: ServerRun | None) -> dict[str, Any] | None:
+    """The raw runner's description and its passes' figures (None without saturation pairs)."""
+    if side is None or not side.saturation:
+        return None
+    passes = [p["raw_texts_per_s"] for p in side.saturation]
+    median = statistics.median(passes)
+    return {
+        **side.raw_info,
+        "passes": len(passes),
+        "texts_per_s_median": median,
+        "texts_per_s_best": max(passes),
+        "ms_per_batch_median": 1000.0 * side.raw_info["texts"] / median / side.raw_info["batches"],
+    }
+
+
+def summarise_service(opts: ServiceOptions, runs: dict[str, ServerRun]) -> dict[str, Any]:
     levels = list(opts.preset.concurrencies)
     ratios: list[dict[str, Any]] = []
     side = runs.get(SIDECAR)
@@ -537,21 +510,11 @@ def summarise_service(
             )
             row[f"p50_minus_{key}_ms"] = a["p50_ms"] - b["p50_ms"]
         ratios.append(row)
-    top = max(levels)
-    # Each round's sidecar against the raw runner timed right after it, then the mean: the
-    # machine's speed differs between rounds (by 25 % once), the ratio within a round does not.
-    fractions = (
-        [
-            side_rps / raw_rps
-            for side_rps, raw_rps in zip(
-                side.levels[top]["round_throughputs"], raw["rounds"], strict=True
-            )
-        ]
-        if side
-        else []
-    )
-    fraction = statistics.mean(fractions) if fractions else None
-    targets = evaluate_targets(runs, ratios, fraction)
+    side_pairs = side.saturation if side else []
+    # The median of the pairs: each pair's two figures were measured seconds apart, so the
+    # machine's drift cancels within a pair; the median keeps one disturbed pair from moving it.
+    fraction = statistics.median(p["fraction"] for p in side_pairs) if side_pairs else None
+    targets = evaluate_targets(runs, ratios, side_pairs)
     device, dtype = resolve_device_dtype(opts.device, opts.dtype)
     return {
         "preset": asdict(opts.preset),
@@ -574,16 +537,16 @@ def summarise_service(
             for name, r in runs.items()
         },
         "ratios": ratios,
-        "raw_runner": raw,
-        "saturated_concurrency": top,
+        "raw_runner": summarise_raw_runner(side),
+        "saturated_concurrency": max(opts.preset.concurrencies),
         "saturated_fraction_of_raw": fraction,
-        "saturated_fraction_per_round": fractions,
+        "saturation_pairs": side_pairs,
         "targets": targets,
     }
 
 
 def evaluate_targets(
-    runs: dict[str, ServerRun], ratios: list[dict[str, Any]], fraction: float | None
+    runs: dict[str, ServerRun], ratios: list[dict[str, Any]], pairs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Issue 6's service targets, each with the measured value and whether it was met (None
     where this run could not measure it, e.g. 32 clients absent from the preset)."""
@@ -608,11 +571,22 @@ def evaluate_targets(
     for key, label in (("naive", NAIVE), ("st", ST)):
         v = r1.get(f"p50_minus_{key}_ms") if r1 else None
         add(f"1 client: p50 <= {label} p50 + 2 ms", v, None if v is None else bool(v <= 2.0))
+    fraction, note, errors = None, "", 0
+    if pairs:
+        fraction = statistics.median(p["fraction"] for p in pairs)
+        errors = sum(p["sidecar_errors"] for p in pairs)
+        spread = [100.0 * p["fraction"] for p in pairs]
+        note = (
+            f"median of {len(pairs)} pairs (sidecar, raw runner) at {max(side.levels)} clients"
+            if side and side.levels
+            else f"median of {len(pairs)} pairs"
+        )
+        note += f", each {min(spread):.1f} to {max(spread):.1f} %; sidecar errors: {errors}"
     add(
         "saturated throughput >= 85% of the raw runner",
         fraction,
-        None if fraction is None else bool(fraction >= 0.85),
-        f"at {max(side.levels)} clients" if side and side.levels else "",
+        None if fraction is None else bool(fraction >= 0.85 and errors == 0),
+        note,
     )
     return out
 
@@ -703,17 +677,20 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
         )
     )
     raw = data["raw_runner"]
-    md.append(
-        f"\nRaw runner ({raw['mode']}, the {raw.get('texts', '')} texts a measured level sends, in "
-        f"batches of {raw['batch_size']}, no HTTP, no tokenizer): "
-        f"{raw['texts_per_s_median']:.1f} texts/s median "
-        f"({raw['ms_per_batch_median']:.1f} ms per batch; tokenizing costs "
-        f"{raw['tokenize_ms_per_text']:.3f} ms per text on top), timed right after the sidecar "
-        f"in each round. Sidecar at {data['saturated_concurrency']} clients: "
-        f"{fmt(_pct(data['saturated_fraction_of_raw']), 1)}% of it (mean of the rounds: "
-        + ", ".join(f"{fmt(_pct(f), 1)}%" for f in data.get("saturated_fraction_per_round", []))
-        + ").\n"
-    )
+    if raw is not None:
+        pairs = data["saturation_pairs"]
+        md.append(
+            f"\nRaw runner ({raw['mode']}, the first {raw['texts']} texts of the list, as a "
+            f"saturation run sends them, in "
+            f"batches of {raw['batch_size']}, no HTTP, no tokenizer): "
+            f"{raw['texts_per_s_median']:.1f} texts/s median of {raw['passes']} passes "
+            f"({raw['ms_per_batch_median']:.1f} ms per batch; tokenizing costs "
+            f"{raw['tokenize_ms_per_text']:.3f} ms per text on top). Saturation pairs, each a "
+            f"sidecar run at {data['saturated_concurrency']} clients on warm connections and a "
+            "raw pass seconds apart, with the sidecar up: "
+            + ", ".join(f"{fmt(_pct(p['fraction']), 1)}%" for p in pairs)
+            + f"; median **{fmt(_pct(data['saturated_fraction_of_raw']), 1)}%**.\n"
+        )
     md.append("\nTargets (issue 6):\n")
     md.append(
         markdown_table(
@@ -740,51 +717,9 @@ def write_service_section(results: ResultsDir, data: dict[str, Any]) -> None:
         series("p50_ms"),
         series("p99_ms"),
         results.path / "service.png",
-        raw_runner_rps=raw["texts_per_s_median"],
+        raw_runner_rps=None if raw is None else raw["texts_per_s_median"],
     )
 
 
 def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m app.bench.service raw-runner ...`: the raw runner measurement as a process
-    (the service benchmark runs it this way); prints JSON."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m app.bench.service")
-    sub = parser.add_subparsers(dest="command", required=True)
-    raw = sub.add_parser("raw-runner", help="EmbeddingRunner.run in batches, texts/s")
-    raw.add_argument("--mode", choices=("NONE", "PIECEWISE", "FULL"), required=True)
-    raw.add_argument("--batch-size", type=int, required=True)
-    raw.add_argument("--threads", type=int, required=True)
-    raw.add_argument("--texts-file", type=Path, required=True)
-    raw.add_argument(
-        "--count",
-        type=int,
-        required=True,
-        help="time the COUNT texts a measured level sends (the file's, in order, wrapping)",
-    )
-    raw.add_argument("--repeats", type=int, default=2)
-    raw.add_argument("--model", default=None)
-    raw.add_argument("--device", default="cpu")
-    raw.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    args = parser.parse_args(argv)
-    result = measure_raw_runner(
-        mode=args.mode,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        model=args.model,
-        texts=texts_sent(json.loads(args.texts_file.read_text()), args.count),
-        repeats=args.repeats,
-        device=args.device,
-        dtype=args.dtype,
-    )
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,9 +12,14 @@ from app.engine.engine import Engine
 from app.settings import Settings
 
 
-async def get_engine(request: Request) -> Engine:
+def engine_of(request: Request) -> Engine:
+    """The engine of the app serving `request` (for routes that take no dependencies)."""
     engine: Engine = request.app.state.engine
     return engine
+
+
+async def get_engine(request: Request) -> Engine:
+    return engine_of(request)
 
 
 async def get_settings(request: Request) -> Settings:

@@ -1,23 +1,25 @@
 """POST /infer and POST /v1/embeddings (OpenAI compatible). Thin: validate, tokenize, queue,
-write the answer; batching and the model live in the engine."""
+write the answer; batching and the model live in the engine.
+
+Both run on `DirectBodyRoute` (app.api.routing), which skips FastAPI's dependency solving on
+the hot path, so they take the body and the request only and find the engine on the app."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import get_engine
+from app.api.deps import engine_of
 from app.api.responses import RawJSONResponse, embeddings_body, infer_body
-from app.api.routing import StrictJSONRoute, bind_body
+from app.api.routing import DirectBodyRoute, bind_body
 from app.api.schemas import EmbeddingsResponse, InferResponse, RequestModels
 from app.engine.engine import Engine
 from app.errors import ApiError, error_response, error_responses
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
 # nginx's "client closed request": counted in sidecar_requests_total, never received by anyone.
 CLIENT_GONE = 499
 
@@ -63,10 +65,11 @@ def _gone_response() -> Response:
 
 
 def build_inference_router(models: RequestModels) -> APIRouter:
-    router = APIRouter(route_class=StrictJSONRoute, tags=["inference"])
+    router = APIRouter(route_class=DirectBodyRoute, tags=["inference"])
 
-    async def infer(body: Any, engine: EngineDep, request: Request) -> Response:
+    async def infer(body: Any, request: Request) -> Response:
         """Embed texts; the embeddings come back in input order, L2-normalised."""
+        engine = engine_of(request)
         engine.check_ready(len(body.inputs))  # refuse before tokenizing when it cannot be served
         token_ids = await engine.tokenize(body.inputs)
         rows = await embed_while_connected(request, engine, token_ids)
@@ -76,8 +79,9 @@ def build_inference_router(models: RequestModels) -> APIRouter:
         tokens = sum(map(len, token_ids))
         return RawJSONResponse(infer_body(encoder.name, encoder.dimensions, rows, tokens))
 
-    async def embeddings(body: Any, engine: EngineDep, request: Request) -> Response:
+    async def embeddings(body: Any, request: Request) -> Response:
         """OpenAI embeddings API: point an OpenAI client's base URL at `<server>/v1`."""
+        engine = engine_of(request)
         texts = [body.input] if isinstance(body.input, str) else body.input
         engine.check_ready(len(texts))
         encoder = engine.encoder

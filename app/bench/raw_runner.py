@@ -73,10 +73,11 @@ class RawRunner:
         self._batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
         for batch in self._batches:  # first sight: captures, not timed
             self._runner.run(batch)
+        self.texts = len(ids)
         self.info: dict[str, Any] = {
             "batch_size": batch_size,
             "batches": len(self._batches),
-            "texts": len(ids),
+            "texts": self.texts,
             "mean_tokens_per_text": sum(map(len, ids)) / len(ids),
             "threads": threads,
             "tokenize_ms_per_text": 1000.0 * tokenize_s / len(ids),
@@ -93,9 +94,6 @@ class RawRunner:
         for batch in self._batches:
             self._runner.run(batch)
         return time.perf_counter() - t0
-
-    def texts_per_s(self, seconds: float) -> float:
-        return float(self.info["texts"]) / seconds
 
 
 def measure_raw_runner(
@@ -125,8 +123,8 @@ def measure_raw_runner(
     return {
         **raw.info,
         "repeats": repeats,
-        "texts_per_s_median": raw.texts_per_s(statistics.median(passes)),
-        "texts_per_s_best": raw.texts_per_s(min(passes)),
+        "texts_per_s_median": raw.texts / statistics.median(passes),
+        "texts_per_s_best": raw.texts / min(passes),
         "ms_per_batch_median": 1000.0 * statistics.median(passes) / raw.info["batches"],
     }
 
@@ -199,7 +197,7 @@ def serve(raw: RawRunner, lines: IO[str], out: IO[str]) -> None:
     for line in lines:
         command = line.strip()
         if command == "pass":
-            emit({"texts_per_s": raw.texts_per_s(raw.timed_pass())})
+            emit({"texts_per_s": raw.texts / raw.timed_pass()})
         elif command:
             emit({"error": f"unknown command {command!r}; send 'pass'"})
 

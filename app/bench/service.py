@@ -10,8 +10,8 @@ Method (also in docs/benchmarks.md):
   level, so the sidecar has seen and captured its hot shapes), then every concurrency level is
   measured with the same fixed-seed list of texts and the same number of requests.
 - Saturation: after the sidecar's levels, with the sidecar still up, the raw runner
-  (`app.bench.raw_runner`: model work only, no HTTP, no tokenizer, on exactly the texts a measured
-  level sends, in batches of `max_batch_size`) runs in its own process with the servers'
+  (`app.bench.raw_runner`: model work only, no HTTP, no tokenizer, on exactly the texts a
+  saturation run sends, in batches of `max_batch_size`) runs in its own process with the servers'
   environment, and a few pairs alternate a load run at the largest concurrency level (on
   connections the same load generator has just warmed) with one raw pass, seconds apart. The
   saturated fraction is the median of the pairs' ratios: this shared machine's speed moves by
@@ -423,8 +423,8 @@ def measure_saturation(
     pairs: list[dict[str, Any]] = []
 
     def load_run() -> dict[str, Any]:
-        # The same texts as every measured level (start 0), after a warm-up on the same
-        # connections: a fleet of callers keeps its connections open.
+        # The texts from the start of the list, the ones the raw runner times, after a warm-up
+        # on the same connections: a fleet of callers keeps its connections open.
         return run_loadgen(
             url, texts_file, top, preset.saturation_requests, transport=opts.transport, warmup=top
         )
@@ -511,9 +511,6 @@ def summarise_service(opts: ServiceOptions, runs: dict[str, ServerRun]) -> dict[
             row[f"p50_minus_{key}_ms"] = a["p50_ms"] - b["p50_ms"]
         ratios.append(row)
     side_pairs = side.saturation if side else []
-    # The median of the pairs: each pair's two figures were measured seconds apart, so the
-    # machine's drift cancels within a pair; the median keeps one disturbed pair from moving it.
-    fraction = statistics.median(p["fraction"] for p in side_pairs) if side_pairs else None
     targets = evaluate_targets(runs, ratios, side_pairs)
     device, dtype = resolve_device_dtype(opts.device, opts.dtype)
     return {
@@ -539,10 +536,17 @@ def summarise_service(opts: ServiceOptions, runs: dict[str, ServerRun]) -> dict[
         "ratios": ratios,
         "raw_runner": summarise_raw_runner(side),
         "saturated_concurrency": max(opts.preset.concurrencies),
-        "saturated_fraction_of_raw": fraction,
+        "saturated_fraction_of_raw": saturated_fraction(side_pairs),
         "saturation_pairs": side_pairs,
         "targets": targets,
     }
+
+
+def saturated_fraction(pairs: list[dict[str, Any]]) -> float | None:
+    """The median of the pairs' ratios: each pair's two figures were measured seconds apart, so
+    the machine's drift cancels within a pair; the median keeps one disturbed pair from moving
+    the result. None without pairs."""
+    return statistics.median(p["fraction"] for p in pairs) if pairs else None
 
 
 def evaluate_targets(
@@ -571,9 +575,8 @@ def evaluate_targets(
     for key, label in (("naive", NAIVE), ("st", ST)):
         v = r1.get(f"p50_minus_{key}_ms") if r1 else None
         add(f"1 client: p50 <= {label} p50 + 2 ms", v, None if v is None else bool(v <= 2.0))
-    fraction, note, errors = None, "", 0
+    fraction, note, errors = saturated_fraction(pairs), "", 0
     if pairs:
-        fraction = statistics.median(p["fraction"] for p in pairs)
         errors = sum(p["sidecar_errors"] for p in pairs)
         spread = [100.0 * p["fraction"] for p in pairs]
         note = (

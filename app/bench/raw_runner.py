@@ -1,4 +1,4 @@
-"""The raw runner: `EmbeddingRunner.run` over the texts a measured level sends, in consecutive
+"""The raw runner: `EmbeddingRunner.run` over the texts a saturation run sends, in consecutive
 batches of the sidecar's max batch size, with no HTTP, no queue and no tokenizer. It is the model
 work the sidecar's saturated throughput is compared with (issue 6: "at least 85 % of the raw
 runner's at the same batch size").

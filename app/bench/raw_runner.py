@@ -21,6 +21,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -132,14 +133,17 @@ def measure_raw_runner(
 class RawRunnerProcess:
     """A `--serve` raw runner in its own process: `info` once loaded, `texts_per_s()` per pass."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], timeout_s: float = 600.0):
+    def __init__(self, args: Sequence[str], env: Mapping[str, str]) -> None:
+        # stderr to a file, not a pipe: nobody reads a pipe until the process fails, and a full
+        # one (torch warnings, say) would block it.
+        self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "app.bench.raw_runner", *args, "--serve"],
             cwd=ROOT,
             env=dict(env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
         )
         try:
@@ -162,7 +166,8 @@ class RawRunnerProcess:
         line = stdout.readline()
         if not line:
             self._proc.wait(timeout=30)
-            err = self._proc.stderr.read() if self._proc.stderr is not None else ""
+            self._stderr.seek(0)
+            err = self._stderr.read().decode("utf-8", errors="replace")
             raise RuntimeError(f"raw runner exited with {self._proc.returncode}:\n{err[-2000:]}")
         data: dict[str, Any] = json.loads(line)
         return data
@@ -175,9 +180,9 @@ class RawRunnerProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=10)
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.close()
 
     def __enter__(self) -> RawRunnerProcess:
         return self

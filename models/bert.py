@@ -297,14 +297,18 @@ class PackedLayout:
     """Where each request's tokens lie in the packed tensor; built once per batch (eager only)."""
 
     num_tokens: int
-    lengths: torch.Tensor  # (B, 1) float32: real tokens per request, for the mean
-    token_counts: torch.Tensor  # (B,) int64: the same counts, for the per-request sums
+    token_counts: torch.Tensor  # (B,) int64: real tokens per request
     positions: torch.Tensor  # (T,) int64: position of each packed token inside its request
     groups: tuple[AttentionGroup, ...]
 
     @property
     def num_reqs(self) -> int:
-        return int(self.lengths.shape[0])
+        return int(self.token_counts.shape[0])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B, 1) float32: the token counts as the divisor of the mean."""
+        return self.token_counts.to(torch.float32).view(-1, 1)
 
     @staticmethod
     def build(
@@ -366,7 +370,6 @@ class PackedLayout:
             r0 = r1
         return PackedLayout(
             num_tokens=T,
-            lengths=lens.to(device=device, dtype=torch.float32).view(-1, 1),
             token_counts=lens.to(device),
             positions=pos.to(device),
             groups=tuple(groups),

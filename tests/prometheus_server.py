@@ -51,14 +51,13 @@ class ManagedProcess(ServerProcess):
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
         super().__init__(args, env, log_path)
         self.name = name
-        self.args = args
 
     def logs(self, tail: int = 8000) -> str:
         return self.log_text()[-tail:]
 
     def report(self) -> str:
         state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-        return f"--- {self.name} ({state}): {' '.join(self.args)}\n{self.logs()}"
+        return f"--- {self.name} ({state}): {' '.join(self.command)}\n{self.logs()}"
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:

@@ -196,16 +196,18 @@ step bench-overhead 60 "$PYTHON" -m app.bench overhead "${PRESET[@]}" --out "$OU
 # The service benchmark (sidecar, naive and sentence-transformers servers over HTTP) needs the web
 # stack and sentence-transformers: it runs last, one round, only where they import (on the lent
 # GPU box, carry their wheels; see docs/benchmarks.md). Every server on the same device and dtype.
+# Its limit allows for the saturation pairs (a raw runner process loading the model next to the
+# sidecar, then 3 pairs of 960 requests), which the runs in docs/benchmarks.md predate.
 SERVICE_IMPORTS="$OUT/bench-service-imports.log"
 if ! "$PYTHON" -c 'import fastapi, uvicorn, pydantic_settings, app.main' >"$SERVICE_IMPORTS" 2>&1
 then
     log "bench-service: not run, the web stack does not import here: $(tail -n 1 "$SERVICE_IMPORTS")"
 elif "$PYTHON" -c 'import sentence_transformers' >>"$SERVICE_IMPORTS" 2>&1; then
-    step bench-service 180 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 --out "$OUT"
+    step bench-service 240 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 --out "$OUT"
 else
     log "bench-service: sentence-transformers does not import here" \
         "($(tail -n 1 "$SERVICE_IMPORTS")): the sidecar and the naive baseline only"
-    step bench-service 180 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 \
+    step bench-service 240 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 \
         --servers sidecar,naive --out "$OUT"
 fi
 

@@ -1,11 +1,9 @@
 """Fast JSON for embeddings: the float-formatting hot path of the inference routes.
 
-This runs on the event loop, which on a small CPU takes its time from the model's threads.
-Python's float formatting costs ~100 us per 384-float row even as one `%.9g` format string
-(`json.dumps`: ~170 us); orjson writes a float32 array in ~7 us, each number in the shortest
-form that reads back as the same float32 (exact round trip, ~10 % fewer bytes than `%.9g`).
-Measured A/B on the 2-core CPU, MiniLM, 32 clients: +8 to 11 % requests/s. Embeddings are
-checked to be finite on the worker, so no NaN/inf (not JSON) can reach this.
+This runs on the event loop, which on a small CPU takes its time from the model's threads, so
+the float array is written by orjson rather than Python's much slower float formatting. Each
+number is the shortest form that reads back as the same float32 (an exact round trip).
+Embeddings are checked to be finite on the worker, so no NaN/inf (not JSON) can reach this.
 """
 
 from __future__ import annotations

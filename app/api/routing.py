@@ -83,10 +83,8 @@ def _is_json(content_type: str | None) -> bool:
 class DirectBodyRoute(APIRoute):
     """A route for the hot inference endpoints: a JSON body the route's model accepts is
     validated and handed straight to `endpoint(body, request)`, without FastAPI's dependency
-    solving around it. Measured on the 2-core CPU: the event loop's time per MiniLM /infer
-    request fell from 0.46 to 0.39 ms (time that comes out of the model's threads there), and
-    with the toy model, where HTTP is the limit as it is on a GPU, 32 clients went from ~1,550
-    to ~1,900 requests/s.
+    solving around it. That saves event-loop time per request, which on a small CPU comes out
+    of the model's threads and elsewhere bounds requests/s when HTTP is the limit.
 
     Anything else (no JSON content type, malformed or non-strict JSON, a body the model refuses)
     goes to FastAPI's own handler with the same strict request, which answers exactly as on any

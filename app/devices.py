@@ -1,8 +1,8 @@
-"""Which device and dtype `auto` (and the other setting values) mean on this machine.
+"""Which device, dtype and graph mode `auto` (and the other setting values) mean on this machine.
 
-Torch only, no web stack: the service benchmark resolves its servers' device and dtype with these
-same rules, and it runs on GPU boxes that lack fastapi and pydantic. A bad value raises
-ValueError naming the setting; `app.main.engine_config` turns it into a SettingsError.
+Torch only, no web stack: the service benchmark resolves its servers' settings with these same
+rules, and it runs on GPU boxes that lack fastapi and pydantic. A bad value raises ValueError;
+the settings layer names the variable.
 """
 
 from __future__ import annotations
@@ -29,30 +29,31 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(
-                f"invalid setting SIDECAR_DEVICE: {name!r} requested but CUDA is not available "
-                "(use auto or cpu)"
-            )
+            raise ValueError(f"{name!r} requested but CUDA is not available (use auto or cpu)")
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"invalid setting SIDECAR_DEVICE: {name!r} but only "
-                f"{torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise ValueError(f"{name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return name
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """auto: the half precision the hardware multiplies natively, else float32. float16 on
-    CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX (1.6 to 1.7x float32's throughput for
-    MiniLM on such a CPU, embeddings within cosine 0.9999 of float32's); float32 on others."""
+    CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX; float32 on others."""
     if name == "auto":
         if device.startswith("cuda"):
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if device == "cpu" and name == "float16":
         raise ValueError(
-            "invalid setting SIDECAR_DTYPE: float16 is only supported on CUDA; use float32, "
-            "bfloat16 or auto on the CPU"
+            "float16 is only supported on CUDA; use float32, bfloat16 or auto on the CPU"
         )
     return DTYPES[name]
+
+
+def resolve_graph_mode(name: str, device: str) -> str:
+    """auto: FULL on CUDA; NONE on a CPU, where graphs are mocks that save nothing and FULL's
+    padding costs real compute. Any other name (NONE, PIECEWISE, FULL) is kept."""
+    name = name.upper()
+    if name == "AUTO":
+        return "FULL" if device.startswith("cuda") else "NONE"
+    return name

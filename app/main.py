@@ -19,65 +19,32 @@ from app.api.health import build_health_router
 from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from app.api.schemas import Limits, build_request_models
-from app.cudagraph import CUDAGraphMode
-from app.devices import resolve_device, resolve_dtype
-from app.engine.engine import Engine, EngineConfig
-from app.engine.runner import RunnerConfig
+from app.engine.engine import Engine, EngineConfigError
 from app.errors import install_error_handlers
 from app.metrics import GraphCacheCollector, ServiceMetrics
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, SettingsError, engine_error_message, load_settings
 
 logger = logging.getLogger(__name__)
 
 INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings"})
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    """The engine's view of the settings, with device and dtype resolved."""
-    try:
-        device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    return EngineConfig(
-        model_path=settings.model_path,
-        device=device,
-        dtype=dtype,
-        max_seq_len=settings.max_seq_len,
-        num_threads=settings.num_threads,
-        runner=RunnerConfig(
-            mode=CUDAGraphMode[settings.graph_mode],
-            max_batch_size=settings.max_batch_size,
-            max_num_tokens=settings.max_batch_tokens,
-            capture_sizes=settings.capture_sizes,
-            seq_buckets=settings.seq_buckets,
-            token_buckets=settings.token_buckets,
-            max_cached_graphs=settings.max_cached_graphs,
-            memory_budget_bytes=settings.graph_memory_budget_bytes,
-            capture_threshold=settings.capture_threshold,
-            min_replays_to_keep=settings.min_replays_to_keep,
-        ),
-        max_batch_wait_s=settings.max_batch_wait_ms / 1000.0,
-        max_queue=settings.max_queue,
-        request_timeout_s=settings.request_timeout_s,
-        prewarm_shapes=[(s.batch_size, s.seq_len) for s in settings.prewarm_shapes],
-        prewarm_ladder=settings.prewarm_ladder,
-        profile_path=settings.profile_path,
-        profile_prewarm_top_k=settings.profile_prewarm_top_k,
-    )
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = load_settings()
     metrics = ServiceMetrics()
-    engine = Engine(engine_config(settings), observer=metrics)
+    engine = Engine(settings.engine_config(), observer=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("starting with settings %s", settings.log_summary())
         try:
             await engine.start()
+        except EngineConfigError as exc:
+            message = engine_error_message(str(exc), exc.settings)
+            logger.error("start-up failed: %s", message)
+            await engine.stop()
+            raise SettingsError(message) from exc
         except Exception as exc:
             logger.error("start-up failed: %s", exc)
             await engine.stop()

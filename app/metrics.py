@@ -10,7 +10,6 @@ _total) so PromQL can take rates; label values come only from the bounded cache 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -22,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from app.cudagraph import BatchDescriptor, CacheSnapshot, GraphCache
 from app.engine.batcher import REJECT_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,27 +46,31 @@ QUEUE_WAIT_BUCKETS = (0.0001, 0.0005) + REQUEST_SECONDS_BUCKETS
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PADDING_RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-# (suffix-less counter name, stats_snapshot key, help)
-_CACHE_COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("cudagraph_hits", "hits", "Graph lookups answered by replaying a cached graph."),
-    ("cudagraph_misses", "misses", "Graph lookups with no cached graph (captured or eager)."),
-    ("cudagraph_replays", "replays", "Graph replays."),
-    ("cudagraph_captures", "captures", "Graphs captured and kept."),
+# (suffix-less counter name, help, its value in a snapshot)
+_CACHE_COUNTERS: tuple[tuple[str, str, Callable[[CacheSnapshot], float]], ...] = (
+    ("cudagraph_hits", "Graph lookups answered by replaying a cached graph.", lambda s: s.hits),
+    (
+        "cudagraph_misses",
+        "Graph lookups with no cached graph (captured or eager).",
+        lambda s: s.misses,
+    ),
+    ("cudagraph_replays", "Graph replays.", lambda s: s.replays),
+    ("cudagraph_captures", "Graphs captured and kept.", lambda s: s.captures),
     (
         "cudagraph_capture_failures",
-        "capture_failures",
         "Captures that failed (error or over the memory budget); the shape then runs eagerly.",
+        lambda s: s.capture_failures,
     ),
     (
         "cudagraph_evictions",
-        "evictions",
         "Graphs evicted to respect the graph count limit or memory budget.",
+        lambda s: s.evictions,
     ),
-    ("cudagraph_eager_runs", "eager_runs", "Batches run eagerly (no graph used)."),
+    ("cudagraph_eager_runs", "Batches run eagerly (no graph used).", lambda s: s.eager_runs),
 )
 
 
-def _descriptor_labels(descriptor: Any) -> list[str]:
+def _descriptor_labels(descriptor: BatchDescriptor) -> list[str]:
     """[num_tokens, num_reqs ("none" when None), uniform_decode ("true"/"false")]."""
     num_reqs = descriptor.num_reqs
     return [
@@ -77,9 +81,9 @@ def _descriptor_labels(descriptor: Any) -> list[str]:
 
 
 class GraphCacheCollector(Collector):
-    """Reads the graph cache view at scrape time; before the model is loaded, zeros."""
+    """Reads the graph cache at scrape time; before the model is loaded, zeros."""
 
-    def __init__(self, view: Callable[[], Any | None], hot_shapes_top_k: int = 10) -> None:
+    def __init__(self, view: Callable[[], GraphCache | None], hot_shapes_top_k: int = 10) -> None:
         self._view = view
         self._top_k = hot_shapes_top_k
 
@@ -90,34 +94,34 @@ class GraphCacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._families(self._view())
 
-    def _families(self, view: Any | None) -> Iterator[Metric]:
-        snap: dict[str, Any] = view.stats_snapshot() if view is not None else {}
+    def _families(self, view: GraphCache | None) -> Iterator[Metric]:
+        snap = view.snapshot() if view is not None else None
         hit_rate = GaugeMetricFamily(
             "cudagraph_hit_rate", "Share of graph lookups answered by replay (hits / lookups)."
         )
-        hit_rate.add_metric([], float(snap.get("hit_rate", 0.0)))
+        hit_rate.add_metric([], snap.hit_rate if snap else 0.0)
         yield hit_rate
-        for name, key, doc in _CACHE_COUNTERS:
+        for name, doc, value in _CACHE_COUNTERS:
             counter = CounterMetricFamily(name, doc)
-            counter.add_metric([], float(snap.get(key, 0)))
+            counter.add_metric([], float(value(snap)) if snap else 0.0)
             yield counter
-        buckets = snap.get("capture_seconds_buckets") or [[float("inf"), 0]]
+        buckets = snap.capture_seconds_buckets if snap else ((float("inf"), 0),)
         hist = HistogramMetricFamily(
             "cudagraph_capture_seconds", "Wall time of each graph capture, warm-up included."
         )
         hist.add_metric(
             [],
             buckets=[(floatToGoString(bound), float(count)) for bound, count in buckets],
-            sum_value=float(snap.get("capture_seconds_total", 0.0)),
+            sum_value=snap.capture_seconds_total if snap else 0.0,
         )
         yield hist
         cached = GaugeMetricFamily("cudagraph_cached_graphs", "Graphs in the cache now.")
-        cached.add_metric([], float(snap.get("cached_graphs", 0)))
+        cached.add_metric([], float(snap.cached_graphs) if snap else 0.0)
         yield cached
         memory = GaugeMetricFamily(
             "cudagraph_memory_bytes", "Device memory held by the cached graphs."
         )
-        memory.add_metric([], float(snap.get("memory_bytes", 0)))
+        memory.add_metric([], float(snap.memory_bytes) if snap else 0.0)
         yield memory
 
         per_graph = GaugeMetricFamily(

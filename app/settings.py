@@ -33,7 +33,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.devices import device_name
+from app.cudagraph import CacheConfig, CUDAGraphMode
+from app.devices import device_name, resolve_device, resolve_dtype, resolve_graph_mode
+from app.engine.engine import EngineConfig
+from app.engine.runner import RunnerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,7 +47,9 @@ ENV_PREFIX = "SIDECAR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 TOY_MODEL = "toy"
 
-GraphModeName = Literal["NONE", "PIECEWISE", "FULL"]
+GraphModeName = Literal["AUTO", "NONE", "PIECEWISE", "FULL"]
+# The engine's frozen configs hold the defaults; the settings take theirs from them.
+_CACHE = CacheConfig()
 DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -174,22 +179,27 @@ class Settings(BaseSettings):
     num_threads: int = Field(default=0, ge=0, le=1024)
 
     # --- CUDA graphs ---
-    graph_mode: GraphModeName = "FULL"
+    graph_mode: GraphModeName = "AUTO"
     capture_sizes: IntList = None
     seq_buckets: IntList = None
     token_buckets: IntList = None
-    max_cached_graphs: int = Field(default=64, ge=0, le=100_000)
+    # 0 keeps no graphs: every batch runs eagerly.
+    max_cached_graphs: int = Field(default=_CACHE.max_cached_graphs, ge=0, le=100_000)
     graph_memory_budget_mb: float | None = Field(default=None, gt=0)
-    capture_threshold: int = Field(default=2, ge=1, le=1_000_000)
-    min_replays_to_keep: int = Field(default=2, ge=0)
+    capture_threshold: int = Field(default=_CACHE.capture_threshold, ge=1, le=1_000_000)
+    min_replays_to_keep: int = Field(default=_CACHE.min_replays_to_keep, ge=0)
+    max_capture_delay_ms: float = Field(
+        default=_CACHE.max_capture_delay_s * 1000.0, ge=0, le=3_600_000
+    )
+    idle_prewarm_top_k: int = Field(default=_CACHE.idle_prewarm_top_k, ge=0, le=10_000)
     prewarm_shapes: ShapeList = []
     prewarm_ladder: bool = False
     profile_path: Path | None = None
     profile_prewarm_top_k: int = Field(default=8, ge=0, le=10_000)
 
     # --- batching and queueing ---
-    max_batch_size: int = Field(default=32, ge=1, le=4096)
-    max_batch_tokens: int = Field(default=8192, ge=1)
+    max_batch_size: int = Field(default=RunnerConfig.max_batch_size, ge=1, le=4096)
+    max_batch_tokens: int = Field(default=RunnerConfig.max_num_tokens, ge=1)
     max_batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
     max_queue: int = Field(default=1024, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -306,11 +316,65 @@ class Settings(BaseSettings):
     def admin_enabled(self) -> bool:
         return self.admin_token is not None
 
+    def engine_config(self) -> EngineConfig:
+        """The engine's one frozen, nested config, with device, dtype and graph mode resolved."""
+        try:
+            device = resolve_device(self.device)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting {env_name('device')}: {exc}") from None
+        try:
+            dtype = resolve_dtype(self.dtype, device)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting {env_name('dtype')}: {exc}") from None
+        cache = CacheConfig(
+            max_cached_graphs=self.max_cached_graphs,
+            memory_budget_bytes=self.graph_memory_budget_bytes,
+            capture_threshold=self.capture_threshold,
+            min_replays_to_keep=self.min_replays_to_keep,
+            max_capture_delay_s=self.max_capture_delay_ms / 1000.0,
+            idle_prewarm_top_k=self.idle_prewarm_top_k,
+        )
+        runner = RunnerConfig(
+            mode=CUDAGraphMode[resolve_graph_mode(self.graph_mode, device)],
+            max_batch_size=self.max_batch_size,
+            max_num_tokens=self.max_batch_tokens,
+            capture_sizes=_tuple(self.capture_sizes),
+            seq_buckets=_tuple(self.seq_buckets),
+            token_buckets=_tuple(self.token_buckets),
+            cache=cache,
+        )
+        return EngineConfig(
+            model_path=self.model_path,
+            device=device,
+            dtype=dtype,
+            max_seq_len=self.max_seq_len,
+            num_threads=self.num_threads,
+            runner=runner,
+            max_batch_wait_s=self.max_batch_wait_ms / 1000.0,
+            max_queue=self.max_queue,
+            request_timeout_s=self.request_timeout_s,
+            prewarm_shapes=tuple((s.batch_size, s.seq_len) for s in self.prewarm_shapes),
+            prewarm_ladder=self.prewarm_ladder,
+            profile_path=self.profile_path,
+            profile_prewarm_top_k=self.profile_prewarm_top_k,
+        )
+
     def log_summary(self) -> dict[str, Any]:
         """The settings for a start-up log line; secrets appear only as set/unset."""
         data = self.model_dump(mode="json", exclude={"admin_token"})
         data["admin_token"] = "set" if self.admin_enabled else "unset"
         return data
+
+
+def _tuple(values: list[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def engine_error_message(message: str, settings: tuple[str, ...]) -> str:
+    """An engine configuration error with the variables it concerns named."""
+    if not settings:
+        return message
+    return f"{message}; check {', '.join(env_name(name) for name in settings)}"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

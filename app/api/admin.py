@@ -17,7 +17,7 @@ from app.api.schemas import (
     RequestModels,
     StatsResponse,
 )
-from app.cudagraph import BatchDescriptor, GraphCacheView
+from app.cudagraph import BatchDescriptor, GraphCache
 from app.engine.engine import Engine, NotReady
 from app.errors import ApiError, error_responses
 
@@ -25,7 +25,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 MAX_TOP_K = 1000
 
 
-def _view(engine: Engine) -> GraphCacheView:
+def _view(engine: Engine) -> GraphCache:
     view = engine.graphs
     if view is None:
         raise NotReady("the model is not loaded yet")
@@ -46,14 +46,16 @@ def _descriptors(engine: Engine, body: Any) -> list[BatchDescriptor]:
             except ValueError as exc:
                 raise ApiError(422, "invalid_shape", f"shapes.{i}: {exc}") from None
         return out
-    ladder = set(engine.ladder_descriptors())
+    cache = _view(engine)
+    ladder = {cache.key_for(d) for d in engine.ladder_descriptors()}
     out = []
     for i, d in enumerate(body.descriptors):
         try:
             descriptor = BatchDescriptor(d.num_tokens, d.num_reqs, d.is_uniform_decode)
         except ValueError as exc:
             raise ApiError(422, "invalid_descriptor", f"descriptors.{i}: {exc}") from None
-        if descriptor not in ladder:
+        # Keyed as lookups are: PIECEWISE only looks at the token count.
+        if cache.key_for(descriptor) not in ladder:
             raise ApiError(
                 422,
                 "invalid_descriptor",
@@ -94,13 +96,14 @@ def build_admin_router(models: RequestModels) -> APIRouter:
     async def graphs(engine: EngineDep) -> dict[str, Any]:
         view = _view(engine)
         entries = view.cached_entries()
+        config = view.config
         return {
             "mode": view.mode.name,
-            "max_cached_graphs": view.max_cached_graphs,
-            "memory_budget_bytes": view.memory_budget_bytes,
-            "capture_threshold": view.capture_threshold,
+            "max_cached_graphs": config.max_cached_graphs,
+            "memory_budget_bytes": config.memory_budget_bytes,
+            "capture_threshold": config.capture_threshold,
             "cached_graphs": len(entries),
-            "memory_bytes": view.memory_bytes(),
+            "memory_bytes": sum(e.memory_bytes for e in entries),
             "graphs": [e.to_dict() for e in entries],
         }
 
@@ -128,15 +131,25 @@ def build_admin_router(models: RequestModels) -> APIRouter:
 
     @router.get("/stats", response_model=StatsResponse, summary="Cache and queue counters")
     async def stats(engine: EngineDep) -> dict[str, Any]:
-        view = _view(engine)
-        snap = view.stats_snapshot()
-        snap.pop("capture_seconds_buckets", None)
-        snap.update(
-            mode=view.mode.name,
-            queue_depth=engine.queue_depth,
-            batches=engine.batches,
-            texts=engine.texts,
-        )
-        return snap
+        snap = _view(engine).snapshot()
+        return {
+            "mode": snap.mode,
+            "hits": snap.hits,
+            "misses": snap.misses,
+            "hit_rate": snap.hit_rate,
+            "captures": snap.captures,
+            "replays": snap.replays,
+            "evictions": snap.evictions,
+            "eager_runs": snap.eager_runs,
+            "capture_failures": snap.capture_failures,
+            "capture_seconds_total": snap.capture_seconds_total,
+            "cached_graphs": snap.cached_graphs,
+            "memory_bytes": snap.memory_bytes,
+            "pending_captures": snap.pending_captures,
+            "startup_prewarm": engine.startup_report.to_dict(),
+            "queue_depth": engine.queue_depth,
+            "batches": engine.batches,
+            "texts": engine.texts,
+        }
 
     return router

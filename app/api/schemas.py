@@ -171,6 +171,10 @@ class StatsResponse(_Out):
     capture_seconds_total: float
     cached_graphs: int
     memory_bytes: int
+    pending_captures: int = Field(description="Shapes waiting for an idle gap to be captured")
+    startup_prewarm: PrewarmResponse = Field(
+        description="What the start-up prewarm captured; the failed shapes are served eagerly"
+    )
     queue_depth: int
     batches: int
     texts: int

@@ -14,11 +14,14 @@ restores the current stream, hands its memory pool back and drops the half-built
 
 On CPU a ``MockCUDAGraph`` records the function; its ``memory_bytes`` is the byte size of the
 output storage, the least a real graph would pin.
+
+``capture_piece`` picks one of the two by the device of the inputs and returns a ``PieceGraph``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,10 +31,11 @@ from typing import Any
 import torch
 
 from app.cudagraph.context import capturing
-from app.cudagraph.entry import GraphHandle
+from app.cudagraph.entry import GraphHandle, PieceGraph
 from app.cudagraph.gc_freeze import gc_frozen
 from app.cudagraph.mock_graph import MockCUDAGraph, mock_graph_pool_handle
-from app.cudagraph.tensors import storage_bytes
+from app.cudagraph.options import CUDAGraphOptions
+from app.cudagraph.tensors import find_device, input_addresses, storage_bytes, weak_ref_tree
 
 logger = logging.getLogger("app.cudagraph")
 
@@ -168,6 +172,46 @@ def _settle_rng_after_failed_capture(index: int) -> None:
         with torch.cuda.graph(probe):
             scratch.add_(1)
         probe.reset()
+
+
+def capture_piece(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: CUDAGraphOptions,
+    shared_pool: Callable[[bool], Any],
+) -> PieceGraph:
+    """Capture ``fn(*args, **kwargs)``; the args become the graph's static inputs.
+
+    ``shared_pool(on_cuda)`` gives the pool to capture into, or None for a pool of its own.
+    Raises whatever the capture raised (it cleaned up after itself)."""
+    call = functools.partial(fn, *args, **kwargs)
+    device = find_device(args, kwargs)
+    on_cuda = device is not None and device.type == "cuda"
+    pool = shared_pool(on_cuda)
+    result: CaptureResult
+    if on_cuda:
+        assert device is not None
+        result = capture_cuda(
+            call,
+            device=device,
+            warmup_iters=options.warmup_iters,
+            pool=pool,
+            freeze_gc=options.freeze_gc,
+        )
+    else:
+        result = capture_mock(
+            call, warmup_iters=options.warmup_iters, pool=pool, freeze_gc=options.freeze_gc
+        )
+    output = weak_ref_tree(result.output) if options.weak_ref_output else result.output
+    return PieceGraph(
+        graph=result.graph,
+        output=output,
+        input_addresses=input_addresses(args, kwargs),
+        static_inputs=(args, kwargs),
+        capture_seconds=result.seconds,
+        memory_bytes=result.memory_bytes,
+    )
 
 
 def new_pool_handle(on_cuda: bool) -> Any:

@@ -1,6 +1,6 @@
 """The forward context: which mode and padded shape the current forward pass runs with.
 
-The runner decides (mode, descriptor) and publishes it with ``cudagraph_context``; every wrapper
+The caller decides (mode, descriptor) and publishes it with ``cudagraph_context``; every wrapper
 called inside reads it. A ``ContextVar`` makes it per thread and per asyncio task, and nesting
 restores the outer context on exit.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.cudagraph.descriptor import BatchDescriptor
 from app.cudagraph.modes import CUDAGraphMode
@@ -18,20 +18,11 @@ from app.cudagraph.modes import CUDAGraphMode
 
 @dataclass(frozen=True, slots=True)
 class ForwardContext:
-    """mode: the runtime mode of this forward. descriptor: the padded batch (FULL key).
-    relaxed: ``descriptor.relaxed()``, computed once here because every PIECEWISE wrapper of the
-    model needs it. prewarm: the forward only exists to capture (start-up prewarm): wrappers then
-    capture regardless of their threshold and keep it out of hit/miss and hot-shape statistics.
-    """
+    """mode: the runtime mode of this forward. descriptor: the padded batch (a wrapper's cache
+    derives its key from it: PIECEWISE relaxes it)."""
 
     mode: CUDAGraphMode
     descriptor: BatchDescriptor | None
-    prewarm: bool = False
-    relaxed: BatchDescriptor | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        relaxed = self.descriptor.relaxed() if self.descriptor is not None else None
-        object.__setattr__(self, "relaxed", relaxed)
 
 
 _FORWARD_CONTEXT: ContextVar[ForwardContext | None] = ContextVar(
@@ -44,8 +35,6 @@ _CAPTURING: ContextVar[bool] = ContextVar("cudagraph_capturing", default=False)
 def cudagraph_context(
     mode: CUDAGraphMode | int,
     descriptor: BatchDescriptor | None,
-    *,
-    prewarm: bool = False,
 ) -> Iterator[ForwardContext]:
     """Publish (mode, descriptor) for the wrappers called inside the block.
 
@@ -56,7 +45,7 @@ def cudagraph_context(
         raise TypeError(f"descriptor must be a BatchDescriptor, got {type(descriptor).__name__}")
     if descriptor is None and mode.has_graphs():
         raise ValueError(f"mode {mode.name} needs a BatchDescriptor (the graph cache key)")
-    ctx = ForwardContext(mode, descriptor, prewarm)
+    ctx = ForwardContext(mode, descriptor)
     token = _FORWARD_CONTEXT.set(ctx)
     try:
         yield ctx

@@ -1,6 +1,7 @@
-"""``CUDAGraphStats``: the counters of one wrapper, plus a fixed-bucket capture-time histogram.
+"""``CUDAGraphStats``: the counters of one graph cache, plus a fixed-bucket capture-time
+histogram; ``CacheSnapshot``: the typed, frozen copy the readers get.
 
-Not locked by itself: the owning wrapper mutates and snapshots it under its state lock.
+Not locked by itself: the owning cache mutates and snapshots it under its state lock.
 """
 
 from __future__ import annotations
@@ -8,10 +9,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-# Upper bounds (seconds) of the capture-time histogram, Prometheus style (le=...). Fixed so
-# histograms of several wrappers (PIECEWISE pieces) can be summed bucket by bucket.
+# Upper bounds (seconds) of the capture-time histogram, Prometheus style (le=...).
 CAPTURE_SECONDS_BUCKETS: tuple[float, ...] = (
     0.001,
     0.005,
@@ -34,12 +33,12 @@ CAPTURE_SECONDS_BUCKETS: tuple[float, ...] = (
 class CUDAGraphStats:
     """Counters.
 
-    hits: lookups (calls in the wrapper's mode) whose descriptor had a graph, answered by replay.
+    hits: lookups (one per logical forward) whose descriptor had a graph, answered by replay.
     misses: lookups whose descriptor had no graph, whether they then captured or ran eagerly.
     captures: graphs captured and kept. replays: replays that answered a lookup.
     evictions: graphs dropped to respect the count limit or the memory budget (not ``clear()``).
-    eager_runs: lookups answered eagerly (below the capture threshold, in back-off after a
-        failure, or right after a failed capture).
+    eager_runs: lookups answered eagerly (below the capture threshold, waiting for an idle gap
+        to capture, in back-off after a failure, or right after a failed capture).
     capture_failures: captures that raised, or produced a graph larger than the memory budget.
     capture_seconds_total: wall seconds of all captures (warm-up included), failed ones too.
     """
@@ -67,31 +66,44 @@ class CUDAGraphStats:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
 
-    def cumulative_buckets(self) -> list[list[float]]:
-        """[[upper_bound_seconds, cumulative_count], ...], last bound +Inf."""
+    def cumulative_buckets(self) -> tuple[tuple[float, int], ...]:
+        """((upper_bound_seconds, cumulative_count), ...), last bound +Inf."""
         return cumulative_buckets(self.capture_seconds_counts)
 
-    def snapshot(self) -> dict[str, Any]:
-        """A plain, JSON-friendly copy of the counters (+Inf stays a float)."""
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "hit_rate": self.hit_rate(),
-            "captures": self.captures,
-            "replays": self.replays,
-            "evictions": self.evictions,
-            "eager_runs": self.eager_runs,
-            "capture_failures": self.capture_failures,
-            "capture_seconds_total": self.capture_seconds_total,
-            "capture_seconds_buckets": self.cumulative_buckets(),
-        }
+
+@dataclass(frozen=True, slots=True)
+class CacheSnapshot:
+    """The cache's counters and state at one instant (what metrics, admin and benchmarks read).
+
+    The counters are ``CUDAGraphStats``'; cached_graphs and memory_bytes describe the cache now;
+    pending_captures are shapes past the threshold waiting for an idle gap; the limits are the
+    cache's configuration.
+    """
+
+    mode: str
+    hits: int
+    misses: int
+    hit_rate: float
+    captures: int
+    replays: int
+    evictions: int
+    eager_runs: int
+    capture_failures: int
+    capture_seconds_total: float
+    capture_seconds_buckets: tuple[tuple[float, int], ...]
+    cached_graphs: int
+    memory_bytes: int
+    pending_captures: int
+    max_cached_graphs: int
+    memory_budget_bytes: int | None
+    capture_threshold: int
 
 
-def cumulative_buckets(counts: Iterable[int]) -> list[list[float]]:
+def cumulative_buckets(counts: Iterable[int]) -> tuple[tuple[float, int], ...]:
     """Turn per-bucket counts into Prometheus' cumulative form."""
-    out: list[list[float]] = []
+    out: list[tuple[float, int]] = []
     running = 0
     for bound, count in zip(CAPTURE_SECONDS_BUCKETS, counts, strict=True):
         running += count
-        out.append([bound, running])
-    return out
+        out.append((bound, running))
+    return tuple(out)

@@ -1,18 +1,14 @@
-"""The read-only "graph cache view" the service reads (metrics, admin API), and its records.
+"""The records the graph cache's readers get (admin API, metrics, benchmarks, the engine's log).
 
-``AdaptiveCUDAGraphWrapper`` and ``CUDAGraphGroup`` implement ``GraphCacheView``. Every method is
-safe to call from another thread while the worker thread runs the model: views take only the
-wrappers' short state locks, never the graph lock, and never touch tensors or CUDA.
+Plain frozen values: built under the cache's short state lock, never holding tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from os import PathLike
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from app.cudagraph.descriptor import BatchDescriptor
-from app.cudagraph.modes import CUDAGraphMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,40 +67,16 @@ class PrewarmReport:
         }
 
 
-@runtime_checkable
-class GraphCacheView(Protocol):
-    """What the service may read and do. See /work/contracts.md, section A."""
+Outcome = Literal["captured", "skipped", "failed"]
 
-    @property
-    def mode(self) -> CUDAGraphMode: ...
 
-    @property
-    def max_cached_graphs(self) -> int: ...
+@dataclass(frozen=True, slots=True)
+class PrewarmProgress:
+    """One step of a prewarm, for a progress log: the ``index``-th of ``total`` descriptors."""
 
-    @property
-    def memory_budget_bytes(self) -> int | None: ...
-
-    @property
-    def capture_threshold(self) -> int: ...
-
-    def stats_snapshot(self) -> dict[str, Any]: ...
-
-    def cached_entries(self) -> list[CachedGraphInfo]: ...
-
-    def get_hot_shapes(self, top_k: int) -> list[HotShape]: ...
-
-    def predict_shapes(self, top_k: int) -> list[BatchDescriptor]: ...
-
-    def get_cached_descriptors(self) -> list[BatchDescriptor]: ...
-
-    def memory_bytes(self) -> int: ...
-
-    def clear(self) -> int: ...
-
-    def export_profile(self) -> dict[str, Any]: ...
-
-    def import_profile(self, profile: dict[str, Any]) -> int: ...
-
-    def save_profile(self, path: str | PathLike[str]) -> None: ...
-
-    def load_profile(self, path: str | PathLike[str]) -> int: ...
+    index: int
+    total: int
+    descriptor: BatchDescriptor
+    outcome: Outcome
+    seconds: float
+    reason: str | None = None

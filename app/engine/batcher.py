@@ -8,6 +8,9 @@ make the padded rectangle (texts x longest text) exceed `max_batch_tokens`, or w
 queued text has waited `max_batch_wait_s`. While the worker is busy with one batch, new
 requests accumulate in the queue, so load forms larger batches by itself even with no wait.
 
+Between batches the worker may do one unit of background work (the engine captures a graph):
+when nothing is queued, or when the work says it is overdue. A unit that raises is logged.
+
 A request of several texts is split into items (one per text) that may land in different
 batches; it is answered once all of its items are done. The queue is bounded in texts: a
 request that does not fit is refused at once (QueueFull). Every request has a deadline; past
@@ -71,6 +74,15 @@ class BatchObserver(Protocol):
     def on_reject(self, reason: str) -> None: ...
 
 
+class BackgroundWork(Protocol):
+    """Work the worker does between batches. `background_due` runs on the event loop and must be
+    cheap; `run_background` runs on the worker. `idle`: no text is waiting."""
+
+    def background_due(self, idle: bool) -> bool: ...
+
+    def run_background(self, idle: bool) -> None: ...
+
+
 class _NullObserver:
     def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
         pass
@@ -107,6 +119,7 @@ class Batcher(Generic[R]):
         max_queue: int = 1024,
         timeout_s: float = 30.0,
         observer: BatchObserver | None = None,
+        background: BackgroundWork | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue < 1:
             raise ValueError("max_batch_size, max_batch_tokens and max_queue must be >= 1")
@@ -120,6 +133,7 @@ class Batcher(Generic[R]):
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self._observer: BatchObserver = observer or _NullObserver()
+        self._background = background
         self._queue: deque[_Request[R]] = deque()
         self._depth = 0  # live items queued (taken items and dead requests excluded)
         self._closed = False
@@ -240,6 +254,8 @@ class Batcher(Generic[R]):
         if not self._queue:
             if self._closed:
                 return False
+            if await self._run_background(loop, idle=True):
+                return True
             wakeup.clear()
             await wakeup.wait()
             return True
@@ -266,6 +282,22 @@ class Batcher(Generic[R]):
         finally:
             self._busy = False
         self._deliver(slots, out)
+        if self._queue:  # under load: only work that has waited too long for an idle gap
+            await self._run_background(loop, idle=False)
+        return True
+
+    async def _run_background(self, loop: asyncio.AbstractEventLoop, *, idle: bool) -> bool:
+        """One unit of background work on the worker, if due; True when one ran."""
+        work = self._background
+        if work is None or self._closed or not work.background_due(idle):
+            return False
+        self._busy = True
+        try:
+            await loop.run_in_executor(self._executor, work.run_background, idle)
+        except Exception:
+            logger.exception("background work between batches failed; continuing")
+        finally:
+            self._busy = False
         return True
 
     def _drop_dead_heads(self) -> None:

@@ -7,7 +7,10 @@ Life cycle (`state`):
   starting  -> model loaded and runner built on the worker (start() awaits this; errors raise)
   warming   -> in the background: restore the hot-shape profile, prewarm its top shapes and the
                configured ones, logging progress; inference is refused (503 not_ready)
-  ready     -> serving
+  ready     -> serving, whatever the prewarm's outcome: a shape that failed to capture is served
+               eagerly, and the failure is in the log, `startup_report` (GET /admin/stats) and
+               cudagraph_capture_failures_total. Between batches, when nothing is waiting (or a
+               deferred capture has waited too long), the worker captures one due shape.
   draining  -> begin_drain(): /readyz says 503 at once, queued and new requests still served
                until stop() closes the queue, finishes every queued request and saves the profile
   stopped
@@ -22,14 +25,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 
-from app.cudagraph import BatchDescriptor, GraphCacheView
-from app.cudagraph.view import PrewarmReport
+from app.cudagraph import BatchDescriptor, GraphCache, PrewarmProgress, PrewarmReport
 from app.engine.batcher import (
     REASON_DRAINING,
     REASON_NOT_READY,
@@ -63,7 +65,12 @@ class NotReady(BatcherError):
 
 
 class EngineConfigError(ValueError):
-    """A setting the engine cannot work with; the message names the SIDECAR_* variable."""
+    """Settings the engine cannot work with, found once the model is known. ``settings`` names
+    the settings fields involved (the settings layer turns them into variable names)."""
+
+    def __init__(self, message: str, *settings: str) -> None:
+        super().__init__(message)
+        self.settings = settings
 
 
 class EngineObserver(BatchObserver, Protocol):
@@ -83,23 +90,24 @@ class _NullObserver:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything the engine needs, already resolved (no "auto" left)."""
+    """Everything the engine needs, already resolved (no "auto" left). Built by the settings
+    layer (`app.settings.Settings.engine_config`), which holds every default."""
 
-    model_path: str | None = None  # None: the bundled all-MiniLM-L6-v2; "toy": the test model
-    device: str = "cpu"
-    dtype: torch.dtype = torch.float32
-    max_seq_len: int | None = None  # None: the model's own
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    # Graph mode, ladders, cache limits, and the batch limits the batcher shares with the runner
-    # (max_batch_size texts, max_num_tokens padded tokens per forward).
-    runner: RunnerConfig = field(default_factory=lambda: RunnerConfig(capture_threshold=2))
-    max_batch_wait_s: float = 0.0
-    max_queue: int = 1024
-    request_timeout_s: float = 30.0
-    prewarm_shapes: list[tuple[int, int]] = field(default_factory=list)  # (batch, seq_len)
-    prewarm_ladder: bool = False
-    profile_path: Path | None = None
-    profile_prewarm_top_k: int = 8
+    model_path: str | None  # None: the bundled all-MiniLM-L6-v2; "toy": the test model
+    device: str
+    dtype: torch.dtype
+    max_seq_len: int | None  # None: the model's own
+    num_threads: int  # torch intra-op threads; 0 keeps torch's default
+    # Graph mode, ladders, the graph cache, and the batch limits the batcher shares with the
+    # runner (max_batch_size texts, max_num_tokens padded tokens per forward).
+    runner: RunnerConfig
+    max_batch_wait_s: float
+    max_queue: int
+    request_timeout_s: float
+    prewarm_shapes: tuple[tuple[int, int], ...]  # (batch, seq_len)
+    prewarm_ladder: bool
+    profile_path: Path | None
+    profile_prewarm_top_k: int
 
 
 class Engine:
@@ -144,8 +152,8 @@ class Engine:
         return self._runner
 
     @property
-    def graphs(self) -> GraphCacheView | None:
-        """The graph cache view (thread-safe reads), None before the model is loaded."""
+    def graphs(self) -> GraphCache | None:
+        """The model's graph cache (thread-safe reads), None before the model is loaded."""
         return None if self._runner is None else self._runner.graphs
 
     @property
@@ -179,6 +187,7 @@ class Engine:
             max_queue=cfg.max_queue,
             timeout_s=cfg.request_timeout_s,
             observer=self._observer,
+            background=self,
         )
         self._batcher.start()
         self._state = EngineState.WARMING
@@ -258,6 +267,25 @@ class Engine:
             raise FloatingPointError("the model produced non-finite embeddings")
         return emb.unbind(0)
 
+    # ------------------------------------------------------- between batches
+    def background_due(self, idle: bool) -> bool:
+        """Event loop, between batches: is a graph capture due? (`Batcher` background work)."""
+        runner = self._runner
+        ready = self._state is EngineState.READY
+        return ready and runner is not None and runner.idle_work_due(idle)
+
+    def run_background(self, idle: bool) -> None:
+        """Worker thread: capture one due shape (a deferred capture or a predicted shape)."""
+        step = self.runner.idle_capture(idle)
+        if step is not None and step.outcome != "skipped":
+            logger.info(
+                "capture between batches: %s %s in %.3f s%s",
+                step.descriptor.label(),
+                step.outcome,
+                step.seconds,
+                f" ({step.reason})" if step.reason else "",
+            )
+
     # ------------------------------------------------------------------ admin
     async def prewarm(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
         return await self._on_worker(self._prewarm_all, descriptors)
@@ -289,20 +317,25 @@ class Engine:
             )
         if cfg.runner.max_num_tokens < encoder.max_seq_len:
             raise EngineConfigError(
-                f"SIDECAR_MAX_BATCH_TOKENS ({cfg.runner.max_num_tokens}) must be at least the "
-                f"model's max sequence length ({encoder.max_seq_len}): one long text must fit a "
-                "batch"
+                f"max_batch_tokens ({cfg.runner.max_num_tokens}) must be at least the model's "
+                f"max sequence length ({encoder.max_seq_len}): one long text must fit a batch",
+                "max_batch_tokens",
             )
         try:
             runner = EmbeddingRunner(encoder, cfg.runner)
         except ValueError as exc:
             raise EngineConfigError(
-                f"the batch ladders do not fit together ({exc}); check SIDECAR_MAX_BATCH_SIZE, "
-                "SIDECAR_MAX_BATCH_TOKENS, SIDECAR_CAPTURE_SIZES, SIDECAR_SEQ_BUCKETS and "
-                "SIDECAR_TOKEN_BUCKETS"
+                f"the batch ladders do not fit together ({exc})",
+                "max_batch_size",
+                "max_batch_tokens",
+                "capture_sizes",
+                "seq_buckets",
+                "token_buckets",
             ) from exc
+        cache = cfg.runner.cache
         logger.info(
-            "loaded %s (%d dims, max %d tokens) on %s/%s in %.2f s; graph mode %s",
+            "loaded %s (%d dims, max %d tokens) on %s/%s in %.2f s; graph mode %s "
+            "(up to %d graphs, captured after %d lookups)",
             encoder.name,
             encoder.dimensions,
             encoder.max_seq_len,
@@ -310,6 +343,8 @@ class Engine:
             str(encoder.dtype).removeprefix("torch."),
             time.perf_counter() - t0,
             cfg.runner.mode.name,
+            cache.max_cached_graphs,
+            cache.capture_threshold,
         )
         return encoder, runner
 
@@ -321,8 +356,8 @@ class Engine:
                 out.append(runner.descriptor_for_shape(batch_size, seq_len))
             except ValueError as exc:
                 raise EngineConfigError(
-                    f"SIDECAR_PREWARM_SHAPES: shape {batch_size}x{seq_len} cannot be prewarmed: "
-                    f"{exc}"
+                    f"prewarm shape {batch_size}x{seq_len} cannot be prewarmed: {exc}",
+                    "prewarm_shapes",
                 ) from exc
         if self.config.prewarm_ladder:
             out.extend(runner.ladder_descriptors())
@@ -334,33 +369,13 @@ class Engine:
             if self.config.profile_path is not None:
                 restored = await self._on_worker(self._restore_profile, self.config.profile_path)
             wanted = _unique(restored + self._startup_descriptors)
-            wanted.sort(key=BatchDescriptor.sort_key, reverse=True)  # largest first
             self.prewarm_total = len(wanted)
             if wanted:
                 logger.info("prewarm: %d shapes to capture", len(wanted))
-            report = self.startup_report
-            t0 = time.perf_counter()
-            for i, descriptor in enumerate(wanted, start=1):
-                step = await self._on_worker(self.runner.prewarm, [descriptor])
-                _merge(report, step)
-                self.prewarm_done = i
-                outcome = (
-                    "captured"
-                    if step.captured
-                    else f"failed ({step.failed[0][1]})"
-                    if step.failed
-                    else "skipped"
+                self.startup_report = await self._on_worker(
+                    self.runner.prewarm, wanted, self._log_prewarm_step
                 )
-                logger.info(
-                    "prewarm %d/%d %s: %s in %.3f s",
-                    i,
-                    len(wanted),
-                    descriptor.label(),
-                    outcome,
-                    step.seconds,
-                )
-            report.seconds = time.perf_counter() - t0
-            if wanted:
+                report = self.startup_report
                 logger.info(
                     "prewarm done: %d captured, %d skipped, %d failed in %.2f s",
                     len(report.captured),
@@ -371,20 +386,31 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # A failed prewarm is not an outage: shapes run eagerly (or capture on demand).
+            # A failed prewarm is not an outage: shapes run eagerly (or are captured later).
             logger.exception("start-up prewarm failed; serving without it")
         if self._state is EngineState.WARMING:
             self._freeze_startup_heap()
             self._state = EngineState.READY
             logger.info("ready")
 
+    def _log_prewarm_step(self, step: PrewarmProgress) -> None:
+        """Worker thread, once per shape of the start-up prewarm."""
+        self.prewarm_done = step.index
+        logger.info(
+            "prewarm %d/%d %s: %s in %.3f s%s",
+            step.index,
+            step.total,
+            step.descriptor.label(),
+            step.outcome,
+            step.seconds,
+            f" ({step.reason})" if step.reason else "",
+        )
+
     def _freeze_startup_heap(self) -> None:
         """Move what start-up allocated (model, tokenizer, web framework, graphs: it lives as
         long as the process) out of the cyclic collector's reach, as vLLM and SGLang do after
-        start-up. Unfrozen, every full collection walked that heap, ~90 ms of stall on the
-        event loop and the worker for nothing collected, about every thousand requests: the
-        p99 of the 32-client level (toy model, 2-core CPU: 118 to 121 ms against a 16 ms p50;
-        38 to 39 ms frozen. H200, MiniLM: 141 against 29 to 40 ms)."""
+        start-up: otherwise every full collection walks that heap for nothing and stalls the
+        event loop and the worker (see docs/benchmarks.md)."""
         gc.collect()
         gc.freeze()
         self._froze_heap = True
@@ -419,9 +445,3 @@ class Engine:
 
 def _unique(descriptors: list[BatchDescriptor]) -> list[BatchDescriptor]:
     return list(dict.fromkeys(descriptors))
-
-
-def _merge(into: PrewarmReport, step: PrewarmReport) -> None:
-    into.captured.extend(step.captured)
-    into.skipped.extend(step.skipped)
-    into.failed.extend(step.failed)

@@ -1,0 +1,118 @@
+"""``GraphForward``: runs one forward the way the cache decided. Replays, captures or runs each
+piece eagerly; it holds no policy (what to capture, keep or evict is the ``GraphCache``'s).
+
+The caller runs every graphed piece of the model through it, ``forward(i, piece, *args)``, in
+the same order each time. FULL has one piece (the whole model), PIECEWISE one per graphed span.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.cudagraph.capture import capture_piece
+from app.cudagraph.descriptor import BatchDescriptor
+from app.cudagraph.entry import CacheEntry, PieceGraph
+from app.cudagraph.errors import InputAddressMismatchError
+from app.cudagraph.options import CUDAGraphOptions
+from app.cudagraph.tensors import input_addresses
+
+
+class Action(enum.Enum):
+    EAGER = "eager"
+    REPLAY = "replay"
+    CAPTURE = "capture"
+
+
+def _own_pool(on_cuda: bool) -> None:
+    return None
+
+
+class GraphForward:
+    """One forward. REPLAY: each piece replays its graph and returns its output (graph memory,
+    overwritten by the next replay). CAPTURE: each piece is captured with the args given (they
+    become the graph's static inputs) and replayed once for this call's answer; after a failed
+    capture the rest of the forward runs eagerly and ``failure`` says why. EAGER: plain calls."""
+
+    __slots__ = (
+        "action",
+        "descriptor",
+        "entry",
+        "captured",
+        "failure",
+        "refused",
+        "seconds",
+        "_options",
+        "_shared_pool",
+    )
+
+    def __init__(
+        self,
+        action: Action,
+        descriptor: BatchDescriptor | None = None,
+        entry: CacheEntry | None = None,
+        *,
+        num_pieces: int = 1,
+        options: CUDAGraphOptions | None = None,
+        shared_pool: Callable[[bool], Any] = _own_pool,
+    ) -> None:
+        self.action = action
+        self.descriptor = descriptor
+        self.entry = entry
+        self.captured: list[PieceGraph | None] = (
+            [None] * num_pieces if action is Action.CAPTURE else []
+        )
+        self.failure: str | None = None
+        self.refused = False  # the cache refused to keep what this forward captured
+        self.seconds = 0.0  # capture wall time, failed attempts included
+        self._options = options if options is not None else CUDAGraphOptions()
+        # shared_pool(on_cuda): the pool to capture into, None for a pool of the graph's own.
+        self._shared_pool = shared_pool
+
+    def __call__(self, piece: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.action is Action.REPLAY:
+            assert self.entry is not None
+            graph = self.entry.pieces[piece]
+            if self._options.debug_check_addresses:
+                given = input_addresses(args, kwargs)
+                if given != graph.input_addresses:
+                    raise InputAddressMismatchError(
+                        self.entry.descriptor, graph.input_addresses, given
+                    )
+            graph.graph.replay()
+            return graph.output
+        if self.action is Action.CAPTURE and self.failure is None:
+            return self._capture(piece, fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    def _capture(
+        self, piece: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        where = f"piece {piece}: " if len(self.captured) > 1 else ""
+        if self.captured[piece] is not None:
+            self.failure = f"{where}called twice in one forward"
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            graph = capture_piece(fn, args, kwargs, self._options, self._shared_pool)
+        except Exception as exc:  # OOM, an op that cannot be captured, the model raising
+            self.seconds += time.perf_counter() - start
+            self.failure = f"{where}capture failed: {type(exc).__name__}: {exc}"
+            # Any exception here is the model failing for this input: it reaches the caller.
+            return fn(*args, **kwargs)
+        self.seconds += graph.capture_seconds
+        self.captured[piece] = graph
+        graph.graph.replay()  # a real capture executes nothing: replay once for this answer
+        return graph.output
+
+    def release_captured(self) -> None:
+        """Drop every graph this forward captured (a failed or refused capture)."""
+        for graph in self.captured:
+            if graph is not None:
+                graph.release()
+        self.captured = []
+
+
+EAGER = GraphForward(Action.EAGER)

@@ -1,11 +1,15 @@
-"""AdaptiveCUDAGraphWrapper and CUDAGraphGroup on the CPU (mock graphs), real small module.
+"""AdaptiveCUDAGraphWrapper and the GraphCache behind it on the CPU (mock graphs), real small
+modules: the policy (threshold, hotness, eviction, budgets, prewarm, prediction, profile), a
+PIECEWISE cache of two pieces, and deferred (idle-gap) captures.
 
 Mock graph memory = bytes of the output storage: a (B, 16) float32 output is B * 64 bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,13 +17,22 @@ import torch
 from torch import nn
 
 from app.cudagraph import (
+    CAPTURE_SECONDS_BUCKETS,
+    Action,
     AdaptiveCUDAGraphWrapper,
     BatchDescriptor,
-    CUDAGraphGroup,
+    CacheConfig,
+    CacheEntry,
+    CacheSnapshot,
     CUDAGraphMode,
-    GraphCacheView,
+    CUDAGraphOptions,
+    GraphCache,
+    GraphForward,
+    MockCUDAGraph,
+    PrewarmProgress,
     ProfileError,
     cudagraph_context,
+    is_capturing,
 )
 
 H = 16
@@ -69,11 +82,45 @@ def make(**kwargs) -> Harness:
 
 
 def test_hit_rate() -> None:
-    h = make()
-    assert h.wrapper.stats_snapshot()["hit_rate"] == 0.0
+    h = make(capture_threshold=1)
+    assert h.wrapper.snapshot().hit_rate == 0.0
     h.run(2, times=4)
-    snap = h.wrapper.stats_snapshot()
-    assert (snap["hits"], snap["misses"], snap["hit_rate"]) == (3, 1, 0.75)
+    snap = h.wrapper.snapshot()
+    assert (snap.hits, snap.misses, snap.hit_rate) == (3, 1, 0.75)
+
+
+def test_snapshot_is_a_frozen_typed_copy() -> None:
+    h = make(capture_threshold=1, max_cached_graphs=5, memory_budget_bytes=10**6)
+    h.run(2, times=2)
+    snap = h.wrapper.snapshot()
+    assert isinstance(snap, CacheSnapshot)
+    assert snap == h.wrapper.cache.snapshot()
+    assert (snap.mode, snap.captures, snap.replays, snap.cached_graphs) == ("FULL", 1, 1, 1)
+    assert (snap.eager_runs, snap.evictions, snap.capture_failures) == (0, 0, 0)
+    assert (snap.max_cached_graphs, snap.memory_budget_bytes, snap.capture_threshold) == (
+        5,
+        10**6,
+        1,
+    )
+    assert snap.pending_captures == 0 and snap.memory_bytes == 2 * BYTES_PER_ROW
+    assert [b for b, _ in snap.capture_seconds_buckets] == list(CAPTURE_SECONDS_BUCKETS)
+    assert snap.capture_seconds_buckets[-1] == (float("inf"), 1)
+    assert snap.capture_seconds_total > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.hits = 0  # type: ignore[misc]
+    h.run(2)
+    assert snap.hits == 1 and h.wrapper.snapshot().hits == 2  # a copy, not a live view
+
+
+def test_default_threshold_is_the_cache_config_default() -> None:
+    # One default for the library and the service: CacheConfig's (2), not first sight.
+    h = make()
+    assert h.wrapper.capture_threshold == CacheConfig().capture_threshold == 2
+    assert h.wrapper.max_cached_graphs == CacheConfig().max_cached_graphs
+    h.run(4)
+    assert h.wrapper.get_cached_descriptors() == []
+    h.run(4)
+    assert h.wrapper.get_cached_descriptors() == [desc(4)]
 
 
 @pytest.mark.parametrize("threshold", [1, 2, 5])
@@ -81,14 +128,14 @@ def test_capture_threshold(threshold: int) -> None:
     h = make(capture_threshold=threshold)
     assert h.wrapper.capture_threshold == threshold
     h.run(4, times=threshold - 1)
-    snap = h.wrapper.stats_snapshot()
-    assert snap["captures"] == 0 and snap["eager_runs"] == threshold - 1
-    assert snap["misses"] == threshold - 1
+    snap = h.wrapper.snapshot()
+    assert snap.captures == 0 and snap.eager_runs == threshold - 1
+    assert snap.misses == threshold - 1
     h.run(4)  # the threshold-th sighting captures
     assert h.wrapper.get_cached_descriptors() == [desc(4)]
     h.run(4)
-    snap = h.wrapper.stats_snapshot()
-    assert (snap["captures"], snap["hits"], snap["misses"]) == (1, 1, threshold)
+    snap = h.wrapper.snapshot()
+    assert (snap.captures, snap.hits, snap.misses) == (1, 1, threshold)
 
 
 def test_hot_shapes_most_requested_first() -> None:
@@ -111,22 +158,22 @@ def test_hot_shapes_most_requested_first() -> None:
 
 
 def test_count_eviction_takes_the_least_valuable_graph() -> None:
-    h = make(max_cached_graphs=2, young_lookups=0)
+    h = make(capture_threshold=1, max_cached_graphs=2, young_lookups=0)
     h.run(1, times=5)  # hot
     h.run(2, times=1)  # cold
     h.run(3, times=1)  # needs room: the cold one goes even though 1 is less recent
     assert set(h.wrapper.get_cached_descriptors()) == {desc(1), desc(3)}
-    assert h.wrapper.stats_snapshot()["evictions"] == 1
+    assert h.wrapper.snapshot().evictions == 1
 
 
 def test_recency_decay_lets_old_traffic_go_cold() -> None:
-    h = make(max_cached_graphs=2, young_lookups=0, half_life_lookups=4)
+    h = make(capture_threshold=1, max_cached_graphs=2, young_lookups=0, half_life_lookups=4)
     h.run(1, times=10)  # hot long ago
     h.run(2, times=6)  # moderately hot, recent: 10 * 0.5**(6/4) + ... < 6-ish
     h.run(3)
     assert set(h.wrapper.get_cached_descriptors()) == {desc(2), desc(3)}
     # without decay (huge half-life) the 10-count shape would have stayed
-    h2 = make(max_cached_graphs=2, young_lookups=0, half_life_lookups=10**9)
+    h2 = make(capture_threshold=1, max_cached_graphs=2, young_lookups=0, half_life_lookups=10**9)
     h2.run(1, times=10)
     h2.run(2, times=6)
     h2.run(3)
@@ -134,7 +181,7 @@ def test_recency_decay_lets_old_traffic_go_cold() -> None:
 
 
 def test_min_replays_to_keep_spares_young_graphs() -> None:
-    h = make(max_cached_graphs=2, min_replays_to_keep=2, young_lookups=100)
+    h = make(capture_threshold=1, max_cached_graphs=2, min_replays_to_keep=2, young_lookups=100)
     h.run(1, times=6)  # seasoned: 5 replays
     h.run(2)  # young, 0 replays: spared although its score is lower
     h.run(3)
@@ -142,7 +189,7 @@ def test_min_replays_to_keep_spares_young_graphs() -> None:
 
 
 def test_young_means_captured_fewer_than_young_lookups_ago() -> None:
-    h = make(max_cached_graphs=2, min_replays_to_keep=2, young_lookups=3)
+    h = make(capture_threshold=1, max_cached_graphs=2, min_replays_to_keep=2, young_lookups=3)
     h.run(1, times=6)
     h.run(2)  # captured at lookup 7
     h.run(1, times=3)  # lookups 8..10: graph 2 is no longer young (10 - 7 >= 3)
@@ -151,17 +198,17 @@ def test_young_means_captured_fewer_than_young_lookups_ago() -> None:
 
 
 def test_a_cache_full_of_young_graphs_still_evicts() -> None:
-    h = make(max_cached_graphs=2, min_replays_to_keep=5, young_lookups=1000)
+    h = make(capture_threshold=1, max_cached_graphs=2, min_replays_to_keep=5, young_lookups=1000)
     h.run(1, times=2)
     h.run(2, times=3)
     h.run(3)  # everything is young and under-replayed: the least valuable (1) goes
     assert set(h.wrapper.get_cached_descriptors()) == {desc(2), desc(3)}
-    assert h.wrapper.stats_snapshot()["evictions"] == 1
+    assert h.wrapper.snapshot().evictions == 1
 
 
 def test_memory_budget_evicts_until_under() -> None:
     budget = 10 * BYTES_PER_ROW
-    h = make(memory_budget_bytes=budget, young_lookups=0)
+    h = make(capture_threshold=1, memory_budget_bytes=budget, young_lookups=0)
     h.run(4, times=3)  # 4 rows
     h.run(2, times=2)  # 2 rows  -> 6
     h.run(3)  # 3 rows -> 9
@@ -170,18 +217,18 @@ def test_memory_budget_evicts_until_under() -> None:
     assert h.wrapper.memory_bytes() <= budget
     cached = set(h.wrapper.get_cached_descriptors())
     assert desc(5) in cached and desc(4) in cached  # the new one and the hottest stay
-    assert h.wrapper.stats_snapshot()["evictions"] == 2
-    assert h.wrapper.stats_snapshot()["memory_bytes"] == h.wrapper.memory_bytes()
+    assert h.wrapper.snapshot().evictions == 2
+    assert h.wrapper.snapshot().memory_bytes == h.wrapper.memory_bytes()
     assert sum(e.memory_bytes for e in h.wrapper.cached_entries()) == h.wrapper.memory_bytes()
 
 
 def test_graph_larger_than_the_budget_runs_eager() -> None:
-    h = make(memory_budget_bytes=4 * BYTES_PER_ROW)
+    h = make(capture_threshold=1, memory_budget_bytes=4 * BYTES_PER_ROW)
     h.run(2)
     h.run(8, times=3)  # 8 rows > budget: dropped, answered eagerly (values checked in run)
     assert h.wrapper.get_cached_descriptors() == [desc(2)]
-    snap = h.wrapper.stats_snapshot()
-    assert snap["capture_failures"] == 1 and snap["eager_runs"] == 3
+    snap = h.wrapper.snapshot()
+    assert snap.capture_failures == 1 and snap.eager_runs == 3
     reason = h.wrapper.capture_failure_reason(desc(8))
     assert reason is not None and "more than the whole memory budget" in reason
 
@@ -210,17 +257,17 @@ def test_prewarm_largest_first_skips_cached_and_fails_over_budget() -> None:
     assert report.seconds > 0
     assert set(h.wrapper.get_cached_descriptors()) == {desc(8), desc(2), desc(1)}
     assert h.wrapper.memory_bytes() == 11 * BYTES_PER_ROW
-    snap = h.wrapper.stats_snapshot()
-    assert (snap["hits"], snap["misses"]) == (0, 5)  # prewarm does not count lookups
+    snap = h.wrapper.snapshot()
+    assert (snap.hits, snap.misses) == (0, 5)  # prewarm does not count lookups
     assert [s.descriptor for s in h.wrapper.get_hot_shapes(10)] == [desc(2)]
     # prewarmed graphs serve traffic right away, with correct values
     h.run(8)
-    assert h.wrapper.stats_snapshot()["hits"] == 1
+    assert h.wrapper.snapshot().hits == 1
     json.dumps(report.to_dict())
 
 
 def test_prewarm_respects_the_count_limit_and_bad_dummy_fn() -> None:
-    h = make(max_cached_graphs=2)
+    h = make(capture_threshold=1, max_cached_graphs=2)
     report = h.wrapper.prewarm([desc(1), desc(2), desc(3)], h.dummy)
     assert report.captured == [desc(3), desc(2)]
     assert report.skipped == [desc(1)]
@@ -230,17 +277,22 @@ def test_prewarm_respects_the_count_limit_and_bad_dummy_fn() -> None:
         h.wrapper.prewarm([(5, 5)], h.dummy)  # type: ignore[list-item]
 
 
-def test_prewarm_context_captures_without_counting() -> None:
+def test_prewarm_captures_below_the_threshold_without_counting() -> None:
+    # Was: a forward under cudagraph_context(..., prewarm=True). Prewarm now only goes through
+    # prewarm(), which ignores the threshold and keeps lookups out of the statistics.
     h = make(capture_threshold=10)
-    buf = h.buffer(4)
-    with torch.inference_mode(), cudagraph_context(FULL, desc(4), prewarm=True):
-        h.wrapper(buf)
+    progress: list[PrewarmProgress] = []
+    report = h.wrapper.prewarm([desc(4)], h.dummy, on_progress=progress.append)
+    assert report.captured == [desc(4)]
     assert h.wrapper.get_cached_descriptors() == [desc(4)]
-    snap = h.wrapper.stats_snapshot()
-    assert (snap["hits"], snap["misses"], snap["captures"]) == (0, 0, 1)
+    snap = h.wrapper.snapshot()
+    assert (snap.hits, snap.misses, snap.captures) == (0, 0, 1)
     assert h.wrapper.get_hot_shapes(5) == []
+    [step] = progress
+    assert (step.index, step.total, step.descriptor, step.outcome) == (1, 1, desc(4), "captured")
+    assert step.reason is None and step.seconds > 0
     h.run(4)
-    assert h.wrapper.stats_snapshot()["hits"] == 1
+    assert h.wrapper.snapshot().hits == 1
 
 
 # ---------------------------------------------------------------- prediction
@@ -261,7 +313,7 @@ def test_prediction_without_a_ladder_doubles_and_halves() -> None:
 
 def test_prediction_with_a_ladder_uses_its_neighbours() -> None:
     ladder = [BatchDescriptor(b * s, b) for b in (1, 2, 4) for s in (8, 16, 32)]
-    h = make(ladder=ladder)
+    h = make(capture_threshold=1, ladder=ladder)
     h.run(2)  # not on the ladder rows; only FULL descriptors of the ladder are predicted
     wrapper = h.wrapper
     hot = BatchDescriptor(32, 2)  # batch 2, seq 16
@@ -306,13 +358,13 @@ def test_profile_export_import_round_trip() -> None:
 
 
 def test_profile_save_load_and_corrupt_files(tmp_path: Path) -> None:
-    h = make()
+    h = make(capture_threshold=1)
     h.run(4, times=2)
     path = tmp_path / "sub" / "profile.json"
     h.wrapper.save_profile(path)
     assert json.loads(path.read_text())["shapes"][0]["count"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["profile.json"]  # no temp files left
-    other = make()
+    other = make(capture_threshold=1)
     assert other.wrapper.load_profile(path) == 1
 
     path.write_text('{"format": "cudagraph-hot-shapes", "version": 1, "mode": "FULL", "shap')
@@ -336,7 +388,7 @@ def test_profile_save_load_and_corrupt_files(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_profiles_are_refused_clearly(mutate, message: str, tmp_path: Path) -> None:
-    h = make()
+    h = make(capture_threshold=1)
     h.run(4)
     profile = h.wrapper.export_profile()
     mutate(profile)
@@ -348,109 +400,440 @@ def test_invalid_profiles_are_refused_clearly(mutate, message: str, tmp_path: Pa
         h.wrapper.load_profile(path)
 
 
-# ---------------------------------------------------------------- group (PIECEWISE pieces)
+# ---------------------------------------------------------------- PIECEWISE: one cache, two pieces
+
+PIECE1_BYTES_PER_TOKEN = 2 * H * 4  # piece 1 outputs (T, 2H) float32
+PIECE2_BYTES_PER_TOKEN = H * 4  # piece 2 outputs (T, H) float32
+ENTRY_BYTES_PER_TOKEN = PIECE1_BYTES_PER_TOKEN + PIECE2_BYTES_PER_TOKEN
 
 
 class TwoPieces(nn.Module):
-    def __init__(self, budget: int | None = None) -> None:
+    """Two graphed pieces around an eager middle op, both called through one forward of one
+    ``GraphCache(pieces=2)``; the eager op writes into a static buffer, so piece 2 always reads
+    one address."""
+
+    def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.piece1 = nn.Sequential(nn.Linear(H, 2 * H), nn.GELU())  # (T, 2H) output
         self.piece2 = nn.Sequential(nn.Linear(2 * H, H), nn.LayerNorm(H))  # (T, H) output
-        self.w1 = AdaptiveCUDAGraphWrapper(
-            self.piece1, PIECEWISE, name="p1", memory_budget_bytes=budget
-        )
-        self.w2 = AdaptiveCUDAGraphWrapper(
-            self.piece2, PIECEWISE, name="p2", memory_budget_bytes=budget
-        )
         self.buf = torch.zeros(64, 2 * H)  # static buffer of the eager middle op
+        self.statics: dict[int, torch.Tensor] = {}  # static (T, H) inputs per token count
+        self.fail_piece: int | None = None  # raise while capturing this piece
+        self.dummy_runs = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, fwd: GraphForward, x: torch.Tensor) -> torch.Tensor:
         mid = self.buf[: x.shape[0]]
-        torch.mul(self.w1(x), 0.5, out=mid)  # eager between the pieces
-        return self.w2(mid)
+        torch.mul(fwd(0, self._piece, 0, x), 0.5, out=mid)  # eager between the pieces
+        return fwd(1, self._piece, 1, mid)
+
+    def _piece(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if index == self.fail_piece and is_capturing():
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return (self.piece1, self.piece2)[index](x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.piece2(self.piece1(x) * 0.5)
 
+    def static(self, tokens: int) -> torch.Tensor:
+        return self.statics.setdefault(tokens, torch.zeros(tokens, H))
 
-def test_group_aggregates_its_pieces() -> None:
-    model = TwoPieces()
-    group = CUDAGraphGroup([model.w1, model.w2])
-    assert isinstance(group, GraphCacheView)
-    assert isinstance(model.w1, GraphCacheView)
-    static = torch.zeros(8, H)
-    with torch.inference_mode():
-        for num_reqs in (1, 2, 4):  # one relaxed key: 1 miss, 2 hits
-            fresh = torch.randn(8, H)
-            static.copy_(fresh)
-            with cudagraph_context(PIECEWISE, BatchDescriptor(8, num_reqs)):
-                torch.testing.assert_close(model(static), model.reference(fresh))
-    snap = group.stats_snapshot()
-    assert (snap["hits"], snap["misses"], snap["captures"], snap["cached_graphs"]) == (2, 1, 1, 1)
-    assert snap["memory_bytes"] == 8 * 2 * H * 4 + 8 * H * 4  # both pieces' outputs
-    assert snap["memory_bytes"] == group.memory_bytes()
-    assert snap["capture_seconds_total"] == pytest.approx(
-        model.w1.stats_snapshot()["capture_seconds_total"]
-        + model.w2.stats_snapshot()["capture_seconds_total"]
-    )
-    assert snap["capture_seconds_buckets"][-1] == [float("inf"), 2]  # one per piece capture
-    [entry] = group.cached_entries()
-    assert entry.descriptor == BatchDescriptor(8) and entry.replay_count == 2
-    assert entry.memory_bytes == snap["memory_bytes"]
-    assert group.get_hot_shapes(3)[0].count == 3
-    assert group.get_cached_descriptors() == [BatchDescriptor(8)]
-    assert group.mode is PIECEWISE and group.capture_threshold == 1
-    assert group.memory_budget_bytes is None
-
-    profile = group.export_profile()
-    assert group.clear() == 1
-    assert model.w1.get_cached_descriptors() == model.w2.get_cached_descriptors() == []
-    other = TwoPieces()
-    other_group = CUDAGraphGroup([other.w1, other.w2])
-    assert other_group.import_profile(profile) == 1
-    assert other.w2.get_hot_shapes(1)[0].count == 3
-
-
-def test_group_prewarm_and_failures_per_piece() -> None:
-    # Budget per piece 1600 bytes; piece 1 outputs T * 128 bytes, piece 2 T * 64 bytes.
-    model = TwoPieces(budget=1600)
-    group = CUDAGraphGroup([model.w1, model.w2])
-    statics = {t: torch.zeros(t, H) for t in (4, 8, 16)}
-
-    def run_fn(d: BatchDescriptor) -> None:
+    def dummy_run(self, descriptor: BatchDescriptor, fwd: GraphForward) -> None:
+        """The cache's ``run``: one forward of ``descriptor``'s shape over the static inputs."""
+        self.dummy_runs += 1
+        static = self.static(descriptor.num_tokens)  # a normal tensor, not an inference one
         with torch.inference_mode():
-            model(statics[d.num_tokens])
+            self(fwd, static)
 
-    report = group.prewarm(
-        [BatchDescriptor(4, 2), BatchDescriptor(16, 4), BatchDescriptor(8)], run_fn
+    def serve(self, cache: GraphCache, descriptor: BatchDescriptor) -> Action:
+        """One traffic forward with fresh data (copied out inside the block, checked against
+        eager); returns how the cache ran it."""
+        tokens = descriptor.num_tokens
+        fresh = torch.randn(tokens, H)
+        self.static(tokens).copy_(fresh)
+        with torch.inference_mode(), cache.forward(descriptor) as fwd:
+            out = self(fwd, self.static(tokens)).clone()
+        torch.testing.assert_close(out, self.reference(fresh))
+        return fwd.action
+
+
+def piecewise(**config) -> tuple[TwoPieces, GraphCache]:
+    options = config.pop("options", None)
+    defer = config.pop("defer_captures", False)
+    cache = GraphCache(
+        PIECEWISE, CacheConfig(**config), options, pieces=2, defer_captures=defer, name="two"
     )
-    # 16: piece 1 needs 2048 bytes > budget -> failed (piece 2 captured it, unprotected);
-    # 8: fits both; 4: piece 2 needs room (1024 + 512 + 256 > 1600) and evicts its 16 graph.
-    assert report.captured == [BatchDescriptor(8), BatchDescriptor(4)]
+    return TwoPieces(), cache
+
+
+def tokens(t: int, reqs: int | None = None) -> BatchDescriptor:
+    return BatchDescriptor(t, reqs)
+
+
+def assert_whole_entries(cache: GraphCache) -> None:
+    """Every cached entry holds a live graph for each piece, and the cache is charged exactly
+    the sum of its entries' pieces."""
+    total = 0
+    for key in cache.get_cached_descriptors():
+        entry = cache.entry_for(key)
+        assert entry is not None and len(entry.pieces) == 2, key
+        for piece in entry.pieces:
+            assert isinstance(piece.graph, MockCUDAGraph) and piece.graph.captured
+            assert piece.output is not None
+        assert entry.memory_bytes == sum(p.memory_bytes for p in entry.pieces)
+        total += entry.memory_bytes
+    assert cache.memory_bytes() == total == cache.snapshot().memory_bytes
+
+
+def released(entry: CacheEntry) -> bool:
+    """Every piece of ``entry`` was reset and dropped its output."""
+    graphs = [p.graph for p in entry.pieces]
+    assert all(isinstance(g, MockCUDAGraph) for g in graphs)
+    return all(not g.captured for g in graphs if isinstance(g, MockCUDAGraph)) and all(
+        p.output is None for p in entry.pieces
+    )
+
+
+def test_piecewise_cache_keeps_one_entry_for_both_pieces() -> None:
+    # Replaces CUDAGraphGroup, which summed the piece wrappers' views: one cache now owns the
+    # logical graph, so its counters are the model's directly.
+    model, cache = piecewise(capture_threshold=1)
+    assert cache.pieces == 2 and cache.mode is PIECEWISE
+    actions = [model.serve(cache, tokens(8, r)) for r in (1, 2, 4)]  # one relaxed key
+    assert actions == [Action.CAPTURE, Action.REPLAY, Action.REPLAY]
+    snap = cache.snapshot()
+    assert (snap.hits, snap.misses, snap.captures, snap.cached_graphs) == (2, 1, 1, 1)
+    assert snap.memory_bytes == 8 * ENTRY_BYTES_PER_TOKEN  # both pieces' outputs
+    assert snap.memory_bytes == cache.memory_bytes()
+    entry = cache.entry_for(tokens(8, 2))
+    assert entry is not None and entry.descriptor == tokens(8)
+    assert [p.memory_bytes for p in entry.pieces] == [
+        8 * PIECE1_BYTES_PER_TOKEN,
+        8 * PIECE2_BYTES_PER_TOKEN,
+    ]
+    assert all(isinstance(p.graph, MockCUDAGraph) for p in entry.pieces)
+    assert snap.capture_seconds_total == pytest.approx(entry.capture_seconds)
+    assert entry.capture_seconds == pytest.approx(sum(p.capture_seconds for p in entry.pieces))
+    # One capture (both pieces) is one observation; the group counted one per piece.
+    assert snap.capture_seconds_buckets[-1] == (float("inf"), 1)
+    [info] = cache.cached_entries()
+    assert info.descriptor == tokens(8) and info.replay_count == 2
+    assert info.memory_bytes == snap.memory_bytes
+    assert info.capture_seconds == pytest.approx(entry.capture_seconds)
+    assert cache.get_hot_shapes(3)[0].count == 3
+    assert cache.get_cached_descriptors() == [tokens(8)]
+    assert snap.mode == "PIECEWISE" and snap.capture_threshold == 1
+    assert snap.memory_budget_bytes is None
+    assert_whole_entries(cache)
+
+    profile = cache.export_profile()
+    assert cache.clear() == 1
+    assert cache.get_cached_descriptors() == [] and cache.memory_bytes() == 0
+    assert released(entry)
+    assert cache.snapshot().evictions == 0
+    _, other = piecewise(capture_threshold=1)
+    assert other.import_profile(profile) == 1
+    assert other.get_hot_shapes(1)[0].count == 3
+
+
+def test_one_lookup_and_one_hot_shape_record_per_logical_forward() -> None:
+    model, cache = piecewise(capture_threshold=2)
+    expected = [
+        (Action.EAGER, 0, 1),  # below the threshold
+        (Action.CAPTURE, 0, 2),  # the second sighting captures both pieces
+        (Action.REPLAY, 1, 2),
+        (Action.REPLAY, 2, 2),
+    ]
+    for n, (action, hits, misses) in enumerate(expected, start=1):
+        assert model.serve(cache, tokens(16, 1 + n % 2)) is action
+        snap = cache.snapshot()
+        assert (snap.hits, snap.misses) == (hits, misses)  # once per forward, not per piece
+        assert snap.hits + snap.misses == n
+        [hot] = cache.get_hot_shapes(10)
+        assert (hot.descriptor, hot.count) == (tokens(16), n)
+        assert hot.captured is (n >= 2)
+    snap = cache.snapshot()
+    assert (snap.captures, snap.replays, snap.eager_runs) == (1, 2, 1)
+    [info] = cache.cached_entries()
+    assert info.replay_count == 2
+    assert cache.export_profile()["shapes"][0]["count"] == 4
+
+
+def test_piecewise_entry_is_cached_for_all_pieces_or_none_under_a_tight_budget() -> None:
+    # 8 tokens: piece 1 needs 1024 bytes, piece 2 512, the entry 1536; 4 tokens: 768.
+    budget = 2000  # one 8-token entry fits, two do not; each piece alone would always fit
+    model, cache = piecewise(capture_threshold=1, memory_budget_bytes=budget, young_lookups=0)
+    model.serve(cache, tokens(8))
+    eight = cache.entry_for(tokens(8))
+    assert eight is not None and len(eight.pieces) == 2
+    assert cache.memory_bytes() == eight.memory_bytes == 8 * ENTRY_BYTES_PER_TOKEN
+    assert_whole_entries(cache)
+
+    model.serve(cache, tokens(8))  # a replay, so 8 is not young either
+    model.serve(cache, tokens(4))  # 1536 + 768 > 2000: the 8 entry goes, both its pieces
+    assert cache.get_cached_descriptors() == [tokens(4)]
+    assert cache.entry_for(tokens(8)) is None
+    assert released(eight)
+    assert cache.memory_bytes() == 4 * ENTRY_BYTES_PER_TOKEN
+    assert cache.snapshot().evictions == 1  # one eviction for the logical graph
+    assert_whole_entries(cache)
+
+    # 12 tokens: each piece (1536 and 768 bytes) fits the budget, the entry (2304) does not:
+    # neither piece is kept, and the forward is still answered (eagerly).
+    assert model.serve(cache, tokens(12)) is Action.CAPTURE
+    assert cache.entry_for(tokens(12)) is None
+    assert cache.get_cached_descriptors() == [tokens(4)]
+    reason = cache.capture_failure_reason(tokens(12))
+    assert reason is not None and "more than the whole memory budget" in reason
+    assert_whole_entries(cache)
+
+    # Many shapes under the budget: at no point does an entry hold only some of its pieces.
+    rng = random.Random(0)
+    for _ in range(40):
+        model.serve(cache, tokens(rng.choice([1, 2, 3, 4, 5, 6, 8, 10])))
+        assert cache.memory_bytes() <= budget
+        assert_whole_entries(cache)
+
+
+def test_a_failed_piece_keeps_no_piece_of_the_forward() -> None:
+    model, cache = piecewise(
+        capture_threshold=1,
+        options=CUDAGraphOptions(capture_retry_backoff_s=60.0, capture_retry_backoff_max_s=60.0),
+    )
+    model.fail_piece = 1  # piece 0 captures, piece 1 cannot
+    assert model.serve(cache, tokens(8)) is Action.CAPTURE  # answered eagerly, correctly
+    assert cache.get_cached_descriptors() == [] and cache.memory_bytes() == 0
+    reason = cache.capture_failure_reason(tokens(8))
+    assert reason is not None and reason.startswith("piece 1: capture failed: RuntimeError")
+    snap = cache.snapshot()
+    assert (snap.capture_failures, snap.captures, snap.eager_runs) == (1, 0, 1)
+    model.fail_piece = None
+    assert model.serve(cache, tokens(8)) is Action.EAGER  # in back-off
+    assert model.serve(cache, tokens(16)) is Action.CAPTURE  # other shapes unaffected
+    assert cache.get_cached_descriptors() == [tokens(16)]
+
+
+def test_a_forward_that_skips_a_piece_is_not_cached() -> None:
+    model, cache = piecewise(capture_threshold=1)
+    x = model.static(4)
+    with torch.inference_mode(), cache.forward(tokens(4)) as fwd:
+        out = fwd(0, model.piece1, x).clone()  # piece 1 never called
+    torch.testing.assert_close(out, model.piece1(x))
+    assert cache.get_cached_descriptors() == []
+    reason = cache.capture_failure_reason(tokens(4))
+    assert reason is not None and "pieces [1] were not called" in reason
+
+    with torch.inference_mode(), cache.forward(tokens(8)) as fwd:
+        fwd(0, model.piece1, model.static(8))
+        fwd(0, model.piece1, model.static(8))  # piece 0 twice, piece 1 never
+    assert cache.get_cached_descriptors() == []
+    assert "piece 0: called twice in one forward" in (cache.capture_failure_reason(tokens(8)) or "")
+    assert cache.snapshot().capture_failures == 2
+
+
+def test_piecewise_prewarm_all_or_none_against_one_budget() -> None:
+    # Was the group's per-piece prewarm (each piece with its own budget, a piece captured on its
+    # own and evicted on its own). Now one budget for the whole entry: 16 tokens (3072 bytes) is
+    # over it and keeps neither piece; 8 (1536) and 4 (768) fit together.
+    model, cache = piecewise(capture_threshold=1, memory_budget_bytes=2400)
+    report = cache.prewarm([tokens(4, 2), tokens(16, 4), tokens(8)], model.dummy_run)
+    assert report.captured == [tokens(8), tokens(4)]
     [(failed, reason)] = report.failed
-    assert failed == BatchDescriptor(16)
-    assert "piece 0 (p1)" in reason and "more than the whole memory budget" in reason
-    assert set(model.w2.get_cached_descriptors()) == {BatchDescriptor(8), BatchDescriptor(4)}
-    assert model.w2.stats_snapshot()["evictions"] == 1
-    assert group.stats_snapshot()["misses"] == 0
-    assert group.prewarm([BatchDescriptor(8, 8)], run_fn).skipped == [BatchDescriptor(8)]
-    assert group.memory_budget_bytes == 2 * 1600
+    assert failed == tokens(16)
+    assert "more than the whole memory budget" in reason
+    assert cache.entry_for(tokens(16)) is None
+    assert set(cache.get_cached_descriptors()) == {tokens(8), tokens(4)}
+    assert cache.memory_bytes() == (8 + 4) * ENTRY_BYTES_PER_TOKEN
+    assert_whole_entries(cache)
+    snap = cache.snapshot()
+    assert (snap.misses, snap.evictions, snap.capture_failures) == (0, 0, 1)
+    assert cache.get_hot_shapes(5) == []  # prewarm does not count lookups
+    assert cache.prewarm([tokens(8, 8)], model.dummy_run).skipped == [tokens(8)]
+    assert snap.memory_budget_bytes == 2400
     # the prewarmed pieces serve traffic correctly
-    fresh = torch.randn(8, H)
-    statics[8].copy_(fresh)
-    with torch.inference_mode(), cudagraph_context(PIECEWISE, BatchDescriptor(8, 2)):
-        torch.testing.assert_close(model(statics[8]), model.reference(fresh))
-    assert group.stats_snapshot()["hits"] == 1
+    assert model.serve(cache, tokens(8, 2)) is Action.REPLAY
+    assert cache.snapshot().hits == 1
 
 
-def test_group_validates_members() -> None:
-    with pytest.raises(ValueError, match="at least one wrapper"):
-        CUDAGraphGroup([])
-    a = AdaptiveCUDAGraphWrapper(make_model(), PIECEWISE)
-    b = AdaptiveCUDAGraphWrapper(make_model(), FULL)
-    with pytest.raises(ValueError, match="different modes"):
-        CUDAGraphGroup([a, b])
+def test_bulk_prewarm_keeps_everything_it_captured() -> None:
+    for eviction in ("hotness", "lru"):
+        n = 3
+        model, cache = piecewise(
+            capture_threshold=1, max_cached_graphs=n, young_lookups=0, eviction=eviction
+        )
+        for t in (1, 2, 3):  # the cache is full of hot traffic graphs
+            for _ in range(5):
+                model.serve(cache, tokens(t))
+        assert set(cache.get_cached_descriptors()) == {tokens(1), tokens(2), tokens(3)}
+        wanted = [tokens(8), tokens(16), tokens(24)]
+        report = cache.prewarm(wanted, model.dummy_run)
+        # Each capture evicts a traffic graph, never one this prewarm captured (the new graphs
+        # have no demand yet, so hotness or LRU would otherwise pick them first).
+        assert report.captured == [tokens(24), tokens(16), tokens(8)], eviction
+        assert report.skipped == [] and report.failed == []
+        assert set(cache.get_cached_descriptors()) == set(wanted), eviction
+        assert cache.snapshot().evictions == n
+        assert_whole_entries(cache)
+        for d in wanted:
+            assert model.serve(cache, d) is Action.REPLAY
+
+
+def test_prewarm_beyond_the_count_limit_skips_the_rest() -> None:
+    model, cache = piecewise(capture_threshold=1, max_cached_graphs=2)
+    report = cache.prewarm([tokens(2), tokens(4), tokens(8)], model.dummy_run)
+    assert report.captured == [tokens(8), tokens(4)]
+    assert report.skipped == [tokens(2)]
+    assert set(cache.get_cached_descriptors()) == {tokens(8), tokens(4)}
+
+
+# ---------------------------------------------------------------- deferred (idle-gap) captures
+
+
+def test_threshold_crossing_is_answered_eagerly_and_captured_in_the_next_idle_gap() -> None:
+    model, cache = piecewise(
+        capture_threshold=2, max_capture_delay_s=60.0, idle_prewarm_top_k=0, defer_captures=True
+    )
+    key = tokens(8)
+    assert model.serve(cache, tokens(8, 1)) is Action.EAGER  # below the threshold
+    assert cache.pending_captures() == []
+    assert not cache.idle_work_due(True)
+    assert model.serve(cache, tokens(8, 2)) is Action.EAGER  # crosses it: eager, queued
+    assert cache.pending_captures() == [key]
+    snap = cache.snapshot()
+    assert (snap.pending_captures, snap.captures, snap.eager_runs) == (1, 0, 2)
+    assert cache.get_cached_descriptors() == [] and model.dummy_runs == 0
+    assert cache.idle_work_due(True)
+    assert not cache.idle_work_due(False)  # under load, before max_capture_delay_s
+    assert cache.idle_capture(model.dummy_run, idle=False) is None
+    assert model.serve(cache, tokens(8, 4)) is Action.EAGER  # still waiting, queued once
+    assert cache.pending_captures() == [key]
+
+    step = cache.idle_capture(model.dummy_run)
+    assert step is not None
+    assert (step.descriptor, step.outcome, step.reason) == (key, "captured", None)
+    assert model.dummy_runs == 1
+    assert cache.pending_captures() == [] and cache.get_cached_descriptors() == [key]
+    assert not cache.idle_work_due(True) and not cache.idle_work_due(False)
+    assert cache.idle_capture(model.dummy_run) is None
+    assert model.serve(cache, tokens(8, 2)) is Action.REPLAY  # correct values checked in serve
+    snap = cache.snapshot()
+    assert (snap.hits, snap.misses, snap.captures, snap.pending_captures) == (1, 3, 1, 0)
+    assert_whole_entries(cache)
+
+
+def test_a_deferred_capture_is_due_under_load_after_max_capture_delay() -> None:
+    model, cache = piecewise(
+        capture_threshold=1, max_capture_delay_s=0.0, idle_prewarm_top_k=0, defer_captures=True
+    )
+    assert model.serve(cache, tokens(4)) is Action.EAGER
+    assert cache.pending_captures() == [tokens(4)]
+    assert cache.idle_work_due(False)
+    step = cache.idle_capture(model.dummy_run, idle=False)
+    assert step is not None and (step.descriptor, step.outcome) == (tokens(4), "captured")
+    assert model.serve(cache, tokens(4)) is Action.REPLAY
+
+
+def test_idle_gaps_capture_predicted_shapes_only_while_there_is_room() -> None:
+    model, cache = piecewise(capture_threshold=3, max_cached_graphs=2, idle_prewarm_top_k=4)
+    model.serve(cache, tokens(8))  # hot, below the threshold: the first prediction
+    assert cache.predict_shapes(1) == [tokens(8)]
+    assert cache.idle_work_due(True) and not cache.idle_work_due(False)
+    assert cache.idle_capture(model.dummy_run, idle=False) is None  # predictions: idle only
+    step = cache.idle_capture(model.dummy_run)
+    assert step is not None and (step.descriptor, step.outcome) == (tokens(8), "captured")
+    assert model.serve(cache, tokens(8)) is Action.REPLAY
+    step = cache.idle_capture(model.dummy_run)  # a neighbour of the hot shape, room for it
+    assert step is not None and step.outcome == "captured"
+    assert step.descriptor in (tokens(16), tokens(4))
+    assert cache.snapshot().cached_graphs == 2
+    assert not cache.idle_work_due(True)  # full: nothing more is predicted
+    assert cache.idle_capture(model.dummy_run) is None
+    assert cache.snapshot().evictions == 0
+
+
+def test_idle_prediction_never_evicts() -> None:
+    # Full by count: nothing predicted is even attempted.
+    model, cache = piecewise(capture_threshold=1, max_cached_graphs=2, idle_prewarm_top_k=4)
+    model.serve(cache, tokens(2))
+    model.serve(cache, tokens(4))
+    cached = set(cache.get_cached_descriptors())
+    assert cached == {tokens(2), tokens(4)}
+    assert cache.predict_shapes(4)  # there are predictions (neighbours of 2 and 4)...
+    assert not cache.idle_work_due(True)  # ...but no room for them
+    assert cache.idle_capture(model.dummy_run) is None
+    assert model.dummy_runs == 0
+
+    # Room by count, but the predicted graph would need an eviction under the memory budget:
+    # it is captured, refused without evicting anything, and not counted as a failure.
+    budget = 4 * ENTRY_BYTES_PER_TOKEN + 100
+    model, cache = piecewise(
+        capture_threshold=2, memory_budget_bytes=budget, young_lookups=0, idle_prewarm_top_k=4
+    )
+    for _ in range(3):
+        model.serve(cache, tokens(4))  # cached: 768 of the budget's 868 bytes
+    model.serve(cache, tokens(2))  # hot, below the threshold: predicted first
+    before = cache.snapshot()
+    assert cache.get_cached_descriptors() == [tokens(4)]
+    assert cache.predict_shapes(1) == [tokens(2)]
+    assert cache.idle_work_due(True)
+    step = cache.idle_capture(model.dummy_run)
+    assert step is not None and (step.descriptor, step.outcome) == (tokens(2), "skipped")
+    assert step.reason is not None and "memory budget full" in step.reason
+    after = cache.snapshot()
+    assert cache.get_cached_descriptors() == [tokens(4)]
+    assert (after.evictions, after.captures) == (0, before.captures)
+    assert after.capture_failures == before.capture_failures
+    assert cache.capture_failure_reason(tokens(2)) is None  # no back-off either
+    assert_whole_entries(cache)
+    # traffic that crosses the threshold may still evict (that is not a prediction)
+    assert model.serve(cache, tokens(2)) is Action.CAPTURE
+    assert cache.get_cached_descriptors() == [tokens(2)]
+    assert cache.snapshot().evictions == 1
+
+
+# ---------------------------------------------------------------- max_cached_graphs=0
+
+
+def test_max_cached_graphs_zero_runs_everything_eagerly() -> None:
+    for defer in (False, True):
+        model, cache = piecewise(max_cached_graphs=0, capture_threshold=1, defer_captures=defer)
+        for t in (4, 8, 4, 4):
+            assert model.serve(cache, tokens(t)) is Action.EAGER
+        snap = cache.snapshot()
+        assert (snap.captures, snap.cached_graphs, snap.memory_bytes) == (0, 0, 0)
+        assert (snap.misses, snap.eager_runs, snap.hits) == (4, 4, 0)
+        assert snap.max_cached_graphs == 0
+        assert cache.pending_captures() == []
+        report = cache.prewarm([tokens(2), tokens(16), tokens(4)], model.dummy_run)
+        assert report.captured == [] and report.failed == []
+        assert report.skipped == [tokens(16), tokens(4), tokens(2)]
+        assert not cache.idle_work_due(True)
+        assert cache.idle_capture(model.dummy_run) is None
+        assert model.dummy_runs == 0
+        assert cache.get_cached_descriptors() == []
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def test_bad_graph_cache_arguments() -> None:
+    # (Was the group's member validation: an empty group, members of different modes. One
+    # cache has one mode; the piece count is checked instead.)
+    for pieces in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="pieces must be an int >= 1"):
+            GraphCache(PIECEWISE, pieces=pieces)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config must be CacheConfig"):
+        GraphCache(FULL, {"max_cached_graphs": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be CUDAGraphOptions"):
+        GraphCache(FULL, CacheConfig(), CacheConfig())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_cached_graphs must be an int >= 0"):
+        CacheConfig(max_cached_graphs=-1)
+    with pytest.raises(ValueError, match="eviction must be 'lru' or 'hotness'"):
+        CacheConfig(eviction="fifo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_capture_delay_s must be >= 0"):
+        CacheConfig(max_capture_delay_s=-1.0)
+    with pytest.raises(ValueError, match="idle_prewarm_top_k must be an int >= 0"):
+        CacheConfig(idle_prewarm_top_k=-1)
 
 
 def test_bad_adaptive_arguments() -> None:

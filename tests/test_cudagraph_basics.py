@@ -13,6 +13,7 @@ from app.cudagraph import (
     CUDAGraphMode,
     CUDAGraphOptions,
     CUDAGraphStats,
+    GraphCache,
     MockCUDAGraph,
     SizeAboveLadderError,
     cudagraph_context,
@@ -199,9 +200,9 @@ def test_stats_hit_rate_and_histogram() -> None:
     assert stats.hit_rate() == 0.75
     for seconds in (0.0005, 0.001, 0.02, 7.0, 100.0):
         stats.record_capture_seconds(seconds)
-    buckets = stats.snapshot()["capture_seconds_buckets"]
+    buckets = stats.cumulative_buckets()
     assert [b for b, _ in buckets] == list(CAPTURE_SECONDS_BUCKETS)
-    assert buckets[-1] == [float("inf"), 5]
+    assert buckets[-1] == (float("inf"), 5)
     as_dict = dict((b, c) for b, c in buckets)
     assert as_dict[0.001] == 2  # le is inclusive
     assert as_dict[0.025] == 3
@@ -228,7 +229,7 @@ def test_context_nests_and_restores() -> None:
     assert get_forward_context() is None
     outer, inner = BatchDescriptor(16, 2), BatchDescriptor(32)
     with cudagraph_context(CUDAGraphMode.FULL, outer) as ctx:
-        assert ctx.relaxed == BatchDescriptor(16)
+        assert ctx.mode is CUDAGraphMode.FULL and ctx.descriptor == outer
         with cudagraph_context(CUDAGraphMode.PIECEWISE, inner):
             current = get_forward_context()
             assert current is not None and current.mode is CUDAGraphMode.PIECEWISE
@@ -264,7 +265,21 @@ def test_context_validates_its_arguments() -> None:
     with pytest.raises(ValueError), cudagraph_context(7, BatchDescriptor(4)):
         pass
     with cudagraph_context(CUDAGraphMode.NONE, None) as ctx:
-        assert ctx.descriptor is None and ctx.relaxed is None
+        assert ctx.descriptor is None and ctx.mode is CUDAGraphMode.NONE
+    # prewarm is no longer a kind of forward: it goes through GraphCache.prewarm
+    with (
+        pytest.raises(TypeError, match="prewarm"),
+        cudagraph_context(CUDAGraphMode.FULL, BatchDescriptor(4), prewarm=True),  # type: ignore[call-arg]
+    ):
+        pass
+
+
+def test_the_cache_key_relaxes_piecewise_descriptors_only() -> None:
+    # What ForwardContext.relaxed used to precompute is now the cache's key_for().
+    descriptor = BatchDescriptor(16, 2, is_uniform_decode=True)
+    assert GraphCache(CUDAGraphMode.PIECEWISE).key_for(descriptor) == BatchDescriptor(16)
+    assert GraphCache(CUDAGraphMode.FULL).key_for(descriptor) == descriptor
+    assert GraphCache(CUDAGraphMode.NONE).key_for(descriptor) == descriptor
 
 
 # ---------------------------------------------------------------- mock graph

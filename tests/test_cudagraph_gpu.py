@@ -1,4 +1,8 @@
-"""The graph manager with real ``torch.cuda.CUDAGraph`` (skipped cleanly without CUDA)."""
+"""The graph manager with real ``torch.cuda.CUDAGraph`` (skipped cleanly without CUDA).
+
+The wrappers here pass ``capture_threshold=1`` (capture at first sight): the adaptive default is
+``CacheConfig().capture_threshold`` (2).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import torch
 from torch import nn
 
 from app.cudagraph import (
+    Action,
     AdaptiveCUDAGraphWrapper,
     BatchDescriptor,
+    CacheConfig,
     CUDAGraphMode,
     CUDAGraphOptions,
+    GraphCache,
     InputAddressMismatchError,
     cudagraph_context,
 )
@@ -44,7 +51,8 @@ def make_model(hidden: int = 64) -> nn.Module:
 @pytest.mark.parametrize("batch", [1, 8, 32])
 def test_cuda_graph_output_equals_eager(pool_policy: str, batch: int) -> None:
     model = make_model()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, CUDAGraphOptions(pool_policy=pool_policy))  # type: ignore[arg-type]
+    options = CUDAGraphOptions(pool_policy=pool_policy)  # type: ignore[arg-type]
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, options, capture_threshold=1)
     static = torch.zeros(batch, 64, device="cuda")  # (B, H) static input
     with torch.inference_mode():
         for _ in range(4):
@@ -55,15 +63,18 @@ def test_cuda_graph_output_equals_eager(pool_policy: str, batch: int) -> None:
             torch.testing.assert_close(out, model(fresh), rtol=1e-4, atol=1e-4)
     entry = wrapper.get_entry(desc(batch))
     assert entry is not None
-    assert isinstance(entry.cudagraph, torch.cuda.CUDAGraph)
-    assert entry.memory_bytes > 0
-    snap = wrapper.stats_snapshot()
-    assert (snap["captures"], snap["hits"], snap["misses"]) == (1, 3, 1)
+    [piece] = entry.pieces
+    assert isinstance(piece.graph, torch.cuda.CUDAGraph)
+    assert entry.memory_bytes == piece.memory_bytes > 0
+    snap = wrapper.snapshot()
+    assert (snap.captures, snap.hits, snap.misses) == (1, 3, 1)
 
 
 def test_cuda_replay_overwrites_output_and_weak_refs_alias() -> None:
     model = make_model()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, CUDAGraphOptions(weak_ref_output=True))
+    wrapper = AdaptiveCUDAGraphWrapper(
+        model, FULL, CUDAGraphOptions(weak_ref_output=True), capture_threshold=1
+    )
     static = torch.randn(4, 64, device="cuda")
     with torch.inference_mode(), cudagraph_context(FULL, desc(4)):
         first = wrapper(static)
@@ -75,32 +86,40 @@ def test_cuda_replay_overwrites_output_and_weak_refs_alias() -> None:
 
 
 def test_cuda_piecewise_pieces_equal_eager() -> None:
+    # One GraphCache with two pieces (it replaced a wrapper per piece): both pieces are
+    # captured in one forward and replayed together.
     torch.manual_seed(0)
     piece1 = nn.Sequential(nn.Linear(64, 64), nn.GELU()).cuda()
     piece2 = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64)).cuda()
-    w1 = AdaptiveCUDAGraphWrapper(piece1, PIECEWISE)
-    w2 = AdaptiveCUDAGraphWrapper(piece2, PIECEWISE)
+    cache = GraphCache(PIECEWISE, CacheConfig(capture_threshold=1), pieces=2)
     buf = torch.zeros(32, 64, device="cuda")  # static buffer of the eager middle op
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        mid = buf[: x.shape[0]]
-        torch.mul(w1(x), 2.0, out=mid)
-        return w2(mid)
-
     static = torch.zeros(16, 64, device="cuda")
+    actions = []
     with torch.inference_mode():
         for num_reqs in (1, 2, 4):
             fresh = torch.randn(16, 64, device="cuda")
             static.copy_(fresh)
-            with cudagraph_context(PIECEWISE, BatchDescriptor(16, num_reqs)):
-                out = forward(static).clone()
+            with cache.forward(BatchDescriptor(16, num_reqs)) as fwd:
+                mid = buf[:16]
+                torch.mul(fwd(0, piece1, static), 2.0, out=mid)  # eager between the pieces
+                out = fwd(1, piece2, mid).clone()
+            actions.append(fwd.action)
             torch.testing.assert_close(out, piece2(piece1(fresh) * 2.0), rtol=1e-4, atol=1e-4)
-    assert w1.stats_snapshot()["hits"] == 2 and w2.stats_snapshot()["hits"] == 2
+    assert actions == [Action.CAPTURE, Action.REPLAY, Action.REPLAY]
+    snap = cache.snapshot()
+    assert (snap.hits, snap.misses, snap.captures) == (2, 1, 1)
+    entry = cache.entry_for(BatchDescriptor(16))
+    assert entry is not None and len(entry.pieces) == 2
+    assert all(isinstance(p.graph, torch.cuda.CUDAGraph) for p in entry.pieces)
+    assert entry.memory_bytes == sum(p.memory_bytes for p in entry.pieces) == snap.memory_bytes
 
 
 def test_cuda_debug_address_check_catches_a_reallocated_input() -> None:
     model = make_model()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, CUDAGraphOptions(debug_check_addresses=True))
+    wrapper = AdaptiveCUDAGraphWrapper(
+        model, FULL, CUDAGraphOptions(debug_check_addresses=True), capture_threshold=1
+    )
     static = torch.randn(4, 64, device="cuda")
     with torch.inference_mode(), cudagraph_context(FULL, desc(4)):
         wrapper(static)
@@ -122,17 +141,19 @@ def _settle_capture_stream(model: nn.Module) -> None:
     workspace through the caching allocator and keeps it for good (32 MiB on Hopper); without
     this, a test run on its own would count it as graph memory that eviction fails to return.
     """
-    warm = AdaptiveCUDAGraphWrapper(model, FULL)
+    warm = AdaptiveCUDAGraphWrapper(model, FULL, capture_threshold=1)
     with cudagraph_context(FULL, desc(8)):
         warm(torch.randn(8, 1024, device="cuda"))
-    warm.clear()
+    assert warm.clear() == 1
 
 
 def test_cuda_memory_returns_after_eviction_per_graph_pool() -> None:
     model = _big_model()
     big = torch.randn(1024, 1024, device="cuda")
     small = torch.randn(8, 1024, device="cuda")
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, max_cached_graphs=1, young_lookups=0)
+    wrapper = AdaptiveCUDAGraphWrapper(
+        model, FULL, max_cached_graphs=1, young_lookups=0, capture_threshold=1
+    )
     with torch.inference_mode():
         _settle_capture_stream(model)
         torch.cuda.synchronize()
@@ -146,7 +167,7 @@ def test_cuda_memory_returns_after_eviction_per_graph_pool() -> None:
         assert held - base >= 32 * MiB
         with cudagraph_context(FULL, desc(8)):
             wrapper(small)  # captures the small graph, evicting the big one
-        assert wrapper.stats_snapshot()["evictions"] == 1
+        assert wrapper.snapshot().evictions == 1
         torch.cuda.synchronize()
         after = torch.cuda.memory_reserved()
     assert after - base <= 16 * MiB, (base, held, after)
@@ -197,21 +218,23 @@ class HostSync(nn.Module):
 
 def test_cuda_failed_capture_falls_back_to_eager_and_leaves_cuda_usable() -> None:
     model = HostSync().cuda()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL)
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, capture_threshold=1)
     x = torch.randn(4, 64, device="cuda")
     with torch.inference_mode():
         with cudagraph_context(FULL, desc(4)):
             out = wrapper(x)
         torch.testing.assert_close(out, model(x))
-        snap = wrapper.stats_snapshot()
-        assert (snap["capture_failures"], snap["captures"], snap["eager_runs"]) == (1, 0, 1)
+        snap = wrapper.snapshot()
+        assert (snap.capture_failures, snap.captures, snap.eager_runs) == (1, 0, 1)
         assert "capture failed" in (wrapper.capture_failure_reason(desc(4)) or "")
         # the process can still capture and replay other graphs correctly
         healthy = make_model()
-        other = AdaptiveCUDAGraphWrapper(healthy, FULL)
+        other = AdaptiveCUDAGraphWrapper(healthy, FULL, capture_threshold=1)
         static = torch.randn(4, 64, device="cuda")
         with cudagraph_context(FULL, desc(4)):
             other(static)
             fresh = torch.randn(4, 64, device="cuda")
             static.copy_(fresh)
             torch.testing.assert_close(other(static), healthy(fresh), rtol=1e-4, atol=1e-4)
+        snap = other.snapshot()
+        assert (snap.captures, snap.hits, snap.capture_failures) == (1, 1, 0)

@@ -12,11 +12,16 @@ from torch import nn
 from app.cudagraph import (
     AdaptiveCUDAGraphWrapper,
     BatchDescriptor,
+    CacheConfig,
+    CacheEntry,
+    CacheSnapshot,
     CUDAGraphMode,
     CUDAGraphOptions,
     CUDAGraphWrapper,
     InputAddressMismatchError,
     MockCUDAGraph,
+    PieceGraph,
+    PrewarmProgress,
     cudagraph_context,
     graph_lock,
     is_capturing,
@@ -72,7 +77,9 @@ def test_replay_equals_eager_for_new_data_in_static_inputs(
     wrapper_cls: type[CUDAGraphWrapper], pool_policy: str, batch: int
 ) -> None:
     model = make_model()
-    wrapper = wrapper_cls(model, FULL, CUDAGraphOptions(pool_policy=pool_policy))  # type: ignore[arg-type]
+    # Both capture at first sight here (the adaptive one's default threshold is 2).
+    extra = {"capture_threshold": 1} if wrapper_cls is AdaptiveCUDAGraphWrapper else {}
+    wrapper = wrapper_cls(model, FULL, CUDAGraphOptions(pool_policy=pool_policy), **extra)  # type: ignore[arg-type]
     static = torch.zeros(batch, H)  # (B, H) static input buffer
     gen = torch.Generator().manual_seed(1)
     with torch.inference_mode():
@@ -81,8 +88,8 @@ def test_replay_equals_eager_for_new_data_in_static_inputs(
             static.copy_(fresh)
             out = call(wrapper, desc(batch), static)
             torch.testing.assert_close(out, model(fresh))
-    stats = wrapper.stats_snapshot()
-    assert (stats["captures"], stats["misses"], stats["hits"], stats["replays"]) == (1, 1, 3, 3)
+    stats = wrapper.snapshot()
+    assert (stats.captures, stats.misses, stats.hits, stats.replays) == (1, 1, 3, 3)
 
 
 def test_replay_overwrites_the_previous_output() -> None:
@@ -117,11 +124,20 @@ def test_debug_address_check_names_the_descriptor() -> None:
     wrapper = CUDAGraphWrapper(model, FULL, CUDAGraphOptions(debug_check_addresses=True))
     static = torch.randn(2, H)
     call(wrapper, desc(2), static)
-    call(wrapper, desc(2), static[:])  # a view of the same memory is fine
+    out = call(wrapper, desc(2), static[:])  # a view of the same memory is fine
+    answered = out.clone()
+    static.copy_(torch.randn(2, H))
     with pytest.raises(InputAddressMismatchError, match=r"num_tokens=2, num_reqs=2") as info:
         call(wrapper, desc(2), static.clone())
     assert info.value.descriptor == desc(2)
-    assert wrapper.stats_snapshot()["hits"] == 1
+    # Refused before the replay: the graph output still holds the previous answer.
+    torch.testing.assert_close(out, answered)
+    # The cache decides a forward (one lookup) before its pieces run, so the refused forward
+    # was counted as a hit; the old per-call wrapper checked the inputs before counting.
+    snap = wrapper.snapshot()
+    assert (snap.hits, snap.misses) == (2, 1)
+    out = call(wrapper, desc(2), static)  # the right buffer still replays, with the new data
+    torch.testing.assert_close(out, model(static))
 
 
 def test_weak_ref_output_aliases_graph_memory() -> None:
@@ -170,7 +186,7 @@ def test_eager_outside_any_context_and_in_other_modes() -> None:
         wrapper(x)
     with cudagraph_context(CUDAGraphMode.NONE, None):
         wrapper(x)
-    assert wrapper.stats_snapshot()["misses"] == 0
+    assert wrapper.snapshot().misses == 0
     assert wrapper.get_cached_descriptors() == []
 
 
@@ -180,9 +196,38 @@ def test_mode_none_wrapper_is_a_pass_through_with_an_empty_view() -> None:
     x = torch.randn(2, H)
     with cudagraph_context(CUDAGraphMode.NONE, desc(2)):
         torch.testing.assert_close(wrapper(x), model(x))
-    snap = wrapper.stats_snapshot()
-    assert snap["hits"] == snap["misses"] == snap["cached_graphs"] == 0
+    snap = wrapper.snapshot()
+    assert snap.hits == snap.misses == snap.cached_graphs == 0
     assert wrapper.prewarm([desc(2)], lambda d: ((x,), {})).skipped == [desc(2)]
+
+
+@pytest.mark.parametrize("wrapper_cls", [CUDAGraphWrapper, AdaptiveCUDAGraphWrapper])
+def test_prewarm_takes_shapes_and_dummy_fn_by_keyword(wrapper_cls: type[CUDAGraphWrapper]) -> None:
+    model = make_model()
+    wrapper = wrapper_cls(model, FULL)
+    statics = {b: torch.zeros(b, H) for b in (2, 4)}
+    progress: list[PrewarmProgress] = []
+
+    def dummy_fn(d: BatchDescriptor) -> tuple[tuple, dict]:
+        return (statics[d.num_tokens],), {}
+
+    report = wrapper.prewarm(
+        shapes=[desc(2), desc(4)], dummy_fn=dummy_fn, on_progress=progress.append
+    )
+    assert report.captured == [desc(4), desc(2)]  # largest first
+    assert [(p.index, p.total, p.descriptor, p.outcome) for p in progress] == [
+        (1, 2, desc(4), "captured"),
+        (2, 2, desc(2), "captured"),
+    ]
+    assert wrapper.prewarm([desc(4)], dummy_fn).skipped == [desc(4)]  # positional too
+    with pytest.raises(TypeError, match="descriptors"):
+        wrapper.prewarm(descriptors=[desc(2)], dummy_fn=dummy_fn)  # type: ignore[call-arg]
+    snap = wrapper.snapshot()
+    assert (snap.captures, snap.hits, snap.misses) == (2, 0, 0)
+    fresh = torch.randn(4, H)
+    statics[4].copy_(fresh)
+    torch.testing.assert_close(call(wrapper, desc(4), statics[4]), model(fresh))
+    assert wrapper.snapshot().hits == 1
 
 
 class PiecewiseModel(nn.Module):
@@ -194,8 +239,12 @@ class PiecewiseModel(nn.Module):
         torch.manual_seed(0)
         self.piece1 = nn.Sequential(nn.Linear(H, H), nn.GELU())
         self.piece2 = nn.Sequential(nn.Linear(H, H), nn.LayerNorm(H))
-        self.w1 = AdaptiveCUDAGraphWrapper(self.piece1, PIECEWISE, options, name="piece1")
-        self.w2 = AdaptiveCUDAGraphWrapper(self.piece2, PIECEWISE, options, name="piece2")
+        self.w1 = AdaptiveCUDAGraphWrapper(
+            self.piece1, PIECEWISE, options, capture_threshold=1, name="piece1"
+        )
+        self.w2 = AdaptiveCUDAGraphWrapper(
+            self.piece2, PIECEWISE, options, capture_threshold=1, name="piece2"
+        )
         self.buf = torch.zeros(64, H)  # (T_max, H) static buffer of the eager middle op
         self.eager_calls = 0
 
@@ -212,7 +261,7 @@ class PiecewiseModel(nn.Module):
 
 def test_nested_full_and_piecewise_contexts() -> None:
     model = PiecewiseModel(CUDAGraphOptions(debug_check_addresses=True))
-    full = AdaptiveCUDAGraphWrapper(model, FULL, name="full")
+    full = AdaptiveCUDAGraphWrapper(model, FULL, capture_threshold=1, name="full")
     static = torch.zeros(8, H)
     with torch.inference_mode():
         # FULL: only the outer wrapper graphs; the pieces run inside its capture, eagerly.
@@ -223,7 +272,7 @@ def test_nested_full_and_piecewise_contexts() -> None:
             torch.testing.assert_close(out, model.reference(fresh))
         assert full.get_cached_descriptors() == [BatchDescriptor(8, 2)]
         assert model.w1.get_cached_descriptors() == model.w2.get_cached_descriptors() == []
-        assert model.w1.stats_snapshot()["misses"] == 0
+        assert model.w1.snapshot().misses == 0
 
         # PIECEWISE: the outer wrapper is eager; the pieces graph, keyed by relaxed().
         for num_reqs in (2, 4, 8):  # same tokens, other request counts: same piece graphs
@@ -233,16 +282,16 @@ def test_nested_full_and_piecewise_contexts() -> None:
             torch.testing.assert_close(out, model.reference(fresh))
         assert model.w1.get_cached_descriptors() == [BatchDescriptor(8)]
         assert model.w2.get_cached_descriptors() == [BatchDescriptor(8)]
-        assert (model.w1.stats_snapshot()["hits"], model.w1.stats_snapshot()["misses"]) == (2, 1)
-        assert full.stats_snapshot()["misses"] == 1  # unchanged by the PIECEWISE calls
+        assert (model.w1.snapshot().hits, model.w1.snapshot().misses) == (2, 1)
+        assert full.snapshot().misses == 1  # unchanged by the PIECEWISE calls
 
         # An inner PIECEWISE context inside an outer FULL one: innermost wins, outer restored.
         with cudagraph_context(FULL, BatchDescriptor(8, 2)):
             with cudagraph_context(PIECEWISE, BatchDescriptor(8, 2)):
                 model(static)
             full(static)
-        assert model.w1.stats_snapshot()["hits"] == 3
-        assert full.stats_snapshot()["hits"] == 3
+        assert model.w1.snapshot().hits == 3
+        assert full.snapshot().hits == 3
 
 
 def test_getattr_forwards_and_unwrap() -> None:
@@ -276,6 +325,11 @@ def test_bad_wrapper_arguments(kwargs: dict, error: type[Exception], message: st
 def test_lru_order() -> None:
     model = make_model()
     wrapper = CUDAGraphWrapper(model, FULL, max_cached_graphs=2)
+    # The plain wrapper is a cache that captures at first sight and evicts by recency.
+    assert wrapper.cache.config == CacheConfig(
+        max_cached_graphs=2, capture_threshold=1, eviction="lru"
+    )
+    assert wrapper.capture_threshold == 1 and wrapper.max_cached_graphs == 2
     inputs = {b: torch.randn(b, H) for b in (1, 2, 3)}
     call(wrapper, desc(1), inputs[1])
     call(wrapper, desc(2), inputs[2])
@@ -284,8 +338,8 @@ def test_lru_order() -> None:
     assert wrapper.get_cached_descriptors() == [desc(2), desc(1)]
     call(wrapper, desc(3), inputs[3])  # capture: evicts the least recently used (2)
     assert wrapper.get_cached_descriptors() == [desc(1), desc(3)]
-    snap = wrapper.stats_snapshot()
-    assert (snap["evictions"], snap["captures"], snap["cached_graphs"]) == (1, 3, 2)
+    snap = wrapper.snapshot()
+    assert (snap.evictions, snap.captures, snap.cached_graphs) == (1, 3, 2)
     # The evicted shape is a miss again and is recaptured, correctly.
     fresh = torch.randn(2, H)
     inputs[2].copy_(fresh)
@@ -299,7 +353,7 @@ def test_clear_drops_everything_and_is_not_an_eviction() -> None:
     assert wrapper.memory_bytes() == (1 + 2) * H * 4  # mock: output storage bytes
     assert wrapper.clear() == 2
     assert wrapper.get_cached_descriptors() == [] and wrapper.memory_bytes() == 0
-    assert wrapper.stats_snapshot()["evictions"] == 0
+    assert wrapper.snapshot().evictions == 0
 
 
 # ---------------------------------------------------------------- failures
@@ -309,7 +363,7 @@ def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
     model = CaptureCounter()
     model.fail_capture = True
     options = CUDAGraphOptions(capture_retry_backoff_s=0.3, capture_retry_backoff_max_s=1.0)
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, options)
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, options, capture_threshold=1)
     static = torch.randn(2, H)
     out = call(wrapper, desc(2), static)  # capture fails, answered eagerly
     torch.testing.assert_close(out, model.inner(static))
@@ -319,9 +373,9 @@ def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
     for _ in range(3):  # inside the back-off window: eager, no new capture attempt
         call(wrapper, desc(2), static)
     assert model.capture_attempts == 1
-    snap = wrapper.stats_snapshot()
-    assert (snap["capture_failures"], snap["captures"], snap["eager_runs"]) == (1, 0, 4)
-    assert snap["misses"] == 4 and snap["hits"] == 0
+    snap = wrapper.snapshot()
+    assert (snap.capture_failures, snap.captures, snap.eager_runs) == (1, 0, 4)
+    assert snap.misses == 4 and snap.hits == 0
     assert desc(2) not in wrapper.predict_shapes(10)  # in back-off: not predicted either
 
     model.fail_capture = False  # e.g. memory was freed meanwhile
@@ -333,17 +387,25 @@ def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
     assert wrapper.get_cached_descriptors() == [desc(2)]
     assert wrapper.capture_failure_reason(desc(2)) is None
     call(wrapper, desc(2), static)
-    assert wrapper.stats_snapshot()["hits"] == 1
+    assert wrapper.snapshot().hits == 1
 
 
 def test_eager_failure_reaches_the_caller() -> None:
     model = make_model()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL)
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, capture_threshold=1)
     bad = torch.randn(2, H + 1)  # the model itself cannot run this input
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         call(wrapper, desc(2), bad)
-    snap = wrapper.stats_snapshot()
-    assert snap["capture_failures"] == 1 and snap["cached_graphs"] == 0
+    snap = wrapper.snapshot()
+    assert snap.capture_failures == 1 and snap.cached_graphs == 0
+    # The failed capture is recorded (back-off) although the eager fallback raised too: the
+    # next call runs eagerly without another capture attempt.
+    reason = wrapper.capture_failure_reason(desc(2))
+    assert reason is not None and "capture failed" in reason
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        call(wrapper, desc(2), bad)
+    snap = wrapper.snapshot()
+    assert (snap.capture_failures, snap.eager_runs, snap.misses) == (1, 2, 2)
     good = torch.randn(4, H)  # other shapes are unaffected
     torch.testing.assert_close(call(wrapper, desc(4), good), model(good))
 
@@ -361,7 +423,7 @@ def test_failing_capture_does_not_leave_capture_mode() -> None:
 
 def test_concurrent_callers_each_with_their_own_shape() -> None:
     model = make_model()
-    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, max_cached_graphs=8)
+    wrapper = AdaptiveCUDAGraphWrapper(model, FULL, max_cached_graphs=8, capture_threshold=1)
     iterations, batches = 60, [1, 2, 3, 4]
     errors: list[BaseException] = []
 
@@ -384,11 +446,11 @@ def test_concurrent_callers_each_with_their_own_shape() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    snap = wrapper.stats_snapshot()
+    snap = wrapper.snapshot()
     total = iterations * len(batches)
-    assert snap["hits"] + snap["misses"] == total
-    assert snap["captures"] == snap["misses"] == len(batches)
-    assert snap["replays"] == snap["hits"] == total - len(batches)
+    assert snap.hits + snap.misses == total
+    assert snap.captures == snap.misses == len(batches)
+    assert snap.replays == snap.hits == total - len(batches)
     assert sum(h.count for h in wrapper.get_hot_shapes(10)) == total
 
 
@@ -398,7 +460,7 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
     static = torch.zeros(4, H)
     errors: list[BaseException] = []
     reader_done = threading.Event()
-    snapshots: list[dict] = []
+    snapshots: list[CacheSnapshot] = []
 
     def worker(seed: int) -> None:
         try:
@@ -414,7 +476,7 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
 
     def reader() -> None:  # the HTTP thread reading the view meanwhile
         while not reader_done.is_set():
-            snapshots.append(wrapper.stats_snapshot())
+            snapshots.append(wrapper.snapshot())
             wrapper.cached_entries()
             time.sleep(0.001)
 
@@ -428,14 +490,21 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
     reader_done.set()
     observer.join()
     assert not errors, errors[0]
-    snap = wrapper.stats_snapshot()
-    assert (snap["hits"], snap["misses"], snap["captures"]) == (119, 1, 1)
-    assert snapshots and all(s["hits"] + s["misses"] <= 120 for s in snapshots)
+    snap = wrapper.snapshot()
+    assert (snap.hits, snap.misses, snap.captures) == (119, 1, 1)
+    assert snapshots and all(s.hits + s.misses <= 120 for s in snapshots)
 
 
 def test_mock_graph_used_on_cpu() -> None:
     wrapper = CUDAGraphWrapper(make_model(), FULL)
-    call(wrapper, desc(2), torch.randn(2, H))
+    static = torch.randn(2, H)
+    call(wrapper, desc(2), static)
     entry = wrapper.get_entry(desc(2))
-    assert entry is not None and isinstance(entry.cudagraph, MockCUDAGraph)
+    assert isinstance(entry, CacheEntry) and entry.descriptor == desc(2)
+    [piece] = entry.pieces
+    assert isinstance(piece, PieceGraph) and isinstance(piece.graph, MockCUDAGraph)
+    assert piece.memory_bytes == entry.memory_bytes == 2 * H * 4
+    assert piece.capture_seconds == entry.capture_seconds > 0
+    assert piece.input_addresses == (static.data_ptr(),)
+    assert piece.output.shape == (2, H)
     assert wrapper.get_entry(desc(4)) is None

@@ -151,6 +151,11 @@ class GraphCache:
                 yield fwd
             except BaseException:
                 fwd.release_captured()
+                if fwd.action is Action.CAPTURE and fwd.failure is not None:
+                    # The capture failed and the eager fallback raised too: still count the
+                    # failure and start the back-off, or every retry would capture again.
+                    assert fwd.descriptor is not None
+                    self._fail(fwd.descriptor, fwd.failure, fwd.seconds, traffic=True)
                 raise
             if fwd.action is Action.CAPTURE:
                 self._commit(fwd, traffic=True)

@@ -1,6 +1,7 @@
 # Everything the project needs is installed from here, on a fresh machine, into .venv.
 #   make run   serve the default model (all-MiniLM-L6-v2) on http://127.0.0.1:8000
 #   make test  run the test suite (CPU; GPU tests skip cleanly without CUDA)
+#   make bench run the benchmarks (bench/, not part of the package) into bench-results/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -38,17 +39,17 @@ test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check app models tests
-	$(VENV)/bin/ruff format --check app models tests
+	$(VENV)/bin/ruff check app models bench tests
+	$(VENV)/bin/ruff format --check app models bench tests
 
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 bench-quick: $(VENV)/.dev
-	$(PY) -m app bench all --quick --out bench-results
+	$(PY) -m bench all --quick --out bench-results
 
 bench: $(VENV)/.dev
-	$(PY) -m app bench all --out bench-results
+	$(PY) -m bench all --out bench-results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results

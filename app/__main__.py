@@ -1,7 +1,7 @@
-"""Command line: `python -m app serve [--host H] [--port P] [--config FILE]`, `python -m app bench`.
+"""Command line: `python -m app serve [--host H] [--port P] [--config FILE]`.
 
-Subcommands live in COMMANDS; each imports what it needs when it runs, so `serve` never loads the
-benchmark code and `bench` is simply absent from a build without app/bench.
+Subcommands live in COMMANDS; each imports what it needs when it runs. The benchmarks are not
+part of the package: they run from a source checkout with `python -m bench` (bench/).
 """
 
 from __future__ import annotations
@@ -28,11 +28,6 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--port", type=int, help="TCP port (SIDECAR_PORT, default 8000)")
     p.add_argument("--config", metavar="FILE", help="TOML settings file (SIDECAR_CONFIG)")
     p.add_argument("--log-level", help="critical|error|warning|info|debug (SIDECAR_LOG_LEVEL)")
-
-
-def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # Its own parser (app.bench.cli) reads everything after `bench`, --help included.
-    sub.add_parser("bench", help="run the benchmarks (python -m app bench --help)", add_help=False)
 
 
 def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -109,18 +104,8 @@ def _make_server(config: Any, begin_drain: Callable[[], None], delay_s: float) -
     return DrainingServer(config)
 
 
-def bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    try:
-        from app.bench.cli import main as bench_main
-    except ModuleNotFoundError as exc:
-        print(f"error: the benchmark code is not installed ({exc})", file=sys.stderr)
-        return 2
-    return bench_main(list(rest), prog="python -m app bench")
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
     "serve": serve,
-    "bench": bench,
 }
 
 
@@ -130,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
-    _add_bench(sub)
     return parser
 
 

@@ -11,7 +11,7 @@
 # `python scripts/export_gpu_model.py .gpu_model` here, carry ".gpu_model" and start this script
 # with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB). It does NOT need
 # fastapi/uvicorn/pydantic: test files that import the web stack are left out, and the three
-# benchmarks are run through `python -m app.bench` (never `python -m app`), which imports no web
+# benchmarks are run through `python -m bench` (bench/, beside the package), which imports no web
 # package. Without CUDA it still runs (GPU tests skip, benchmarks use mock graphs and the quick
 # presets) and says that CUDA is absent; it only fails when a step fails.
 #
@@ -134,8 +134,8 @@ fi
 # --- the benchmarks must not need the web stack --------------------------------------------
 step import-check 60 "$PYTHON" - <<'EOF'
 import sys
-import app.bench.adaptive, app.bench.cli, app.bench.engine, app.bench.plots, app.bench.report
-import app.bench.wrapper_overhead
+import bench.adaptive, bench.cli, bench.engine, bench.plots, bench.report
+import bench.wrapper_overhead
 web = sorted(m for m in ("fastapi", "starlette", "pydantic", "uvicorn") if m in sys.modules)
 assert not web, f"benchmark modules import the web stack: {web}"
 print("engine/adaptive/overhead benchmarks import no web package")
@@ -155,12 +155,13 @@ out = pathlib.Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 import block_web  # noqa: E402,F401 - from here on the web stack does not import
 
-sys.path[:0] = [str(pathlib.Path("tests").resolve()), str(pathlib.Path(".").resolve())]
+test_dirs = [pathlib.Path("tests"), pathlib.Path("tests/bench")]  # product, benchmark tests
+sys.path[:0] = [str(d.resolve()) for d in test_dirs] + [str(pathlib.Path(".").resolve())]
 # Our own modules: a ModuleNotFoundError naming one of these is a bug, reported by pytest. One
 # naming anything else is a package this machine lacks (the web stack, schemathesis, ...).
-ours = {"app", "models"} | {p.stem for p in pathlib.Path("tests").glob("*.py")}
+ours = {"app", "models", "bench", "tests"} | {p.stem for d in test_dirs for p in d.glob("*.py")}
 keep, left_out = [], []
-for path in sorted(pathlib.Path("tests").glob("test_*.py")):
+for path in sorted(p for d in test_dirs for p in d.glob("test_*.py")):
     try:
         importlib.import_module(path.stem)
     except ModuleNotFoundError as exc:
@@ -189,9 +190,9 @@ else
 fi
 
 # --- benchmarks -------------------------------------------------------------------------------
-step bench-engine 150 "$PYTHON" -m app.bench engine "${PRESET[@]}" --out "$OUT"
-step bench-adaptive 150 "$PYTHON" -m app.bench adaptive "${PRESET[@]}" --out "$OUT"
-step bench-overhead 60 "$PYTHON" -m app.bench overhead "${PRESET[@]}" --out "$OUT"
+step bench-engine 150 "$PYTHON" -m bench engine "${PRESET[@]}" --out "$OUT"
+step bench-adaptive 150 "$PYTHON" -m bench adaptive "${PRESET[@]}" --out "$OUT"
+step bench-overhead 60 "$PYTHON" -m bench overhead "${PRESET[@]}" --out "$OUT"
 
 # The service benchmark (sidecar, naive and sentence-transformers servers over HTTP) needs the web
 # stack and sentence-transformers: it runs last, one round, only where they import (on the lent
@@ -203,11 +204,11 @@ if ! "$PYTHON" -c 'import fastapi, uvicorn, pydantic_settings, app.main' >"$SERV
 then
     log "bench-service: not run, the web stack does not import here: $(tail -n 1 "$SERVICE_IMPORTS")"
 elif "$PYTHON" -c 'import sentence_transformers' >>"$SERVICE_IMPORTS" 2>&1; then
-    step bench-service 240 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 --out "$OUT"
+    step bench-service 240 "$PYTHON" -m bench service "${PRESET[@]}" --rounds 1 --out "$OUT"
 else
     log "bench-service: sentence-transformers does not import here" \
         "($(tail -n 1 "$SERVICE_IMPORTS")): the sidecar and the naive baseline only"
-    step bench-service 240 "$PYTHON" -m app.bench service "${PRESET[@]}" --rounds 1 \
+    step bench-service 240 "$PYTHON" -m bench service "${PRESET[@]}" --rounds 1 \
         --servers sidecar,naive --out "$OUT"
 fi
 

@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-
-from app.bench.server_process import ServerProcess
+from server_process import ServerProcess
 
 T = TypeVar("T")
 

@@ -13,6 +13,7 @@ drain delay + grace period; the log shows no error. The timings are printed.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from server_process import SidecarProcess
 from test_hardening_support import TOKEN, run
 
-from app.bench.loadgen import make_texts
-from app.bench.soak import SidecarProcess
 from models import load_sentence_encoder
 
 pytestmark = pytest.mark.slow
@@ -36,11 +36,20 @@ SMALL_CLIENTS = 4
 READYZ_FLIP_LIMIT_S = 0.25
 
 
+# Common words, each one WordPiece token: a text of W words is about W + 2 tokens.
+_WORDS = (
+    "the service reads many requests from users and puts their texts in one queue where a "
+    "worker takes a batch runs the model once and sends every caller its answer while new work "
+    "keeps coming in until the process is told to stop"
+).split()
+
+
 def medium_texts(n: int) -> list[str]:
-    """Texts of 30 to 60 words (about 40 to 80 tokens)."""
-    texts = [t for t in make_texts(400, seed=11) if 30 <= len(t.split()) <= 60]
-    assert len(texts) >= n
-    return texts[:n]
+    """`n` distinct texts of 30 to 60 words (about 40 to 80 tokens), the same on every run."""
+    rng = random.Random(11)
+    texts = [" ".join(rng.choices(_WORDS, k=rng.randint(30, 60))) + "." for _ in range(n)]
+    assert len(set(texts)) == n
+    return texts
 
 
 @dataclass

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import torch
 from fastapi import FastAPI
+from server_process import SidecarProcess
 from test_hardening_support import (
     ADMIN,
     TOKEN,
@@ -36,7 +37,6 @@ from test_hardening_support import (
     the_model,
 )
 
-from app.bench.soak import SidecarProcess
 from app.cudagraph import is_capturing
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from server_process import SidecarProcess
 from test_hardening_support import ADMIN, TOKEN, metric, run, serving
 
-from app.bench.soak import SidecarProcess
 from app.cudagraph import is_capturing
 from models import make_toy_encoder
 

@@ -40,10 +40,10 @@ import httpx
 import pytest
 from app_support import ADMIN_CALLS, wait_ready
 from fastapi.testclient import TestClient
+from server_process import SidecarProcess
 from test_hardening_support import assert_envelope
 
 import app.api.auth as auth_module
-from app.bench.soak import SidecarProcess
 from app.main import create_app
 from app.settings import load_settings
 from models import default_model_path

@@ -76,3 +76,41 @@ def test_http_layer_never_touches_cuda_directly() -> None:
         str(p.relative_to(ROOT)) for p in files if p.exists() and "torch.cuda" in p.read_text()
     ]
     assert not offenders, offenders
+
+
+def _imports_top(path: Path, top: str) -> list[str]:
+    """The imports in `path` of package `top` (absolute ones: relative imports stay inside the
+    file's own package)."""
+    return [n for n in _imports(path) if n == top or n.startswith(top + ".")]
+
+
+@pytest.mark.parametrize("package", ["bench", "tests"])
+def test_product_code_never_imports_benchmarks_or_tests(package: str) -> None:
+    # bench/ and tests/ are not in the wheel: a product import of either breaks the installed
+    # service.
+    files = sorted((ROOT / "app").rglob("*.py")) + sorted((ROOT / "models").rglob("*.py"))
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files
+        for name in _imports_top(path, package)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_benchmarks_are_outside_the_package() -> None:
+    assert (ROOT / "bench" / "__main__.py").is_file()  # `python -m bench`
+    assert not list((ROOT / "app" / "bench").rglob("*.py")), "the benchmarks live in bench/"
+
+
+def test_product_tests_never_import_benchmarks() -> None:
+    # Only the benchmarks' own tests (tests/bench/) may import bench/; the server-process
+    # helpers the end-to-end tests share with it live in tests/server_process.py.
+    bench_tests = ROOT / "tests" / "bench"
+    files = [p for p in sorted((ROOT / "tests").rglob("*.py")) if bench_tests not in p.parents]
+    assert ROOT / "tests" / "test_layering.py" in files
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files
+        for name in _imports_top(path, "bench")
+    ]
+    assert not bad, "\n".join(bad)

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-from app.bench.soak import SidecarProcess
+from server_process import SidecarProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "server-test-token-9c1e"

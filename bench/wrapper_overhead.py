@@ -1,4 +1,4 @@
-"""Hit-path overhead of the graph wrapper: ``python -m app.bench.wrapper_overhead``.
+"""Hit-path overhead of the graph wrapper: ``python -m bench.wrapper_overhead``.
 
 CPU (always): a tiny module under ``AdaptiveCUDAGraphWrapper`` with the mock graph. The "direct
 call" does the same work a mock replay does (run the module on the static input, ``copy_`` the
@@ -220,7 +220,7 @@ def measure_cuda_minilm_replay(
 
 
 def run(calls: int = 20_000, cuda: bool | None = None) -> dict[str, Any]:
-    """Everything this benchmark measures, as a dict (``python -m app bench`` reuses it)."""
+    """Everything this benchmark measures, as a dict (``python -m bench`` reuses it)."""
     result: dict[str, Any] = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
@@ -280,7 +280,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.bench.wrapper_overhead", description=__doc__.split("\n")[0]
+        prog="python -m bench.wrapper_overhead", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls per side (>=10000)")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")

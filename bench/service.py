@@ -3,14 +3,14 @@
 Method (also in docs/benchmarks.md):
 - Three servers, each a real process on a free loopback port, started one at a time (never two
   serving while one is measured: the CPU is shared): the sidecar (`python -m app serve`), the
-  naive same-model baseline and the sentence-transformers baseline (`app.bench.baselines`).
+  naive same-model baseline and the sentence-transformers baseline (`bench.baselines`).
   Every server is pinned to the same torch intra-op thread count.
-- The load generator (`app.bench.loadgen`) runs in its own process per measurement, so it never
+- The load generator (`bench.loadgen`) runs in its own process per measurement, so it never
   shares a GIL with a server. Each server is warmed up first (one run at the largest concurrency
   level, so the sidecar has seen and captured its hot shapes), then every concurrency level is
   measured with the same fixed-seed list of texts and the same number of requests.
 - Saturation: after the sidecar's levels, with the sidecar still up, the raw runner
-  (`app.bench.raw_runner`: model work only, no HTTP, no tokenizer, on exactly the texts a
+  (`bench.raw_runner`: model work only, no HTTP, no tokenizer, on exactly the texts a
   saturation run sends, in batches of `max_batch_size`) runs in its own process with the servers'
   environment, and a few pairs alternate a load run at the largest concurrency level (on
   connections the same load generator has just warmed) with one raw pass, seconds apart. The
@@ -35,11 +35,11 @@ from typing import Any
 
 import httpx
 
-from app.bench.loadgen import LoadResult, make_texts, pool
-from app.bench.plots import plot_service
-from app.bench.raw_runner import RawRunnerProcess
-from app.bench.report import ResultsDir, fmt, markdown_table
-from app.bench.server_process import ROOT, ServerProcess
+from bench.loadgen import LoadResult, make_texts, pool
+from bench.plots import plot_service
+from bench.raw_runner import RawRunnerProcess
+from bench.report import ResultsDir, fmt, markdown_table
+from tests.server_process import ROOT, ServerProcess
 
 SIDECAR = "sidecar"
 NAIVE = "naive same-model"
@@ -247,7 +247,7 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
         ),
         NAIVE: ServerRun(
             NAIVE,
-            [py, "-m", "app.bench.baselines.naive", *common, "--dtype", dtype, *model],
+            [py, "-m", "bench.baselines.naive", *common, "--dtype", dtype, *model],
             {
                 "route": "def (threadpool)",
                 "threads": str(opts.threads),
@@ -257,7 +257,7 @@ def server_commands(opts: ServiceOptions, port: int, admin_token: str) -> dict[s
         ),
         ST: ServerRun(
             ST,
-            [py, "-m", "app.bench.baselines.st_server", *common, "--dtype", st_dtype, *model],
+            [py, "-m", "bench.baselines.st_server", *common, "--dtype", st_dtype, *model],
             {
                 "route": "def (threadpool)",
                 "threads": str(opts.threads),
@@ -284,7 +284,7 @@ def run_loadgen(
     cmd = [
         sys.executable,
         "-m",
-        "app.bench.loadgen",
+        "bench.loadgen",
         "--url",
         url,
         "--concurrency",
@@ -399,7 +399,7 @@ def measure_server(
 
 
 def raw_runner_args(opts: ServiceOptions, texts_file: Path) -> list[str]:
-    """`app.bench.raw_runner` arguments: the sidecar's effective mode, batch size, threads,
+    """`bench.raw_runner` arguments: the sidecar's effective mode, batch size, threads,
     device and dtype, on the texts a saturation run sends."""
     settings = sidecar_settings(opts, "")
     args = ["--mode", settings["SIDECAR_GRAPH_MODE"].upper()]

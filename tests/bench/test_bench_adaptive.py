@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.bench.adaptive import bucket_of, make_trace
+from bench.adaptive import bucket_of, make_trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LADDER = [(b, s) for b in (1, 2, 4, 8) for s in (16, 32, 64, 128)]
 
 
@@ -48,7 +48,7 @@ def test_trace_rejects_bad_input() -> None:
 def test_adaptive_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "res"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.bench", "adaptive", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "adaptive", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

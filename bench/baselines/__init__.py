@@ -7,5 +7,5 @@
 
 Both answer `POST /infer {"inputs": [text, ...]}` with `{"embeddings": [[...], ...]}` (the
 sidecar's request and answer shape) and `GET /readyz`, and are started as their own processes:
-`python -m app.bench.baselines.naive --port P` / `python -m app.bench.baselines.st_server ...`.
+`python -m bench.baselines.naive --port P` / `python -m bench.baselines.st_server ...`.
 """

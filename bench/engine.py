@@ -1,4 +1,4 @@
-"""Runner latency per (batch, seq_len) bucket: `python -m app.bench.engine [--quick]`.
+"""Runner latency per (batch, seq_len) bucket: `python -m bench.engine [--quick]`.
 
 For every bucket (batch 1..64, seq_len 16..256; `--quick`: a small subset) it times
 `EmbeddingRunner.run` on a synthetic batch of exactly that shape (token ids in, embeddings on
@@ -11,7 +11,7 @@ round, so a load that drifts during the run (a shared machine) biases none of th
 
 On a CPU the graphs are mock graphs (a replay re-runs the captured function and copies into the
 static output), so FULL/PIECEWISE there measure padding and bookkeeping, not kernel-launch
-savings. `bench_engine()` returns the rows (plain dicts) for `python -m app bench engine`.
+savings. `bench_engine()` returns the rows (plain dicts) for `python -m bench engine`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.bench.engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="batch 1, 8, 32 x seq 16, 64, 256")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

@@ -6,7 +6,7 @@ runner's at the same batch size").
 Two ways to run it, both in a process of their own (the OpenMP wait policy must be in the
 environment before torch starts, and the service benchmark's servers get the same environment):
 
-- `python -m app.bench.raw_runner ... --repeats N` times N passes and prints one JSON object.
+- `python -m bench.raw_runner ... --repeats N` times N passes and prints one JSON object.
 - `--serve` loads the model once, prints a JSON line when ready, then times one pass per `pass`
   line it reads on stdin and answers with a JSON line. The service benchmark keeps one such
   process next to the running sidecar and alternates a saturated load run with a raw pass: on a
@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from app.bench.loadgen import texts_sent
-from app.bench.server_process import ROOT
+from bench.loadgen import texts_sent
+from tests.server_process import ROOT
 
 MODES = ("NONE", "PIECEWISE", "FULL")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -138,7 +138,7 @@ class RawRunnerProcess:
         # one (torch warnings, say) would block it.
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "app.bench.raw_runner", *args, "--serve"],
+            [sys.executable, "-m", "bench.raw_runner", *args, "--serve"],
             cwd=ROOT,
             env=dict(env),
             stdin=subprocess.PIPE,
@@ -209,7 +209,7 @@ def serve(raw: RawRunner, lines: IO[str], out: IO[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m app.bench.raw_runner",
+        prog="python -m bench.raw_runner",
         description="EmbeddingRunner.run in batches, no HTTP: texts/s as JSON.",
     )
     parser.add_argument("--mode", choices=MODES, required=True)

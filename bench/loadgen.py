@@ -6,7 +6,7 @@ sends its next request when the previous answer arrives. Latency is measured per
 just before the send to the parsed and checked answer. Two transports: a minimal HTTP/1.1 client
 on asyncio streams (default, the cheapest in client CPU) and `httpx.AsyncClient`.
 
-Run it in its own process (`python -m app.bench.loadgen ...`) so it does not share a GIL with
+Run it in its own process (`python -m bench.loadgen ...`) so it does not share a GIL with
 the server it measures; the service benchmark does exactly that and reads the JSON it prints.
 """
 
@@ -387,7 +387,7 @@ async def run_load(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.bench.loadgen",
+        prog="python -m bench.loadgen",
         description="Closed-loop async HTTP load against one /infer-style endpoint; prints JSON.",
     )
     parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/infer")

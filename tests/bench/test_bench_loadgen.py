@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from app.bench.loadgen import (
+from bench.loadgen import (
     LENGTH_MIX,
     TRANSPORTS,
     make_texts,
@@ -26,7 +26,7 @@ from app.bench.loadgen import (
     summarise,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def tiny_app(scope, receive, send) -> None:
@@ -207,7 +207,7 @@ def test_loadgen_process_prints_json(server_url: str, tmp_path: Path, transport:
         [
             sys.executable,
             "-m",
-            "app.bench.loadgen",
+            "bench.loadgen",
             "--url",
             server_url,
             "--concurrency",

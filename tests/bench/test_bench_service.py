@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess
 
-from app.bench.report import ResultsDir
-from app.bench.server_process import ServerProcess
-from app.bench.service import (
+from app.devices import resolve_dtype
+from bench.report import ResultsDir
+from bench.service import (
     NAIVE,
     SIDECAR,
     ServiceOptions,
     ServicePreset,
     run_service_bench,
 )
-from app.devices import resolve_dtype
 
 TINY = ServicePreset(
     concurrencies=(1, 4),
@@ -125,8 +125,8 @@ def test_stop_ends_a_running_server(tmp_path: Path) -> None:
 
 
 def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
-    from app.bench.loadgen import texts_sent
-    from app.bench.raw_runner import measure_raw_runner
+    from bench.loadgen import texts_sent
+    from bench.raw_runner import measure_raw_runner
 
     mix = ["alpha beta", "gamma", "delta epsilon zeta"]
     # request i carries texts[i % len(texts)], as the load generator sends them
@@ -154,7 +154,7 @@ def test_raw_runner_times_exactly_the_texts_a_level_sends() -> None:
 def test_raw_runner_process_times_one_pass_per_request(tmp_path: Path) -> None:
     import os
 
-    from app.bench.raw_runner import RawRunnerProcess
+    from bench.raw_runner import RawRunnerProcess
 
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps(["alpha beta", "gamma", "delta epsilon zeta"]))
@@ -170,7 +170,7 @@ def test_raw_runner_process_times_one_pass_per_request(tmp_path: Path) -> None:
 def test_raw_runner_process_reports_a_failed_start(tmp_path: Path) -> None:
     import os
 
-    from app.bench.raw_runner import RawRunnerProcess
+    from bench.raw_runner import RawRunnerProcess
 
     missing = tmp_path / "absent.json"
     args = ["--mode", "NONE", "--batch-size", "2", "--threads", "1", "--model", "toy"]

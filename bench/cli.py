@@ -1,10 +1,10 @@
-"""`python -m app bench ...` / `python -m app.bench ...`: run benchmarks, write results + plots.
+"""`python -m bench ...` (or `make bench`): run benchmarks, write results + plots.
 
-    python -m app.bench engine   [--quick] [--out DIR]   runner per bucket, NONE/FULL/PIECEWISE
-    python -m app.bench service  [--quick] [--out DIR]   sidecar vs two baselines over HTTP
-    python -m app.bench adaptive [--quick] [--out DIR]   adaptive capture vs the full ladder
-    python -m app.bench overhead [--quick] [--out DIR]   wrapper hit-path overhead
-    python -m app.bench all      [--quick] [--out DIR]   all four, one results.md
+    python -m bench engine   [--quick] [--out DIR]   runner per bucket, NONE/FULL/PIECEWISE
+    python -m bench service  [--quick] [--out DIR]   sidecar vs two baselines over HTTP
+    python -m bench adaptive [--quick] [--out DIR]   adaptive capture vs the full ladder
+    python -m bench overhead [--quick] [--out DIR]   wrapper hit-path overhead
+    python -m bench all      [--quick] [--out DIR]   all four, one results.md
 
 Every subcommand adds its section to DIR/results.md and DIR/results.json (other sections in DIR
 are kept) and writes its PNG plots to DIR. Only `service` needs the web stack (fastapi,
@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from app.bench.report import ResultsDir, markdown_table
 from app.devices import device_name
+from bench.report import ResultsDir, markdown_table
 
 SUBCOMMANDS = ("engine", "service", "adaptive", "overhead")
-RAW = "RAW_REPLAY"  # app.bench.engine's name for raw torch.cuda.CUDAGraph.replay()
+RAW = "RAW_REPLAY"  # bench.engine's name for raw torch.cuda.CUDAGraph.replay()
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -58,7 +58,7 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Benchmarks of the CUDA-graph sidecar (tables + PNG plots)."
     )
@@ -146,11 +146,11 @@ def build_parser(prog: str = "python -m app bench") -> argparse.ArgumentParser:
 
 
 def run_engine(args: argparse.Namespace, results: ResultsDir) -> None:
-    """The runner's per-bucket benchmark (app.bench.engine) with ratios, a table and a plot."""
+    """The runner's per-bucket benchmark (bench.engine) with ratios, a table and a plot."""
     import torch
 
-    from app.bench import engine
-    from app.bench.plots import plot_engine_latency
+    from bench import engine
+    from bench.plots import plot_engine_latency
 
     cuda = torch.cuda.is_available()
     if args.quick:
@@ -195,7 +195,7 @@ def run_engine(args: argparse.Namespace, results: ResultsDir) -> None:
     )
     md = [
         "## Engine: runner latency per bucket\n",
-        f"`app.bench.engine.bench_engine`: `EmbeddingRunner.run` on a synthetic batch of exactly "
+        f"`bench.engine.bench_engine`: `EmbeddingRunner.run` on a synthetic batch of exactly "
         f"each shape, {graphs}. Median (p90) over {preset.min_repeats} to {preset.max_repeats} "
         "calls after a capture and a warm call. A ratio below 1 means faster than eager.\n",
         markdown_table(headers, table),
@@ -233,7 +233,7 @@ def _p50_p90(row: dict[str, Any], mode: str) -> str:
 
 
 def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
-    from app.bench import service
+    from bench import service
 
     preset = service.QUICK if args.quick else service.FULL
     if args.concurrency:
@@ -265,7 +265,7 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
 
 
 def run_adaptive(args: argparse.Namespace, results: ResultsDir) -> None:
-    from app.bench import adaptive
+    from bench import adaptive
 
     preset = adaptive.QUICK if args.quick else adaptive.full_preset()
     if getattr(args, "trace_len", None):
@@ -274,8 +274,8 @@ def run_adaptive(args: argparse.Namespace, results: ResultsDir) -> None:
 
 
 def run_overhead(args: argparse.Namespace, results: ResultsDir) -> None:
-    """The graph manager's own benchmark (app.bench.wrapper_overhead), as a results section."""
-    from app.bench import wrapper_overhead
+    """The graph manager's own benchmark (bench.wrapper_overhead), as a results section."""
+    from bench import wrapper_overhead
 
     # 10,000 calls is the benchmark's floor for a stable median; the full preset doubles it.
     result = wrapper_overhead.run(calls=10_000 if args.quick else 20_000)
@@ -283,7 +283,7 @@ def run_overhead(args: argparse.Namespace, results: ResultsDir) -> None:
     cpu = result["cpu_mock"]
     md = [
         "## Wrapper hit-path overhead\n",
-        f"`app.bench.wrapper_overhead`: a tiny module under `AdaptiveCUDAGraphWrapper` with the "
+        f"`bench.wrapper_overhead`: a tiny module under `AdaptiveCUDAGraphWrapper` with the "
         f"mock graph, medians of {cpu['calls_each']} calls each; the direct call does the same "
         "work as a mock replay (module + copy into the output), so the difference is the "
         "wrapper's own cost.\n",
@@ -345,7 +345,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m app bench") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> int:
     args = build_parser(prog).parse_args(argv)
     if "torch" not in sys.modules:
         # Read by OpenMP when torch loads. Spin-waiting threads collapse throughput ~10x on a

@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from app.bench.loadgen import percentile
-from app.bench.plots import plot_hit_rate
-from app.bench.report import ResultsDir, markdown_table
 from app.cudagraph import CUDAGraphMode
 from app.engine.buckets import BatchPlanner
 from app.engine.runner import EmbeddingRunner, RunnerConfig
+from bench.loadgen import percentile
+from bench.plots import plot_hit_rate
+from bench.report import ResultsDir, markdown_table
 from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
 Shape = tuple[int, int]  # (batch size, longest sequence in tokens)

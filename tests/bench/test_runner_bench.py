@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.bench.engine import EnginePreset, bench_engine, format_table, percentile, synthetic_batch
+from bench.engine import EnginePreset, bench_engine, format_table, percentile, synthetic_batch
 from models import make_toy_encoder
 
 

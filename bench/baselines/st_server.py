@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from app.bench.baselines.common import build_app, parse_args, pin_threads, serve
+from bench.baselines.common import build_app, parse_args, pin_threads, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(
-        "python -m app.bench.baselines.st_server",
+        "python -m bench.baselines.st_server",
         "FastAPI calling sentence-transformers encode() per request.",
         argv,
     )

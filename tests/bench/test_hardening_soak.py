@@ -1,6 +1,6 @@
 """The soak in its CI form: ~35 s of mixed-shape load against a real server process.
 
-`python -m app.bench.soak --seconds 300` is the long form (MiniLM); this runs the same code with
+`python -m bench.soak --seconds 300` is the long form (MiniLM); this runs the same code with
 the toy model and a 4-graph cache so that, in half a minute, every sequence bucket and many
 batch sizes are hit and the cache captures and evicts continuously. Asserted: zero errors (each
 answer checked for count, dimensions, norm and consistency with earlier answers for the same
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.bench.soak import SoakConfig, describe, run_soak
+from bench.soak import SoakConfig, describe, run_soak
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.bench.plots import plot_engine_latency, plot_hit_rate, plot_service
-from app.bench.report import ResultsDir, fmt, markdown_table
+from bench.plots import plot_engine_latency, plot_hit_rate, plot_service
+from bench.report import ResultsDir, fmt, markdown_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +95,7 @@ def test_plot_rejects_mismatched_series(tmp_path: Path) -> None:
 
 
 def test_replay_table_renders_raw_wrapper_and_extra_rows() -> None:
-    from app.bench.cli import _replay_table
+    from bench.cli import _replay_table
 
     m = {
         "raw_replay_us": 370.0,
@@ -114,7 +114,7 @@ def test_replay_table_renders_raw_wrapper_and_extra_rows() -> None:
 
 
 def test_service_device_option_is_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.bench.cli import build_parser
+    from bench.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["service", "--device", "CUDA:1", "--dtype", "float16"])
@@ -128,8 +128,8 @@ def test_service_device_option_is_checked_by_the_parser(capsys: pytest.CaptureFi
 def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
     """The sentence-transformers server runs as first written (float32, no cast) by default,
     every other server in the benchmark's dtype; --st-dtype same puts it in that dtype too."""
-    from app.bench.cli import build_parser
-    from app.bench.service import NAIVE, QUICK, ST, ServiceOptions, server_commands
+    from bench.cli import build_parser
+    from bench.service import NAIVE, QUICK, ST, ServiceOptions, server_commands
 
     args = build_parser().parse_args(["service", "--dtype", "bfloat16", "--st-dtype", "float32"])
     assert (args.dtype, args.st_dtype) == ("bfloat16", "float32")
@@ -154,7 +154,7 @@ def test_st_dtype_changes_only_the_sentence_transformers_server() -> None:
 
 def test_sidecar_prewarms_its_ladder_only_with_real_graphs() -> None:
     """On a CPU (mock graphs, NONE by default) the bench sidecar starts as configured."""
-    from app.bench.service import QUICK, ServiceOptions, sidecar_settings
+    from bench.service import QUICK, ServiceOptions, sidecar_settings
 
     env = sidecar_settings(ServiceOptions(QUICK, device="cpu"), "t")
     assert "SIDECAR_PREWARM_LADDER" not in env and env["SIDECAR_GRAPH_MODE"] == "NONE"
@@ -166,7 +166,7 @@ def test_sidecar_prewarms_its_ladder_only_with_real_graphs() -> None:
 def test_sidecar_prewarms_its_ladder_on_cuda() -> None:
     """With real graphs the measured runs replay: the whole ladder is captured at start-up,
     unless the caller asks otherwise."""
-    from app.bench.service import QUICK, ServiceOptions, sidecar_settings
+    from bench.service import QUICK, ServiceOptions, sidecar_settings
 
     assert (
         sidecar_settings(ServiceOptions(QUICK, device="cuda"), "t")["SIDECAR_PREWARM_LADDER"]

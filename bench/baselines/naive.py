@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.bench.baselines.common import build_app, parse_args, pin_threads, serve
+from bench.baselines.common import build_app, parse_args, pin_threads, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(
-        "python -m app.bench.baselines.naive",
+        "python -m bench.baselines.naive",
         "Same model, plain FastAPI route, one eager forward per request.",
         argv,
     )

@@ -3,21 +3,26 @@ file, polled until /readyz answers, stopped with SIGTERM (so it drains the way i
 production), SIGKILL if it will not go.
 
 `ServerProcess` runs any command whose readiness URL is known (the service benchmark's servers);
-`app.bench.soak.SidecarProcess` builds on it for `python -m app serve` on an OS-chosen port.
+`SidecarProcess` builds on it for `python -m app serve` on an OS-chosen port.
+
+Test support shared by the end-to-end tests and the benchmarks (bench/ imports it from here, as
+`tests.server_process`); product code (app/, models/) never imports it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess:
@@ -103,3 +108,55 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_LISTENING = re.compile(rb"Uvicorn running on http://[^:\s]+:(\d+)")
+
+
+def read_rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status), in bytes."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                value, unit = line.split()[1:3]
+                if unit != "kB":
+                    raise ValueError(f"unexpected VmRSS unit {unit!r}")
+                return int(value) * 1024
+    raise ValueError(f"no VmRSS for pid {pid} (a zombie?)")
+
+
+class SidecarProcess(ServerProcess):
+    """`python -m app serve` on 127.0.0.1 with an OS-chosen port, output to a log file.
+
+    `env` holds SIDECAR_* settings on top of this process's environment (whose own SIDECAR_*
+    variables are dropped); `args` are more command-line arguments (e.g. `--config FILE`). The
+    log level must stay info or debug: the port is read from uvicorn's "Uvicorn running on" line.
+    """
+
+    name = "sidecar"
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        full_env.setdefault("SIDECAR_LOG_LEVEL", "info")
+        full_env.update(env)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if full_env["SIDECAR_LOG_LEVEL"].lower() not in ("info", "debug"):
+            raise ValueError("SIDECAR_LOG_LEVEL must be info or debug (the port is read from it)")
+        command = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0"]
+        super().__init__([*command, *args], full_env, log_path)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready_url(self) -> str | None:
+        if not self.port:
+            found = _LISTENING.search(self.log_path.read_bytes())
+            if found is None:
+                return None
+            self.port = int(found.group(1))
+        return self.url + "/readyz"
+
+    def rss_bytes(self) -> int:
+        return read_rss_bytes(self.pid)

@@ -1,7 +1,7 @@
 """Soak: minutes of mixed-shape load against a real `python -m app serve` process.
 
-    python -m app.bench.soak --seconds 300            # the long form (MiniLM, ~5 min)
-    python -m app.bench.soak --seconds 40 --model toy # what the CI test runs
+    python -m bench.soak --seconds 300            # the long form (MiniLM, ~5 min)
+    python -m bench.soak --seconds 40 --model toy # what the CI test runs
 
 The server runs in its own process (started here, port chosen by the OS, stopped with SIGTERM at
 the end so its drain is part of the run). Closed-loop clients send requests of 1 to
@@ -24,74 +24,20 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
-import re
 import secrets
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.bench.loadgen import make_texts
-from app.bench.server_process import ServerProcess
-
-_LISTENING = re.compile(rb"Uvicorn running on http://[^:\s]+:(\d+)")
-
-
-def read_rss_bytes(pid: int) -> int:
-    """Resident set size of a process (VmRSS in /proc/<pid>/status), in bytes."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                value, unit = line.split()[1:3]
-                if unit != "kB":
-                    raise ValueError(f"unexpected VmRSS unit {unit!r}")
-                return int(value) * 1024
-    raise ValueError(f"no VmRSS for pid {pid} (a zombie?)")
-
-
-class SidecarProcess(ServerProcess):
-    """`python -m app serve` on 127.0.0.1 with an OS-chosen port, output to a log file.
-
-    `env` holds SIDECAR_* settings on top of this process's environment (whose own SIDECAR_*
-    variables are dropped); `args` are more command-line arguments (e.g. `--config FILE`). The
-    log level must stay info or debug: the port is read from uvicorn's "Uvicorn running on" line.
-    """
-
-    name = "sidecar"
-
-    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-        full_env.setdefault("SIDECAR_LOG_LEVEL", "info")
-        full_env.update(env)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        if full_env["SIDECAR_LOG_LEVEL"].lower() not in ("info", "debug"):
-            raise ValueError("SIDECAR_LOG_LEVEL must be info or debug (the port is read from it)")
-        command = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", "0"]
-        super().__init__([*command, *args], full_env, log_path)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ready_url(self) -> str | None:
-        if not self.port:
-            found = _LISTENING.search(self.log_path.read_bytes())
-            if found is None:
-                return None
-            self.port = int(found.group(1))
-        return self.url + "/readyz"
-
-    def rss_bytes(self) -> int:
-        return read_rss_bytes(self.pid)
+from bench.loadgen import make_texts
+from tests.server_process import SidecarProcess
 
 
 def clean_exit(code: int | None, log: str) -> bool:
@@ -396,7 +342,7 @@ def describe(result: SoakResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = SoakConfig()
     p = argparse.ArgumentParser(
-        prog="python -m app.bench.soak",
+        prog="python -m bench.soak",
         description="Soak a real sidecar process with mixed-shape load; exit 1 on any error, "
         "a cache over its limit or resident memory growth over the limit after warm-up.",
     )

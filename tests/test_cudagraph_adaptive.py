@@ -83,16 +83,16 @@ def make(**kwargs) -> Harness:
 
 def test_hit_rate() -> None:
     h = make(capture_threshold=1)
-    assert h.wrapper.snapshot().hit_rate == 0.0
+    assert h.wrapper.cache.snapshot().hit_rate == 0.0
     h.run(2, times=4)
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert (snap.hits, snap.misses, snap.hit_rate) == (3, 1, 0.75)
 
 
 def test_snapshot_is_a_frozen_typed_copy() -> None:
     h = make(capture_threshold=1, max_cached_graphs=5, memory_budget_bytes=10**6)
     h.run(2, times=2)
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert isinstance(snap, CacheSnapshot)
     assert snap == h.wrapper.cache.snapshot()
     assert (snap.mode, snap.captures, snap.replays, snap.cached_graphs) == ("FULL", 1, 1, 1)
@@ -109,14 +109,14 @@ def test_snapshot_is_a_frozen_typed_copy() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.hits = 0  # type: ignore[misc]
     h.run(2)
-    assert snap.hits == 1 and h.wrapper.snapshot().hits == 2  # a copy, not a live view
+    assert snap.hits == 1 and h.wrapper.cache.snapshot().hits == 2  # a copy, not a live view
 
 
 def test_default_threshold_is_the_cache_config_default() -> None:
     # One default for the library and the service: CacheConfig's (2), not first sight.
     h = make()
-    assert h.wrapper.capture_threshold == CacheConfig().capture_threshold == 2
-    assert h.wrapper.max_cached_graphs == CacheConfig().max_cached_graphs
+    assert h.wrapper.cache.config.capture_threshold == CacheConfig().capture_threshold == 2
+    assert h.wrapper.cache.config.max_cached_graphs == CacheConfig().max_cached_graphs
     h.run(4)
     assert h.wrapper.get_cached_descriptors() == []
     h.run(4)
@@ -126,15 +126,15 @@ def test_default_threshold_is_the_cache_config_default() -> None:
 @pytest.mark.parametrize("threshold", [1, 2, 5])
 def test_capture_threshold(threshold: int) -> None:
     h = make(capture_threshold=threshold)
-    assert h.wrapper.capture_threshold == threshold
+    assert h.wrapper.cache.config.capture_threshold == threshold
     h.run(4, times=threshold - 1)
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert snap.captures == 0 and snap.eager_runs == threshold - 1
     assert snap.misses == threshold - 1
     h.run(4)  # the threshold-th sighting captures
     assert h.wrapper.get_cached_descriptors() == [desc(4)]
     h.run(4)
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert (snap.captures, snap.hits, snap.misses) == (1, 1, threshold)
 
 
@@ -163,7 +163,7 @@ def test_count_eviction_takes_the_least_valuable_graph() -> None:
     h.run(2, times=1)  # cold
     h.run(3, times=1)  # needs room: the cold one goes even though 1 is less recent
     assert set(h.wrapper.get_cached_descriptors()) == {desc(1), desc(3)}
-    assert h.wrapper.snapshot().evictions == 1
+    assert h.wrapper.cache.snapshot().evictions == 1
 
 
 def test_recency_decay_lets_old_traffic_go_cold() -> None:
@@ -203,7 +203,7 @@ def test_a_cache_full_of_young_graphs_still_evicts() -> None:
     h.run(2, times=3)
     h.run(3)  # everything is young and under-replayed: the least valuable (1) goes
     assert set(h.wrapper.get_cached_descriptors()) == {desc(2), desc(3)}
-    assert h.wrapper.snapshot().evictions == 1
+    assert h.wrapper.cache.snapshot().evictions == 1
 
 
 def test_memory_budget_evicts_until_under() -> None:
@@ -212,14 +212,17 @@ def test_memory_budget_evicts_until_under() -> None:
     h.run(4, times=3)  # 4 rows
     h.run(2, times=2)  # 2 rows  -> 6
     h.run(3)  # 3 rows -> 9
-    assert h.wrapper.memory_bytes() == 9 * BYTES_PER_ROW
+    assert h.wrapper.cache.memory_bytes() == 9 * BYTES_PER_ROW
     h.run(5)  # 5 rows -> 14 > 10: evict the least valuable until <= 10
-    assert h.wrapper.memory_bytes() <= budget
+    assert h.wrapper.cache.memory_bytes() <= budget
     cached = set(h.wrapper.get_cached_descriptors())
     assert desc(5) in cached and desc(4) in cached  # the new one and the hottest stay
-    assert h.wrapper.snapshot().evictions == 2
-    assert h.wrapper.snapshot().memory_bytes == h.wrapper.memory_bytes()
-    assert sum(e.memory_bytes for e in h.wrapper.cached_entries()) == h.wrapper.memory_bytes()
+    assert h.wrapper.cache.snapshot().evictions == 2
+    assert h.wrapper.cache.snapshot().memory_bytes == h.wrapper.cache.memory_bytes()
+    assert (
+        sum(e.memory_bytes for e in h.wrapper.cache.cached_entries())
+        == h.wrapper.cache.memory_bytes()
+    )
 
 
 def test_graph_larger_than_the_budget_runs_eager() -> None:
@@ -227,9 +230,9 @@ def test_graph_larger_than_the_budget_runs_eager() -> None:
     h.run(2)
     h.run(8, times=3)  # 8 rows > budget: dropped, answered eagerly (values checked in run)
     assert h.wrapper.get_cached_descriptors() == [desc(2)]
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert snap.capture_failures == 1 and snap.eager_runs == 3
-    reason = h.wrapper.capture_failure_reason(desc(8))
+    reason = h.wrapper.cache.capture_failure_reason(desc(8))
     assert reason is not None and "more than the whole memory budget" in reason
 
 
@@ -256,13 +259,13 @@ def test_prewarm_largest_first_skips_cached_and_fails_over_budget() -> None:
     assert seen == [desc(16), desc(8), desc(4), desc(1)]
     assert report.seconds > 0
     assert set(h.wrapper.get_cached_descriptors()) == {desc(8), desc(2), desc(1)}
-    assert h.wrapper.memory_bytes() == 11 * BYTES_PER_ROW
-    snap = h.wrapper.snapshot()
+    assert h.wrapper.cache.memory_bytes() == 11 * BYTES_PER_ROW
+    snap = h.wrapper.cache.snapshot()
     assert (snap.hits, snap.misses) == (0, 5)  # prewarm does not count lookups
     assert [s.descriptor for s in h.wrapper.get_hot_shapes(10)] == [desc(2)]
     # prewarmed graphs serve traffic right away, with correct values
     h.run(8)
-    assert h.wrapper.snapshot().hits == 1
+    assert h.wrapper.cache.snapshot().hits == 1
     json.dumps(report.to_dict())
 
 
@@ -285,14 +288,14 @@ def test_prewarm_captures_below_the_threshold_without_counting() -> None:
     report = h.wrapper.prewarm([desc(4)], h.dummy, on_progress=progress.append)
     assert report.captured == [desc(4)]
     assert h.wrapper.get_cached_descriptors() == [desc(4)]
-    snap = h.wrapper.snapshot()
+    snap = h.wrapper.cache.snapshot()
     assert (snap.hits, snap.misses, snap.captures) == (0, 0, 1)
     assert h.wrapper.get_hot_shapes(5) == []
     [step] = progress
     assert (step.index, step.total, step.descriptor, step.outcome) == (1, 1, desc(4), "captured")
     assert step.reason is None and step.seconds > 0
     h.run(4)
-    assert h.wrapper.snapshot().hits == 1
+    assert h.wrapper.cache.snapshot().hits == 1
 
 
 # ---------------------------------------------------------------- prediction
@@ -302,13 +305,13 @@ def test_prediction_without_a_ladder_doubles_and_halves() -> None:
     h = make(capture_threshold=3)
     h.run(8, times=4)  # hot and captured
     h.run(2, times=2)  # hot, not captured (below threshold)
-    assert h.wrapper.predict_shapes(10) == [
+    assert h.wrapper.cache.predict_shapes(10) == [
         desc(2),  # hot but not captured comes first
         BatchDescriptor(16, 8),  # neighbours of 8 (double tokens, same requests)
         BatchDescriptor(4, 2),  # neighbours of 2
     ]
-    assert h.wrapper.predict_shapes(1) == [desc(2)]
-    assert h.wrapper.predict_shapes(0) == []
+    assert h.wrapper.cache.predict_shapes(1) == [desc(2)]
+    assert h.wrapper.cache.predict_shapes(0) == []
 
 
 def test_prediction_with_a_ladder_uses_its_neighbours() -> None:
@@ -322,7 +325,7 @@ def test_prediction_with_a_ladder_uses_its_neighbours() -> None:
         for _ in range(3):
             with cudagraph_context(FULL, hot):
                 wrapper(buf)
-    predicted = wrapper.predict_shapes(10)
+    predicted = wrapper.cache.predict_shapes(10)
     # hot-but-captured shapes are not predicted; neighbours are on the ladder, nearest first:
     # same batch, next seq bucket up and down.
     assert predicted[:2] == [BatchDescriptor(64, 2), BatchDescriptor(16, 2)]
@@ -337,7 +340,7 @@ def test_profile_export_import_round_trip() -> None:
     h = make(capture_threshold=3)
     h.run(4, times=5)
     h.run(2, times=2)
-    profile = h.wrapper.export_profile()
+    profile = h.wrapper.cache.export_profile()
     assert profile["version"] == 1 and profile["mode"] == "FULL"
     assert [(s["num_tokens"], s["count"], s["captured"]) for s in profile["shapes"]] == [
         (4, 5, True),
@@ -346,7 +349,7 @@ def test_profile_export_import_round_trip() -> None:
     json.dumps(profile)  # JSON-serialisable
 
     fresh = make(capture_threshold=3)
-    assert fresh.wrapper.import_profile(profile) == 2
+    assert fresh.wrapper.cache.import_profile(profile) == 2
     assert [(s.descriptor, s.count) for s in fresh.wrapper.get_hot_shapes(5)] == [
         (desc(4), 5),
         (desc(2), 2),
@@ -354,24 +357,24 @@ def test_profile_export_import_round_trip() -> None:
     # the restored hot shape is past the threshold: captured on first sight after restart
     fresh.run(4)
     assert fresh.wrapper.get_cached_descriptors() == [desc(4)]
-    assert fresh.wrapper.predict_shapes(1) == [desc(2)]
+    assert fresh.wrapper.cache.predict_shapes(1) == [desc(2)]
 
 
 def test_profile_save_load_and_corrupt_files(tmp_path: Path) -> None:
     h = make(capture_threshold=1)
     h.run(4, times=2)
     path = tmp_path / "sub" / "profile.json"
-    h.wrapper.save_profile(path)
+    h.wrapper.cache.save_profile(path)
     assert json.loads(path.read_text())["shapes"][0]["count"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["profile.json"]  # no temp files left
     other = make(capture_threshold=1)
-    assert other.wrapper.load_profile(path) == 1
+    assert other.wrapper.cache.load_profile(path) == 1
 
     path.write_text('{"format": "cudagraph-hot-shapes", "version": 1, "mode": "FULL", "shap')
     with pytest.raises(ProfileError, match=r"profile\.json is not valid JSON \(line 1"):
-        other.wrapper.load_profile(path)
+        other.wrapper.cache.load_profile(path)
     with pytest.raises(FileNotFoundError):
-        other.wrapper.load_profile(tmp_path / "missing.json")
+        other.wrapper.cache.load_profile(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize(
@@ -390,14 +393,14 @@ def test_profile_save_load_and_corrupt_files(tmp_path: Path) -> None:
 def test_invalid_profiles_are_refused_clearly(mutate, message: str, tmp_path: Path) -> None:
     h = make(capture_threshold=1)
     h.run(4)
-    profile = h.wrapper.export_profile()
+    profile = h.wrapper.cache.export_profile()
     mutate(profile)
     with pytest.raises(ProfileError, match=message):
-        h.wrapper.import_profile(profile)
+        h.wrapper.cache.import_profile(profile)
     path = tmp_path / "p.json"
     path.write_text(json.dumps(profile))
     with pytest.raises(ProfileError, match="p.json"):
-        h.wrapper.load_profile(path)
+        h.wrapper.cache.load_profile(path)
 
 
 # ---------------------------------------------------------------- PIECEWISE: one cache, two pieces

@@ -61,12 +61,12 @@ def test_cuda_graph_output_equals_eager(pool_policy: str, batch: int) -> None:
             with cudagraph_context(FULL, desc(batch)):
                 out = wrapper(static)
             torch.testing.assert_close(out, model(fresh), rtol=1e-4, atol=1e-4)
-    entry = wrapper.get_entry(desc(batch))
+    entry = wrapper.cache.entry_for(desc(batch))
     assert entry is not None
     [piece] = entry.pieces
     assert isinstance(piece.graph, torch.cuda.CUDAGraph)
     assert entry.memory_bytes == piece.memory_bytes > 0
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.captures, snap.hits, snap.misses) == (1, 3, 1)
 
 
@@ -144,7 +144,7 @@ def _settle_capture_stream(model: nn.Module) -> None:
     warm = AdaptiveCUDAGraphWrapper(model, FULL, capture_threshold=1)
     with cudagraph_context(FULL, desc(8)):
         warm(torch.randn(8, 1024, device="cuda"))
-    assert warm.clear() == 1
+    assert warm.cache.clear() == 1
 
 
 def test_cuda_memory_returns_after_eviction_per_graph_pool() -> None:
@@ -161,13 +161,13 @@ def test_cuda_memory_returns_after_eviction_per_graph_pool() -> None:
         base = torch.cuda.memory_reserved()
         with cudagraph_context(FULL, desc(1024)):
             wrapper(big)  # output not kept: only the graph holds its pool
-        [entry] = wrapper.cached_entries()
+        [entry] = wrapper.cache.cached_entries()
         held = torch.cuda.memory_reserved()
         assert entry.memory_bytes >= 32 * MiB
         assert held - base >= 32 * MiB
         with cudagraph_context(FULL, desc(8)):
             wrapper(small)  # captures the small graph, evicting the big one
-        assert wrapper.snapshot().evictions == 1
+        assert wrapper.cache.snapshot().evictions == 1
         torch.cuda.synchronize()
         after = torch.cuda.memory_reserved()
     assert after - base <= 16 * MiB, (base, held, after)
@@ -193,9 +193,11 @@ def test_cuda_memory_returns_after_clear(pool_policy: str) -> None:
         held = torch.cuda.memory_reserved()
         if pool_policy == "shared":
             # the smaller graph reuses the larger one's pool: it costs (almost) nothing extra
-            small = {e.descriptor: e.memory_bytes for e in wrapper.cached_entries()}[desc(512)]
+            small = {e.descriptor: e.memory_bytes for e in wrapper.cache.cached_entries()}[
+                desc(512)
+            ]
             assert small < 16 * MiB
-        assert wrapper.clear() == 2
+        assert wrapper.cache.clear() == 2
         torch.cuda.synchronize()
         after = torch.cuda.memory_reserved()
     assert held - base >= 32 * MiB
@@ -224,9 +226,9 @@ def test_cuda_failed_capture_falls_back_to_eager_and_leaves_cuda_usable() -> Non
         with cudagraph_context(FULL, desc(4)):
             out = wrapper(x)
         torch.testing.assert_close(out, model(x))
-        snap = wrapper.snapshot()
+        snap = wrapper.cache.snapshot()
         assert (snap.capture_failures, snap.captures, snap.eager_runs) == (1, 0, 1)
-        assert "capture failed" in (wrapper.capture_failure_reason(desc(4)) or "")
+        assert "capture failed" in (wrapper.cache.capture_failure_reason(desc(4)) or "")
         # the process can still capture and replay other graphs correctly
         healthy = make_model()
         other = AdaptiveCUDAGraphWrapper(healthy, FULL, capture_threshold=1)
@@ -236,5 +238,5 @@ def test_cuda_failed_capture_falls_back_to_eager_and_leaves_cuda_usable() -> Non
             fresh = torch.randn(4, 64, device="cuda")
             static.copy_(fresh)
             torch.testing.assert_close(other(static), healthy(fresh), rtol=1e-4, atol=1e-4)
-        snap = other.snapshot()
+        snap = other.cache.snapshot()
         assert (snap.captures, snap.hits, snap.capture_failures) == (1, 1, 0)

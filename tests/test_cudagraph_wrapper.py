@@ -88,7 +88,7 @@ def test_replay_equals_eager_for_new_data_in_static_inputs(
             static.copy_(fresh)
             out = call(wrapper, desc(batch), static)
             torch.testing.assert_close(out, model(fresh))
-    stats = wrapper.snapshot()
+    stats = wrapper.cache.snapshot()
     assert (stats.captures, stats.misses, stats.hits, stats.replays) == (1, 1, 3, 3)
 
 
@@ -134,7 +134,7 @@ def test_debug_address_check_names_the_descriptor() -> None:
     torch.testing.assert_close(out, answered)
     # The cache decides a forward (one lookup) before its pieces run, so the refused forward
     # was counted as a hit; the old per-call wrapper checked the inputs before counting.
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.hits, snap.misses) == (2, 1)
     out = call(wrapper, desc(2), static)  # the right buffer still replays, with the new data
     torch.testing.assert_close(out, model(static))
@@ -186,7 +186,7 @@ def test_eager_outside_any_context_and_in_other_modes() -> None:
         wrapper(x)
     with cudagraph_context(CUDAGraphMode.NONE, None):
         wrapper(x)
-    assert wrapper.snapshot().misses == 0
+    assert wrapper.cache.snapshot().misses == 0
     assert wrapper.get_cached_descriptors() == []
 
 
@@ -196,7 +196,7 @@ def test_mode_none_wrapper_is_a_pass_through_with_an_empty_view() -> None:
     x = torch.randn(2, H)
     with cudagraph_context(CUDAGraphMode.NONE, desc(2)):
         torch.testing.assert_close(wrapper(x), model(x))
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert snap.hits == snap.misses == snap.cached_graphs == 0
     assert wrapper.prewarm([desc(2)], lambda d: ((x,), {})).skipped == [desc(2)]
 
@@ -222,12 +222,12 @@ def test_prewarm_takes_shapes_and_dummy_fn_by_keyword(wrapper_cls: type[CUDAGrap
     assert wrapper.prewarm([desc(4)], dummy_fn).skipped == [desc(4)]  # positional too
     with pytest.raises(TypeError, match="descriptors"):
         wrapper.prewarm(descriptors=[desc(2)], dummy_fn=dummy_fn)  # type: ignore[call-arg]
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.captures, snap.hits, snap.misses) == (2, 0, 0)
     fresh = torch.randn(4, H)
     statics[4].copy_(fresh)
     torch.testing.assert_close(call(wrapper, desc(4), statics[4]), model(fresh))
-    assert wrapper.snapshot().hits == 1
+    assert wrapper.cache.snapshot().hits == 1
 
 
 class PiecewiseModel(nn.Module):
@@ -272,7 +272,7 @@ def test_nested_full_and_piecewise_contexts() -> None:
             torch.testing.assert_close(out, model.reference(fresh))
         assert full.get_cached_descriptors() == [BatchDescriptor(8, 2)]
         assert model.w1.get_cached_descriptors() == model.w2.get_cached_descriptors() == []
-        assert model.w1.snapshot().misses == 0
+        assert model.w1.cache.snapshot().misses == 0
 
         # PIECEWISE: the outer wrapper is eager; the pieces graph, keyed by relaxed().
         for num_reqs in (2, 4, 8):  # same tokens, other request counts: same piece graphs
@@ -282,16 +282,16 @@ def test_nested_full_and_piecewise_contexts() -> None:
             torch.testing.assert_close(out, model.reference(fresh))
         assert model.w1.get_cached_descriptors() == [BatchDescriptor(8)]
         assert model.w2.get_cached_descriptors() == [BatchDescriptor(8)]
-        assert (model.w1.snapshot().hits, model.w1.snapshot().misses) == (2, 1)
-        assert full.snapshot().misses == 1  # unchanged by the PIECEWISE calls
+        assert (model.w1.cache.snapshot().hits, model.w1.cache.snapshot().misses) == (2, 1)
+        assert full.cache.snapshot().misses == 1  # unchanged by the PIECEWISE calls
 
         # An inner PIECEWISE context inside an outer FULL one: innermost wins, outer restored.
         with cudagraph_context(FULL, BatchDescriptor(8, 2)):
             with cudagraph_context(PIECEWISE, BatchDescriptor(8, 2)):
                 model(static)
             full(static)
-        assert model.w1.snapshot().hits == 3
-        assert full.snapshot().hits == 3
+        assert model.w1.cache.snapshot().hits == 3
+        assert full.cache.snapshot().hits == 3
 
 
 def test_getattr_forwards_and_unwrap() -> None:
@@ -329,7 +329,9 @@ def test_lru_order() -> None:
     assert wrapper.cache.config == CacheConfig(
         max_cached_graphs=2, capture_threshold=1, eviction="lru"
     )
-    assert wrapper.capture_threshold == 1 and wrapper.max_cached_graphs == 2
+    assert (
+        wrapper.cache.config.capture_threshold == 1 and wrapper.cache.config.max_cached_graphs == 2
+    )
     inputs = {b: torch.randn(b, H) for b in (1, 2, 3)}
     call(wrapper, desc(1), inputs[1])
     call(wrapper, desc(2), inputs[2])
@@ -338,7 +340,7 @@ def test_lru_order() -> None:
     assert wrapper.get_cached_descriptors() == [desc(2), desc(1)]
     call(wrapper, desc(3), inputs[3])  # capture: evicts the least recently used (2)
     assert wrapper.get_cached_descriptors() == [desc(1), desc(3)]
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.evictions, snap.captures, snap.cached_graphs) == (1, 3, 2)
     # The evicted shape is a miss again and is recaptured, correctly.
     fresh = torch.randn(2, H)
@@ -350,10 +352,10 @@ def test_clear_drops_everything_and_is_not_an_eviction() -> None:
     wrapper = CUDAGraphWrapper(make_model(), FULL)
     for b in (1, 2):
         call(wrapper, desc(b), torch.randn(b, H))
-    assert wrapper.memory_bytes() == (1 + 2) * H * 4  # mock: output storage bytes
-    assert wrapper.clear() == 2
-    assert wrapper.get_cached_descriptors() == [] and wrapper.memory_bytes() == 0
-    assert wrapper.snapshot().evictions == 0
+    assert wrapper.cache.memory_bytes() == (1 + 2) * H * 4  # mock: output storage bytes
+    assert wrapper.cache.clear() == 2
+    assert wrapper.get_cached_descriptors() == [] and wrapper.cache.memory_bytes() == 0
+    assert wrapper.cache.snapshot().evictions == 0
 
 
 # ---------------------------------------------------------------- failures
@@ -368,15 +370,15 @@ def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
     out = call(wrapper, desc(2), static)  # capture fails, answered eagerly
     torch.testing.assert_close(out, model.inner(static))
     assert model.capture_attempts == 1
-    reason = wrapper.capture_failure_reason(desc(2))
+    reason = wrapper.cache.capture_failure_reason(desc(2))
     assert reason is not None and "operation not permitted" in reason
     for _ in range(3):  # inside the back-off window: eager, no new capture attempt
         call(wrapper, desc(2), static)
     assert model.capture_attempts == 1
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.capture_failures, snap.captures, snap.eager_runs) == (1, 0, 4)
     assert snap.misses == 4 and snap.hits == 0
-    assert desc(2) not in wrapper.predict_shapes(10)  # in back-off: not predicted either
+    assert desc(2) not in wrapper.cache.predict_shapes(10)  # in back-off: not predicted either
 
     model.fail_capture = False  # e.g. memory was freed meanwhile
     time.sleep(0.35)
@@ -385,9 +387,9 @@ def test_failing_capture_falls_back_to_eager_with_backoff() -> None:
     torch.testing.assert_close(call(wrapper, desc(2), static), model.inner(fresh))
     assert model.capture_attempts == 2
     assert wrapper.get_cached_descriptors() == [desc(2)]
-    assert wrapper.capture_failure_reason(desc(2)) is None
+    assert wrapper.cache.capture_failure_reason(desc(2)) is None
     call(wrapper, desc(2), static)
-    assert wrapper.snapshot().hits == 1
+    assert wrapper.cache.snapshot().hits == 1
 
 
 def test_eager_failure_reaches_the_caller() -> None:
@@ -396,15 +398,15 @@ def test_eager_failure_reaches_the_caller() -> None:
     bad = torch.randn(2, H + 1)  # the model itself cannot run this input
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         call(wrapper, desc(2), bad)
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert snap.capture_failures == 1 and snap.cached_graphs == 0
     # The failed capture is recorded (back-off) although the eager fallback raised too: the
     # next call runs eagerly without another capture attempt.
-    reason = wrapper.capture_failure_reason(desc(2))
+    reason = wrapper.cache.capture_failure_reason(desc(2))
     assert reason is not None and "capture failed" in reason
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         call(wrapper, desc(2), bad)
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.capture_failures, snap.eager_runs, snap.misses) == (1, 2, 2)
     good = torch.randn(4, H)  # other shapes are unaffected
     torch.testing.assert_close(call(wrapper, desc(4), good), model(good))
@@ -446,7 +448,7 @@ def test_concurrent_callers_each_with_their_own_shape() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     total = iterations * len(batches)
     assert snap.hits + snap.misses == total
     assert snap.captures == snap.misses == len(batches)
@@ -476,8 +478,8 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
 
     def reader() -> None:  # the HTTP thread reading the view meanwhile
         while not reader_done.is_set():
-            snapshots.append(wrapper.snapshot())
-            wrapper.cached_entries()
+            snapshots.append(wrapper.cache.snapshot())
+            wrapper.cache.cached_entries()
             time.sleep(0.001)
 
     observer = threading.Thread(target=reader)
@@ -490,7 +492,7 @@ def test_concurrent_callers_sharing_a_shape_under_the_graph_lock() -> None:
     reader_done.set()
     observer.join()
     assert not errors, errors[0]
-    snap = wrapper.snapshot()
+    snap = wrapper.cache.snapshot()
     assert (snap.hits, snap.misses, snap.captures) == (119, 1, 1)
     assert snapshots and all(s.hits + s.misses <= 120 for s in snapshots)
 
@@ -499,7 +501,7 @@ def test_mock_graph_used_on_cpu() -> None:
     wrapper = CUDAGraphWrapper(make_model(), FULL)
     static = torch.randn(2, H)
     call(wrapper, desc(2), static)
-    entry = wrapper.get_entry(desc(2))
+    entry = wrapper.cache.entry_for(desc(2))
     assert isinstance(entry, CacheEntry) and entry.descriptor == desc(2)
     [piece] = entry.pieces
     assert isinstance(piece, PieceGraph) and isinstance(piece.graph, MockCUDAGraph)
@@ -507,4 +509,4 @@ def test_mock_graph_used_on_cpu() -> None:
     assert piece.capture_seconds == entry.capture_seconds > 0
     assert piece.input_addresses == (static.data_ptr(),)
     assert piece.output.shape == (2, H)
-    assert wrapper.get_entry(desc(4)) is None
+    assert wrapper.cache.entry_for(desc(4)) is None

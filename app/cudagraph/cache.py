@@ -1,19 +1,18 @@
 """``GraphCache``: one per model. It decides, once per logical forward, whether to replay, capture
 or run eagerly, and keeps every policy: capture threshold, back-off, hotness, prediction,
-eviction under a count and a memory budget, prewarm, idle-gap captures and the hot-shape profile.
+eviction under a count and a memory budget, prewarm, idle-gap captures and the profile.
 
-A cache entry is one logical descriptor with a graph per piece (FULL: one piece, the whole
-model; PIECEWISE: one per graphed span). The pieces are captured in one forward, all or none,
-charged together against the one budget and evicted together. ``GraphForward`` (executor.py)
-carries out the decision; ``CUDAGraphWrapper`` (wrapper.py) is the single-piece face.
+An entry is one logical descriptor with a graph per piece (FULL: one, the whole model;
+PIECEWISE: one per graphed span), captured in one forward all or none, charged against the one
+budget and evicted together. The executors (executor.py) carry the decisions out.
 
-Deferred captures (``defer_captures=True``, the engine's runner): a shape that crosses the
-threshold is answered eagerly and queued; the owner captures it later with ``idle_capture``,
-in an idle gap, or between batches once it has waited ``max_capture_delay_s``.
+With ``defer_captures`` (the engine's runner) a lookup that crosses the threshold is answered
+eagerly and queued; the owner captures it with ``idle_capture`` in an idle gap, or between
+batches once it has waited ``max_capture_delay_s``.
 
 Locking: the process-wide graph lock (lock.py) is held around every forward, capture and
-eviction, so no capture overlaps a replay; a short state lock guards the tables and counters,
-and the read-only views take only that one. Order: graph lock, then state lock.
+eviction; a short state lock guards the tables and counters, and the views take only that one.
+Order: graph lock, then state lock.
 """
 
 from __future__ import annotations
@@ -27,18 +26,14 @@ from contextlib import contextmanager
 from os import PathLike
 from typing import Any
 
-import torch
-
 from app.cudagraph.backoff import CaptureBackoff
-from app.cudagraph.capture import new_pool_handle
 from app.cudagraph.descriptor import BatchDescriptor
 from app.cudagraph.entry import CacheEntry
 from app.cudagraph.errors import ProfileError
-from app.cudagraph.executor import EAGER, Action, GraphForward
+from app.cudagraph.executor import EAGER, Action, GraphForward, GraphMemory
 from app.cudagraph.gc_freeze import gc_frozen
 from app.cudagraph.hotness import ShapeTracker
 from app.cudagraph.lock import _GRAPH_LOCK
-from app.cudagraph.mock_graph import MockCUDAGraph
 from app.cudagraph.modes import CUDAGraphMode
 from app.cudagraph.options import CacheConfig, CUDAGraphOptions
 from app.cudagraph.prediction import predict
@@ -100,7 +95,7 @@ class GraphCache:
         self._lookups = 0
         self._pending: dict[BatchDescriptor, float] = {}  # key -> when it crossed the threshold
         self._predicted_tried: set[BatchDescriptor] = set()  # since room last changed
-        self._shared_pools: dict[bool, Any] = {}  # on_cuda -> pool ("shared" policy)
+        self._memory = GraphMemory(self._options.pool_policy)
         self._session: set[BatchDescriptor] | None = None  # a bulk prewarm's keys: never evicted
         self._ladder: list[BatchDescriptor] | None = None
         if ladder is not None:
@@ -199,56 +194,39 @@ class GraphCache:
             key,
             num_pieces=self._pieces,
             options=self._options,
-            shared_pool=self._shared_pool,
+            shared_pool=self._memory.pool,
         )
-
-    def _shared_pool(self, on_cuda: bool) -> Any:
-        if self._options.pool_policy != "shared":
-            return None
-        pool = self._shared_pools.get(on_cuda)
-        if pool is None:
-            pool = self._shared_pools[on_cuda] = new_pool_handle(on_cuda)
-        return pool
 
     # ------------------------------------------------------------------ admission
 
     def _commit(
-        self,
-        fwd: GraphForward,
-        *,
-        traffic: bool = False,
-        evict: bool = True,
+        self, fwd: GraphForward, *, traffic: bool = False, evict: bool = True
     ) -> str | None:
         """Admit what a CAPTURE forward captured, making room for it (graph lock held). Returns
-        None, or why the descriptor stays eager (then nothing of it is kept)."""
+        None, or why the descriptor stays eager (then nothing of it is kept). ``evict=False``
+        (a predicted shape) never makes room: no room, and it is quietly dropped."""
         key = fwd.descriptor
         assert key is not None
-        missing = [i for i, graph in enumerate(fwd.captured) if graph is None]
-        reason = fwd.failure
-        if reason is None and missing:
-            reason = f"pieces {missing} were not called during the forward"
-        entry = None if reason is not None else CacheEntry(key, [g for g in fwd.captured if g])
+        entry = fwd.take_entry()
         budget = self._config.memory_budget_bytes
         if entry is not None and budget is not None and entry.memory_bytes > budget:
-            reason = (
+            fwd.failure = (
                 f"graph needs {entry.memory_bytes} bytes, more than the whole memory budget "
                 f"of {budget} bytes"
             )
-        if entry is None or reason is not None:
-            fwd.release_captured()
-            self._release([], freed=True)
-            assert reason is not None
-            self._fail(key, reason, fwd.seconds, traffic=traffic)
-            return reason
-        evicted: list[CacheEntry] = []
+            entry.release()
+            entry = None
+        if entry is None:
+            assert fwd.failure is not None
+            self._memory.release([], cache_empty=False, freed=True)
+            self._fail(key, fwd.failure, fwd.seconds, traffic=traffic)
+            return fwd.failure
         with self._state:
             self._stats.record_capture_seconds(fwd.seconds)
             entry.captured_at_lookup = entry.last_used_lookup = self._lookups
             self._entries[key] = entry
             self._memory_total += entry.memory_bytes
-            protect = {key} | (self._session or set())
-            if not evict:
-                protect |= set(self._entries)
+            protect = {key} | (self._session or set()) | (set() if evict else set(self._entries))
             evicted, refusal = self._enforce_limits(key, protect)
             self._pending.pop(key, None)
             if refusal is None:
@@ -259,24 +237,18 @@ class GraphCache:
             elif evict:
                 self._stats.capture_failures += 1
                 self._backoff.record_failure(key, refusal)
-            if traffic and refusal is not None:
-                self._stats.eager_runs += 1
+            self._stats.eager_runs += traffic and refusal is not None
             if evicted:
-                self._predicted_tried.clear()
-        fwd.captured = []
+                self._predicted_tried.clear()  # room has changed
+            empty = not self._entries
         if refusal is not None:
             fwd.refused = True
-            entry.release()
-            self._release(evicted, freed=True)
-            logger.log(
-                logging.WARNING if evict else logging.DEBUG,
-                "%s: %s: %s; running it eagerly",
-                self.name,
-                key.label(),
-                refusal,
-            )
+            evicted.append(entry)
+        self._memory.release(evicted, cache_empty=empty)
+        if refusal is not None:
+            level = logging.WARNING if evict else logging.DEBUG
+            logger.log(level, "%s: %s: %s; running it eagerly", self.name, key.label(), refusal)
             return refusal
-        self._release(evicted)
         logger.info(
             "%s: captured %s in %.3f s (%d bytes)",
             self.name,
@@ -355,24 +327,6 @@ class GraphCache:
             key=lambda key: (self._tracker.score(key, lookup), entries[key].last_used_lookup),
         )
 
-    def _release(self, evicted: Iterable[CacheEntry], *, freed: bool = False) -> None:
-        """Free dropped graphs (graph lock held, state lock not held). A per-graph pool is free
-        once its graph is reset; a shared pool only once every graph in it is gone."""
-        released, on_cuda = freed, freed
-        for entry in evicted:
-            on_cuda = on_cuda or any(not isinstance(p.graph, MockCUDAGraph) for p in entry.pieces)
-            entry.release()
-            released = True
-        if self._shared_pools:
-            with self._state:
-                empty = not self._entries
-            if empty:
-                on_cuda = on_cuda or True in self._shared_pools
-                self._shared_pools.clear()
-                released = True
-        if released and on_cuda and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
     # ------------------------------------------------------------------ capturing on request
 
     def _capture(
@@ -389,9 +343,7 @@ class GraphCache:
             run(original, fwd)
         except Exception as exc:
             fwd.release_captured()
-            reason = f"dummy forward failed: {type(exc).__name__}: {exc}"
-            self._fail(key, reason, fwd.seconds, traffic=False)
-            return reason
+            fwd.failure = f"dummy forward failed: {type(exc).__name__}: {exc}"
         return self._commit(fwd, evict=evict)
 
     def prewarm(
@@ -423,29 +375,21 @@ class GraphCache:
             report.skipped = ordered
             report.seconds = time.perf_counter() - start
             return report
-        with gc_frozen(self._options.freeze_gc), _GRAPH_LOCK, self._prewarm_session() as session:
+        with gc_frozen(self._options.freeze_gc), _GRAPH_LOCK:
+            # The prewarm's session: what it captures or finds cached, never evicted by it.
             with self._state:
-                session.update(key for key in ordered if key in self._entries)
-            for index, key in enumerate(ordered, start=1):
-                step = time.perf_counter()
-                reason: str | None = None
-                outcome: Outcome = "skipped"
-                if key in self._entries:
-                    report.skipped.append(key)
-                elif len(session) >= self._config.max_cached_graphs:
-                    reason = f"max_cached_graphs={self._config.max_cached_graphs} reached"
-                    report.skipped.append(key)
-                else:
-                    reason = self._capture(key, originals[key], run)
-                    if reason is None:
-                        outcome = "captured"
-                        report.captured.append(key)
-                    else:
-                        outcome = "failed"
-                        report.failed.append((key, reason))
-                if on_progress is not None:
-                    seconds = time.perf_counter() - step
-                    on_progress(PrewarmProgress(index, len(ordered), key, outcome, seconds, reason))
+                self._session = {key for key in ordered if key in self._entries}
+            try:
+                for index, key in enumerate(ordered, start=1):
+                    step = time.perf_counter()
+                    outcome, reason = self._prewarm_one(key, originals[key], run, report)
+                    if on_progress is not None:
+                        seconds = time.perf_counter() - step
+                        on_progress(
+                            PrewarmProgress(index, len(ordered), key, outcome, seconds, reason)
+                        )
+            finally:
+                self._session = None
         report.seconds = time.perf_counter() - start
         logger.info(
             "%s: prewarm captured %d, skipped %d, failed %d in %.2f s",
@@ -457,17 +401,22 @@ class GraphCache:
         )
         return report
 
-    @contextmanager
-    def _prewarm_session(self) -> Iterator[set[BatchDescriptor]]:
-        """Graphs captured inside the block are not evicted by later captures of the block."""
-        outer = self._session
-        if outer is None:
-            self._session = set()
-        try:
-            assert self._session is not None
-            yield self._session
-        finally:
-            self._session = outer
+    def _prewarm_one(
+        self, key: BatchDescriptor, original: BatchDescriptor, run: RunFn, report: PrewarmReport
+    ) -> tuple[Outcome, str | None]:
+        assert self._session is not None
+        if key in self._entries:
+            report.skipped.append(key)
+            return "skipped", None
+        if len(self._session) >= self._config.max_cached_graphs:
+            report.skipped.append(key)
+            return "skipped", f"max_cached_graphs={self._config.max_cached_graphs} reached"
+        reason = self._capture(key, original, run)
+        if reason is None:
+            report.captured.append(key)
+            return "captured", None
+        report.failed.append((key, reason))
+        return "failed", reason
 
     # ------------------------------------------------------------------ idle-gap captures
 
@@ -618,7 +567,7 @@ class GraphCache:
                 self._backoff.clear()
                 self._pending.clear()
                 self._predicted_tried.clear()
-            self._release(dropped)
+            self._memory.release(dropped, cache_empty=True)
         return len(dropped)
 
     # ------------------------------------------------------------------ profile
@@ -652,9 +601,3 @@ class GraphCache:
             if str(path) in str(exc):
                 raise
             raise ProfileError(f"profile {path}: {exc}") from exc
-
-    def __repr__(self) -> str:
-        return (
-            f"GraphCache({self.name}, mode={self._mode.name}, pieces={self._pieces}, "
-            f"cached={len(self._entries)}/{self._config.max_cached_graphs})"
-        )

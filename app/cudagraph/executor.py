@@ -1,5 +1,6 @@
-"""``GraphForward``: runs one forward the way the cache decided. Replays, captures or runs each
-piece eagerly; it holds no policy (what to capture, keep or evict is the ``GraphCache``'s).
+"""Executors: ``GraphForward`` runs one forward the way the cache decided (replays, captures or
+runs each piece eagerly); ``GraphMemory`` hands out capture pools and gives memory back. Neither
+holds policy: what to capture, keep or evict is the ``GraphCache``'s.
 
 The caller runs every graphed piece of the model through it, ``forward(i, piece, *args)``, in
 the same order each time. FULL has one piece (the whole model), PIECEWISE one per graphed span.
@@ -12,11 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.cudagraph.capture import capture_piece
+import torch
+
+from app.cudagraph.capture import capture_piece, new_pool_handle
 from app.cudagraph.descriptor import BatchDescriptor
 from app.cudagraph.entry import CacheEntry, PieceGraph
 from app.cudagraph.errors import InputAddressMismatchError
-from app.cudagraph.options import CUDAGraphOptions
+from app.cudagraph.mock_graph import MockCUDAGraph
+from app.cudagraph.options import CUDAGraphOptions, PoolPolicy
 from app.cudagraph.tensors import input_addresses
 
 
@@ -28,6 +32,37 @@ class Action(enum.Enum):
 
 def _own_pool(on_cuda: bool) -> None:
     return None
+
+
+class GraphMemory:
+    """ "per_graph": each graph gets a pool of its own, so releasing it frees its memory.
+    "shared": one pool per device kind for all graphs of a cache, freed once all are gone."""
+
+    def __init__(self, policy: PoolPolicy) -> None:
+        self._policy = policy
+        self._shared: dict[bool, Any] = {}  # on_cuda -> pool
+
+    def pool(self, on_cuda: bool) -> Any:
+        """The pool to capture into (None: the graph's own)."""
+        if self._policy != "shared":
+            return None
+        if on_cuda not in self._shared:
+            self._shared[on_cuda] = new_pool_handle(on_cuda)
+        return self._shared[on_cuda]
+
+    def release(self, entries: list[CacheEntry], *, cache_empty: bool, freed: bool = False) -> None:
+        """Drop ``entries`` (and the shared pools once the cache is empty), then hand the freed
+        device memory back. ``freed``: something was already dropped (a refused capture)."""
+        on_cuda = freed or any(
+            not isinstance(p.graph, MockCUDAGraph) for e in entries for p in e.pieces
+        )
+        for entry in entries:
+            entry.release()
+        if cache_empty and self._shared:
+            on_cuda = on_cuda or True in self._shared
+            self._shared.clear()
+        if on_cuda and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class GraphForward:
@@ -106,6 +141,20 @@ class GraphForward:
         self.captured[piece] = graph
         graph.graph.replay()  # a real capture executes nothing: replay once for this answer
         return graph.output
+
+    def take_entry(self) -> CacheEntry | None:
+        """The entry of what this forward captured, if it captured every piece; else None, with
+        ``failure`` saying why and the pieces it did capture released."""
+        missing = [i for i, graph in enumerate(self.captured) if graph is None]
+        if self.failure is None and missing:
+            self.failure = f"pieces {missing} were not called during the forward"
+        if self.failure is not None:
+            self.release_captured()
+            return None
+        assert self.descriptor is not None
+        entry = CacheEntry(self.descriptor, [g for g in self.captured if g is not None])
+        self.captured = []
+        return entry
 
     def release_captured(self) -> None:
         """Drop every graph this forward captured (a failed or refused capture)."""

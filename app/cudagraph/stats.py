@@ -12,21 +12,8 @@ from dataclasses import dataclass, field
 
 # Upper bounds (seconds) of the capture-time histogram, Prometheus style (le=...).
 CAPTURE_SECONDS_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    float("inf"),
-)
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf")
+)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -14,18 +14,15 @@ evicts the least recently used graph; the adaptive one captures what traffic pro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from os import PathLike
 from typing import Any
 
 from app.cudagraph.cache import GraphCache, ProgressFn
 from app.cudagraph.context import _FORWARD_CONTEXT
 from app.cudagraph.descriptor import BatchDescriptor
-from app.cudagraph.entry import CacheEntry
 from app.cudagraph.executor import GraphForward
 from app.cudagraph.modes import CUDAGraphMode
 from app.cudagraph.options import CacheConfig, CUDAGraphOptions
-from app.cudagraph.stats import CacheSnapshot
-from app.cudagraph.view import CachedGraphInfo, HotShape, PrewarmReport
+from app.cudagraph.view import HotShape, PrewarmReport
 
 DummyFn = Callable[[BatchDescriptor], tuple[tuple[Any, ...], dict[str, Any]]]
 _DEFAULTS = CacheConfig()
@@ -124,74 +121,20 @@ class CUDAGraphWrapper:
 
         return self.cache.prewarm(shapes, run, on_progress=on_progress)
 
-    # ------------------------------------------------------------------ the cache's views
+    # ------------------------------------------------------------------ the seed's views
+    # Everything else the cache shows (snapshot, entries, profile, clear) is on ``self.cache``.
 
     @property
     def mode(self) -> CUDAGraphMode:
         return self.cache.mode
 
-    @property
-    def options(self) -> CUDAGraphOptions:
-        return self.cache.options
-
-    @property
-    def max_cached_graphs(self) -> int:
-        return self.cache.config.max_cached_graphs
-
-    @property
-    def memory_budget_bytes(self) -> int | None:
-        return self.cache.config.memory_budget_bytes
-
-    @property
-    def capture_threshold(self) -> int:
-        return self.cache.config.capture_threshold
-
-    @property
-    def min_replays_to_keep(self) -> int:
-        return self.cache.config.min_replays_to_keep
-
-    def snapshot(self) -> CacheSnapshot:
-        return self.cache.snapshot()
-
-    def cached_entries(self) -> list[CachedGraphInfo]:
-        return self.cache.cached_entries()
-
     def get_cached_descriptors(self) -> list[BatchDescriptor]:
         """Cached keys, least recently used first."""
         return self.cache.get_cached_descriptors()
 
-    def get_entry(self, descriptor: BatchDescriptor) -> CacheEntry | None:
-        return self.cache.entry_for(descriptor)
-
     def get_hot_shapes(self, top_k: int = 10) -> list[HotShape]:
+        """Most requested first (ties: most recent first), with counts and cache state."""
         return self.cache.get_hot_shapes(top_k)
-
-    def predict_shapes(self, top_k: int = 10) -> list[BatchDescriptor]:
-        return self.cache.predict_shapes(top_k)
-
-    def set_ladder(self, ladder: Sequence[BatchDescriptor]) -> None:
-        self.cache.set_ladder(ladder)
-
-    def memory_bytes(self) -> int:
-        return self.cache.memory_bytes()
-
-    def capture_failure_reason(self, descriptor: BatchDescriptor) -> str | None:
-        return self.cache.capture_failure_reason(descriptor)
-
-    def clear(self) -> int:
-        return self.cache.clear()
-
-    def export_profile(self) -> dict[str, Any]:
-        return self.cache.export_profile()
-
-    def import_profile(self, profile: dict[str, Any]) -> int:
-        return self.cache.import_profile(profile)
-
-    def save_profile(self, path: str | PathLike[str]) -> None:
-        self.cache.save_profile(path)
-
-    def load_profile(self, path: str | PathLike[str]) -> int:
-        return self.cache.load_profile(path)
 
     def unwrap(self) -> Callable[..., Any]:
         """The wrapped runnable."""

@@ -27,3 +27,11 @@ def wait_ready(client: _Getter, timeout_s: float = 60.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the app never became ready"
         time.sleep(0.02)
+
+
+def wait_captured(client: _Getter, headers: dict[str, str], timeout_s: float = 30.0) -> None:
+    """Poll GET /admin/stats until no deferred capture is waiting for an idle gap."""
+    deadline = time.monotonic() + timeout_s
+    while client.get("/admin/stats", headers=headers).json()["pending_captures"]:
+        assert time.monotonic() < deadline, "deferred captures never ran"
+        time.sleep(0.01)

@@ -33,6 +33,7 @@ from test_hardening_support import (
     reference,
     run,
     serving,
+    settled,
     stats,
     the_model,
 )
@@ -82,6 +83,7 @@ def test_a_model_fault_fails_only_its_batch(graph_mode: str, threshold: int, pat
             capture_threshold=threshold,
             max_batch_wait_ms=100,  # the 3 requests of wave A form one batch
             max_batch_size=8,
+            idle_prewarm_top_k=0,  # no predicted captures that would run into the armed hook
         ) as (app, client):
 
             def post(texts: list[str]) -> list[asyncio.Task[httpx.Response]]:
@@ -93,6 +95,7 @@ def test_a_model_fault_fails_only_its_batch(graph_mode: str, threshold: int, pat
             # variants the armed wave replays captured graphs.
             for texts in ([TEXT_A] * 3, [TEXT_B] * 2):
                 assert all(r.status_code == 200 for r in await asyncio.gather(*post(texts)))
+            await settled(client)  # captured in the idle gaps, before the hook is armed
             hook = FailOnce(app, queued=2)
             # On every submodule: PIECEWISE never calls the model itself, only its pieces.
             handles = [m.register_forward_pre_hook(hook) for m in the_model(app).modules()]
@@ -153,6 +156,7 @@ def test_out_of_memory_during_capture_falls_back_to_eager(graph_mode: str) -> No
                 for _ in range(2):
                     for texts in SHAPES:
                         await assert_answers(client, texts)
+                        await settled(client)  # the capture in the gap fails, and backs off
                 s = await stats(client)
                 text = (await client.get("/metrics")).text
             finally:
@@ -178,6 +182,7 @@ def test_a_budget_smaller_than_any_graph_serves_eagerly() -> None:
         async with serving(graph_memory_budget_mb=1 / 2**20, capture_threshold=1) as (_, client):
             for texts in SHAPES:
                 await assert_answers(client, texts)
+                await settled(client)
             s = await stats(client)
             assert s["capture_failures"] >= len(SHAPES) and s["cached_graphs"] == 0, s
             assert s["memory_bytes"] == 0, s

@@ -32,6 +32,7 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncC
     # float32: answers are compared with the float32 toy reference at 1e-5 (auto would pick
     # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
     overrides.setdefault("dtype", "float32")
+    overrides.setdefault("graph_mode", "FULL")  # the graph paths on the CPU too
     app = create_app(load_settings(**overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -99,3 +100,12 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     out: dict[str, Any] = resp.json()
     return out
+
+
+async def settled(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The stats once the deferred captures have run in the engine's idle gaps."""
+    deadline = time.monotonic() + 30
+    while (current := await stats(client))["pending_captures"]:
+        assert time.monotonic() < deadline, "deferred captures never ran"
+        await asyncio.sleep(0.005)
+    return current

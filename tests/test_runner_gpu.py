@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 from parity_sentences import SENTENCES
+from runner_support import capture_due
 
-from app.cudagraph import CUDAGraphMode
+from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import default_model_path, load_sentence_encoder
 
@@ -42,30 +43,38 @@ def token_ids(encoder):
 
 
 def graph_types(runner: EmbeddingRunner) -> set[type]:
-    wrappers = [runner._full] if runner._full is not None else runner._piece_wrappers
-    return {type(e.cudagraph) for w in wrappers for e in w._entries.values()}
+    entries = [runner.graphs.entry_for(d) for d in runner.graphs.get_cached_descriptors()]
+    return {type(p.graph) for e in entries if e is not None for p in e.pieces}
+
+
+def make_runner(encoder, mode, **kw) -> EmbeddingRunner:
+    """Captures after one lookup (in the idle gap `capture_due` stands for)."""
+    cache = CacheConfig(capture_threshold=1)
+    return EmbeddingRunner(encoder, RunnerConfig(mode=mode, cache=cache, **kw))
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_cuda_parity_float32(encoder, token_ids, reference, mode):
-    runner = EmbeddingRunner(encoder, RunnerConfig(mode=mode))
-    for _ in range(2):  # capture, then replay
+    runner = make_runner(encoder, mode)
+    for _ in range(2):  # eager and captured after, then replay
         res = runner.run(token_ids)
+        capture_due(runner)
         assert res.embeddings.device.type == "cpu" and res.embeddings.dtype == torch.float32
         cos = torch.nn.functional.cosine_similarity(res.embeddings, reference)
         assert cos.min() >= 0.9999, (mode.name, cos)
     if mode.has_graphs():
         assert graph_types(runner) == {torch.cuda.CUDAGraph}
-        snap = runner.graphs.stats_snapshot()
-        assert snap["replays"] >= len(res.descriptors) and snap["memory_bytes"] > 0
+        snap = runner.graphs.snapshot()
+        assert snap.replays >= len(res.descriptors) and snap.memory_bytes > 0
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_cuda_isolation(encoder, token_ids, mode):
-    runner = EmbeddingRunner(encoder, RunnerConfig(mode=mode))
+    runner = make_runner(encoder, mode)
     for target in (1, 8):
         alone = runner.run([token_ids[target]]).embeddings[0]
         for others in ([0, 13], [2, 3, 4, 5, 6, 7], [9, 10, 11]):
+            capture_due(runner)
             res = runner.run([token_ids[i] for i in others] + [token_ids[target]])
             diff = (res.embeddings[-1] - alone).abs().max().item()
             assert diff <= 1e-5, (mode.name, target, others, diff)
@@ -73,18 +82,20 @@ def test_cuda_isolation(encoder, token_ids, mode):
 
 @pytest.mark.parametrize("mode", GRAPH_MODES, ids=lambda m: m.name)
 def test_cuda_replays_and_copy_out(encoder, token_ids, mode):
-    runner = EmbeddingRunner(encoder, RunnerConfig(mode=mode))
+    runner = make_runner(encoder, mode)
     a = [token_ids[i] for i in (5, 6, 16)]
     b = [token_ids[i] for i in (11, 7, 10)]
-    first = runner.run(a)
+    runner.run(a)
+    capture_due(runner)
+    first = runner.run(a)  # a replay
     kept = first.embeddings.clone()
-    before = runner.graphs.stats_snapshot()
+    before = runner.graphs.snapshot()
     for _ in range(4):
         res = runner.run(b)
-    after = runner.graphs.stats_snapshot()
+    after = runner.graphs.snapshot()
     assert res.descriptors == first.descriptors  # same padded shape: replays of one graph
-    assert after["replays"] - before["replays"] == 4 * len(first.descriptors)
-    assert after["captures"] == before["captures"] and after["misses"] == before["misses"]
+    assert after.replays - before.replays == 4 * len(first.descriptors)
+    assert after.captures == before.captures and after.misses == before.misses
     assert torch.equal(first.embeddings, kept)  # earlier results not overwritten by replays
     again = runner.run(a).embeddings
     assert (again - kept).abs().max() <= 1e-5
@@ -92,23 +103,22 @@ def test_cuda_replays_and_copy_out(encoder, token_ids, mode):
 
 @pytest.mark.parametrize("mode", GRAPH_MODES, ids=lambda m: m.name)
 def test_cuda_prewarm_then_hits(encoder, token_ids, mode):
-    runner = EmbeddingRunner(
-        encoder, RunnerConfig(mode=mode, max_batch_size=8, max_num_tokens=2048)
-    )
+    runner = make_runner(encoder, mode, max_batch_size=8, max_num_tokens=2048)
     report = runner.prewarm(runner.ladder_descriptors())
     assert report.failed == [] and len(report.captured) == len(runner.ladder_descriptors())
     runner.run(token_ids)
-    snap = runner.graphs.stats_snapshot()
-    assert snap["misses"] == 0 and snap["hits"] >= 1
+    snap = runner.graphs.snapshot()
+    assert snap.misses == 0 and snap.hits >= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_cuda_half_precision_sanity(token_ids, reference, mode, dtype):
     enc = load_sentence_encoder(device="cuda", dtype=dtype)
-    runner = EmbeddingRunner(enc, RunnerConfig(mode=mode))
+    runner = make_runner(enc, mode)
     for _ in range(2):
         res = runner.run(token_ids)
+        capture_due(runner)
     assert res.embeddings.dtype == torch.float32 and torch.isfinite(res.embeddings).all()
     cos = torch.nn.functional.cosine_similarity(res.embeddings, reference)
     assert cos.min() >= (0.999 if dtype == torch.float16 else 0.99), (mode.name, cos)

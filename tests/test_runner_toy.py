@@ -1,5 +1,5 @@
 """The runner's mechanics on the toy model (fast): parity with eager, isolation, padding,
-copy-out of graph memory, real replays, splitting, prewarm, cache limits."""
+copy-out of graph memory, real replays, splitting, prewarm, cache limits, deferred captures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import random
 
 import pytest
 import torch
+from runner_support import capture_due
 
-from app.cudagraph import BatchDescriptor, CUDAGraphGroup, CUDAGraphMode
+from app.cudagraph import BatchDescriptor, CacheConfig, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import make_toy_encoder
 
@@ -21,9 +22,16 @@ def toy():
     return make_toy_encoder()
 
 
+CACHE_FIELDS = set(CacheConfig.__dataclass_fields__)
+
+
 def make_runner(toy, mode, **kw):
+    """Captures after one lookup and no idle prediction unless asked: deterministic counts."""
+    cache = {"capture_threshold": 1, "idle_prewarm_top_k": 0}
+    cache.update({k: v for k, v in kw.items() if k in CACHE_FIELDS})
     cfg = dict(max_batch_size=8, max_num_tokens=256)
-    return EmbeddingRunner(toy, RunnerConfig(mode=mode, **{**cfg, **kw}))
+    cfg.update({k: v for k, v in kw.items() if k not in CACHE_FIELDS})
+    return EmbeddingRunner(toy, RunnerConfig(mode=mode, cache=CacheConfig(**cache), **cfg))
 
 
 def random_texts(n: int, seed: int) -> list[str]:
@@ -41,11 +49,14 @@ def test_matches_eager_in_input_order(toy, mode):
     texts = random_texts(19, seed=1) + ["z" * 100]  # one truncated at 64 tokens
     ref = toy.embed(texts)
     runner = make_runner(toy, mode)
-    for _ in range(3):  # miss (capture) then replays
+    for _ in range(3):  # miss (eager, captured in the gap after) then replays
         res = runner.run(ids_of(toy, texts))
         assert res.embeddings.shape == (20, 32) and res.embeddings.dtype == torch.float32
         assert res.embeddings.device.type == "cpu"
         torch.testing.assert_close(res.embeddings, ref, atol=1e-5, rtol=0)
+        capture_due(runner)
+    if mode is not CUDAGraphMode.NONE:
+        assert runner.graphs.snapshot().hits == 2 * len(res.descriptors)
     assert res.real_tokens == sum(len(x) for x in ids_of(toy, texts))
     assert res.padded_tokens >= res.real_tokens
     if mode is CUDAGraphMode.NONE:
@@ -110,7 +121,8 @@ def test_padding_never_leaks_piecewise(toy):
     runner = make_runner(toy, CUDAGraphMode.PIECEWISE)
     texts = random_texts(5, seed=7)
     ref = toy.embed(texts)
-    runner.run(ids_of(toy, texts))  # capture
+    runner.run(ids_of(toy, texts))
+    assert capture_due(runner) == 1
     for buf in (*runner._hidden, runner._attn):
         buf.fill_(float("nan"))
     res = runner.run(ids_of(toy, texts))  # replay over poisoned buffers
@@ -135,22 +147,24 @@ def test_repeated_batches_are_replays(toy, mode):
     ids = ids_of(toy, ["a", "bb cc", "graph replay", "cuda graph", "x y z", "padding"])
     first = runner.run(ids)
     assert len(first.descriptors) == 1
-    before = runner.graphs.stats_snapshot()
-    assert before["captures"] == 1 and before["misses"] == 1
+    capture_due(runner)
+    before = runner.graphs.snapshot()
+    assert before.captures == 1 and before.misses == 1
     for _ in range(5):
         res = runner.run(ids)
         assert res.descriptors == first.descriptors
-    after = runner.graphs.stats_snapshot()
-    assert after["replays"] - before["replays"] == 5
-    assert after["hits"] - before["hits"] == 5
-    assert after["misses"] == before["misses"] and after["captures"] == before["captures"]
-    assert after["eager_runs"] == 0
+    after = runner.graphs.snapshot()
+    assert after.replays - before.replays == 5
+    assert after.hits - before.hits == 5
+    assert after.misses == before.misses and after.captures == before.captures
+    assert after.eager_runs == 1  # only the first sight, answered before its capture
     assert runner.graphs.get_cached_descriptors() == first.descriptors
+    entry = runner.graphs.entry_for(first.descriptors[0])
+    assert entry is not None and entry.replay_count == 5
     if mode is CUDAGraphMode.PIECEWISE:
-        assert isinstance(runner.graphs, CUDAGraphGroup)
-        assert len(runner.graphs.wrappers) == toy.model.config.num_hidden_layers + 1
-        for w in runner.graphs.wrappers:  # every piece replays, not only the lead
-            assert w.stats_snapshot()["replays"] == 5
+        # one entry, a graph for every piece, one lookup per forward
+        assert runner.graphs.pieces == toy.model.config.num_hidden_layers + 1
+        assert len(entry.pieces) == runner.graphs.pieces
         assert first.descriptors[0].num_reqs is None  # relaxed: token bucket only
     else:
         d = first.descriptors[0]
@@ -161,6 +175,7 @@ def test_full_shapes_with_equal_tokens_are_distinct_graphs(toy):
     runner = make_runner(toy, CUDAGraphMode.FULL)
     runner.run(ids_of(toy, ["a" * 40] * 2))  # 2 x 64 = 128 tokens
     runner.run(ids_of(toy, ["a" * 20] * 4))  # 4 x 32 = 128 tokens
+    assert capture_due(runner) == 2
     cached = runner.graphs.get_cached_descriptors()
     assert sorted((d.num_tokens, d.num_reqs) for d in cached) == [(128, 2), (128, 4)]
 
@@ -204,15 +219,15 @@ def test_prewarm_ladder_then_only_hits(toy, mode):
     assert report.failed == [] and report.skipped == []
     assert report.captured == sorted(ladder, key=BatchDescriptor.sort_key, reverse=True)
     assert runner.graphs.get_hot_shapes(10) == []  # prewarm does not count as traffic
-    assert runner.graphs.stats_snapshot()["misses"] == 0
+    assert runner.graphs.snapshot().misses == 0
     texts = random_texts(20, seed=10)
     ref = toy.embed(texts)
     for _ in range(2):
         res = runner.run(ids_of(toy, texts))
         torch.testing.assert_close(res.embeddings, ref, atol=1e-5, rtol=0)
-    snap = runner.graphs.stats_snapshot()
-    assert snap["misses"] == 0 and snap["captures"] == len(ladder)
-    assert snap["hits"] == 2 * len(res.descriptors)
+    snap = runner.graphs.snapshot()
+    assert snap.misses == 0 and snap.captures == len(ladder)
+    assert snap.hits == 2 * len(res.descriptors)
     again = runner.prewarm(ladder[:2])
     assert again.captured == [] and len(again.skipped) == 2
 
@@ -222,11 +237,12 @@ def test_prewarm_rejects_shapes_off_the_ladder(toy):
     report = full.prewarm([BatchDescriptor(48, 3), BatchDescriptor(32, 2)])
     assert report.captured == [BatchDescriptor(32, 2)]
     assert [d for d, _ in report.failed] == [BatchDescriptor(48, 3)]
-    assert "not a (batch, seq_len) shape" in report.failed[0][1]
+    assert "t48_r3 is not a shape of this runner's ladder" in report.failed[0][1]
     pw = make_runner(toy, CUDAGraphMode.PIECEWISE)
-    report = pw.prewarm([BatchDescriptor(50), BatchDescriptor(64)])
+    # PIECEWISE keys by the token count, as lookups do: (64, 4) is the bucket 64
+    report = pw.prewarm([BatchDescriptor(50), BatchDescriptor(64, 4)])
     assert report.captured == [BatchDescriptor(64)]
-    assert "not a token bucket" in report.failed[0][1]
+    assert "t50 is not a shape of this runner's ladder" in report.failed[0][1]
     none = make_runner(toy, CUDAGraphMode.NONE)
     assert none.ladder_descriptors() == []
     assert none.prewarm([BatchDescriptor(64)]).skipped == [BatchDescriptor(64)]
@@ -235,13 +251,15 @@ def test_prewarm_rejects_shapes_off_the_ladder(toy):
 @pytest.mark.parametrize("mode", GRAPH_MODES)
 def test_cache_limits_pass_through(toy, mode):
     runner = make_runner(toy, mode, max_cached_graphs=2, min_replays_to_keep=0)
-    assert runner.graphs.max_cached_graphs == 2
+    assert runner.graphs.config.max_cached_graphs == 2
     batches = [ids_of(toy, ["a" * k] * b) for k, b in [(5, 1), (20, 3), (40, 5), (60, 2)]]
-    refs = [runner.run(b).embeddings for b in batches]
+    results = [runner.run(b) for b in batches]
+    refs = [r.embeddings for r in results]
+    assert capture_due(runner) == len({d for r in results for d in r.descriptors}) >= 4
     for b, ref in zip(batches, refs, strict=True):
         torch.testing.assert_close(runner.run(b).embeddings, ref, atol=1e-6, rtol=0)
-    snap = runner.graphs.stats_snapshot()
-    assert snap["cached_graphs"] <= 2 and snap["evictions"] >= 2
+    snap = runner.graphs.snapshot()
+    assert snap.cached_graphs <= 2 and snap.evictions >= 2
 
 
 @pytest.mark.parametrize("mode", GRAPH_MODES)
@@ -249,18 +267,44 @@ def test_capture_threshold_runs_eager_first(toy, mode):
     runner = make_runner(toy, mode, capture_threshold=2)
     ids = ids_of(toy, ["threshold test"])
     ref = toy.embed(["threshold test"])
-    for expected_captures in (0, 1, 1):
+    # lookups 1 and 2 run eagerly; the 2nd crosses the threshold and is captured in the gap
+    for expected_pending, expected_captures in ((0, 0), (1, 1), (0, 1)):
         torch.testing.assert_close(runner.run(ids).embeddings, ref, atol=1e-5, rtol=0)
-        assert runner.graphs.stats_snapshot()["captures"] == expected_captures
-    assert runner.graphs.stats_snapshot()["eager_runs"] == 1
+        assert runner.graphs.snapshot().pending_captures == expected_pending
+        capture_due(runner)
+        assert runner.graphs.snapshot().captures == expected_captures
+    snap = runner.graphs.snapshot()
+    assert (snap.eager_runs, snap.hits) == (2, 1)
 
 
-def test_memory_budget_is_shared_by_pieces(toy):
+@pytest.mark.parametrize("mode", GRAPH_MODES)
+def test_a_crossing_waits_for_a_gap_unless_it_waited_too_long(toy, mode):
+    runner = make_runner(toy, mode, max_capture_delay_s=3600.0)
+    runner.run(ids_of(toy, ["deferred"]))
+    assert runner.idle_work_due(True) and not runner.idle_work_due(False)
+    assert runner.idle_capture(idle=False) is None  # under load, not yet
+    step = runner.idle_capture(idle=True)
+    assert step is not None and step.outcome == "captured"
+    hurried = make_runner(toy, mode, max_capture_delay_s=0.0)
+    hurried.run(ids_of(toy, ["deferred"]))
+    assert hurried.idle_work_due(False)  # overdue: captured between batches even under load
+    step = hurried.idle_capture(idle=False)
+    assert step is not None and step.outcome == "captured"
+
+
+def test_memory_budget_is_one_for_all_pieces(toy):
     runner = make_runner(toy, CUDAGraphMode.PIECEWISE, memory_budget_bytes=3_000_000)
-    n = len(runner.graphs.wrappers)
-    assert runner.graphs.memory_budget_bytes == (3_000_000 // n) * n
+    assert runner.graphs.config.memory_budget_bytes == 3_000_000
+    runner.run(ids_of(toy, ["budget"]))
+    capture_due(runner)
+    (info,) = runner.graphs.cached_entries()
+    entry = runner.graphs.entry_for(info.descriptor)
+    assert entry is not None and len(entry.pieces) == runner.graphs.pieces
+    # the entry is charged the memory of all its pieces against the one budget
+    assert info.memory_bytes == sum(p.memory_bytes for p in entry.pieces)
+    assert runner.graphs.memory_bytes() == info.memory_bytes
     full = make_runner(toy, CUDAGraphMode.FULL, memory_budget_bytes=1234)
-    assert full.graphs.memory_budget_bytes == 1234
+    assert full.graphs.config.memory_budget_bytes == 1234
 
 
 def test_full_layout_of_ids_mask_and_padding_rows(toy):

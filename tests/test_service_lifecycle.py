@@ -30,6 +30,7 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncC
     # float32: answers are compared with the float32 toy reference at 1e-5 (auto would pick
     # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
     overrides.setdefault("dtype", "float32")
+    overrides.setdefault("graph_mode", "FULL")  # graphs on the CPU too (auto would pick NONE)
     app = create_app(load_settings(admin_token=TOKEN, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -82,6 +83,63 @@ def test_not_ready_until_startup_prewarm_is_captured() -> None:
     run(main)
 
 
+def test_a_failed_startup_prewarm_is_served_eagerly_and_shown() -> None:
+    """Ready once the start-up prewarm has run, whatever it captured: a shape that did not fit
+    the memory budget is answered eagerly, and the failure is in /admin/stats and a metric."""
+
+    async def main() -> None:
+        async with serving(
+            model_path="toy", prewarm_shapes="8x64", graph_memory_budget_mb=1 / 2**20
+        ) as (app, client):
+            await engine_of(app).wait_ready()
+            assert (await client.get("/readyz")).status_code == 200
+            stats = (await client.get("/admin/stats", headers=AUTH)).json()
+            startup = stats["startup_prewarm"]
+            assert startup["captured"] == [] and len(startup["failed"]) == 1
+            assert "memory budget" in startup["failed"][0]["reason"]
+            assert stats["capture_failures"] == 1 and stats["cached_graphs"] == 0
+            metrics = (await client.get("/metrics")).text
+            assert _sample(metrics, "cudagraph_capture_failures_total") == 1
+            resp = await client.post("/infer", json={"inputs": ["x" * 60] * 8})
+            assert resp.status_code == 200
+
+    run(main)
+
+
+def test_a_threshold_crossing_is_answered_eagerly_and_captured_in_the_next_gap() -> None:
+    async def main() -> None:
+        async with serving(model_path="toy", capture_threshold=2, idle_prewarm_top_k=0) as (
+            app,
+            client,
+        ):
+            engine = engine_of(app)
+            await engine.wait_ready()
+            graphs = engine.graphs
+            assert graphs is not None
+
+            async def stats() -> dict[str, Any]:
+                return (await client.get("/admin/stats", headers=AUTH)).json()  # type: ignore[no-any-return]
+
+            body = {"inputs": ["crossing"]}
+            ref = (await client.post("/infer", json=body)).json()["embeddings"]
+            crossing = await client.post("/infer", json=body)  # 2nd lookup: the threshold
+            assert crossing.json()["embeddings"] == ref
+            # Answered eagerly: no request paid for a capture.
+            assert (await stats())["eager_runs"] == 2
+            while graphs.pending_captures():
+                await asyncio.sleep(0.005)
+            after_gap = await stats()
+            assert (after_gap["captures"], after_gap["pending_captures"]) == (1, 0)
+            replayed = await client.post("/infer", json=body)
+            torch.testing.assert_close(
+                torch.tensor(replayed.json()["embeddings"]), torch.tensor(ref), atol=1e-5, rtol=0
+            )
+            final = await stats()
+            assert (final["hits"], final["misses"], final["eager_runs"]) == (1, 2, 2)
+
+    run(main)
+
+
 # ---------------------------------------------------------------------------- batching
 def test_startup_heap_is_frozen_while_serving_and_given_back_on_stop() -> None:
     """Ready: what start-up allocated is out of the collector's reach (gc.freeze), and stays so
@@ -89,13 +147,20 @@ def test_startup_heap_is_frozen_while_serving_and_given_back_on_stop() -> None:
     gc.unfreeze()
 
     async def main() -> None:
-        async with serving(model_path="toy", graph_mode="FULL", capture_threshold=1) as (app, c):
+        # No idle prediction: a capture still running would hold the collector disabled.
+        async with serving(
+            model_path="toy", graph_mode="FULL", capture_threshold=1, idle_prewarm_top_k=0
+        ) as (app, c):
             await engine_of(app).wait_ready()
             frozen = gc.get_freeze_count()
             assert frozen > 1000, frozen
             resp = await c.post("/infer", json={"inputs": ["a new shape, captured now"]})
             assert resp.status_code == 200
-            assert engine_of(app).graphs.stats_snapshot()["captures"] >= 1
+            graphs = engine_of(app).graphs
+            assert graphs is not None
+            while graphs.pending_captures():  # captured in the idle gap after the answer
+                await asyncio.sleep(0.005)
+            assert graphs.snapshot().captures >= 1
             assert gc.get_freeze_count() >= frozen and gc.isenabled()
         assert gc.get_freeze_count() == 0
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from app_support import wait_ready
+from app_support import wait_captured, wait_ready
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,9 +63,19 @@ def value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
     return sum(found)
 
 
+ADMIN = {"Authorization": "Bearer t"}
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    settings = load_settings(model_path="toy", admin_token="t", capture_threshold=2)
+    # FULL: graphs on the CPU too; no idle prediction, so capture counts are traffic's alone
+    settings = load_settings(
+        model_path="toy",
+        admin_token="t",
+        graph_mode="FULL",
+        capture_threshold=2,
+        idle_prewarm_top_k=0,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c, timeout_s=30)
         yield c
@@ -73,7 +83,8 @@ def client() -> Iterator[TestClient]:
 
 def test_every_metric_has_its_name_type_and_labels(client: TestClient) -> None:
     client.post("/infer", json={"inputs": ["warm", "up"]})
-    client.post("/infer", json={"inputs": ["warm", "up"]})  # second sight: captured
+    client.post("/infer", json={"inputs": ["warm", "up"]})  # second sight: captured after
+    wait_captured(client, ADMIN)
     families = scrape(client)
     for name, (kind, labels) in EXPECTED.items():
         assert name in families, name
@@ -94,6 +105,7 @@ def test_values_move_with_traffic(client: TestClient) -> None:
     texts = ["the quick brown fox jumps"]  # one text: shape 1 x 32 tokens (toy tokenizer)
     for _ in range(4):
         assert client.post("/infer", json={"inputs": texts}).status_code == 200
+        wait_captured(client, ADMIN)  # the engine's idle gap after each answer
     assert client.post("/infer", json={"inputs": []}).status_code == 422
     after = scrape(client)
 
@@ -101,13 +113,14 @@ def test_values_move_with_traffic(client: TestClient) -> None:
         return value(after, sample, **labels) - value(before, sample, **labels)
 
     assert delta("sidecar_requests_total", **route) == 4
+    assert delta("cudagraph_eager_runs_total") == 2
     assert delta("sidecar_requests_total", route="/infer", status="422") == 1
     assert delta("sidecar_request_seconds_count") == 5
     assert delta("sidecar_batch_size_count") == 4 and delta("sidecar_batch_size_sum") == 4
     assert delta("sidecar_queue_wait_seconds_count") == 4
     assert delta("sidecar_padding_ratio_count") == 4
     assert value(after, "sidecar_queue_depth") == 0
-    # Graph cache: 1 x 32 missed twice (eager, then captured), then replayed.
+    # Graph cache: 1 x 32 missed twice (eager; captured in the gap after the 2nd), then replayed.
     assert delta("cudagraph_misses_total") == 2
     assert delta("cudagraph_captures_total") == 1
     assert delta("cudagraph_hits_total") == 2 and delta("cudagraph_replays_total") == 2
@@ -131,8 +144,9 @@ def test_values_move_with_traffic(client: TestClient) -> None:
 def test_clearing_the_cache_shows_in_the_gauges(client: TestClient) -> None:
     client.post("/infer", json={"inputs": ["abc"]})
     client.post("/infer", json={"inputs": ["abc"]})
+    wait_captured(client, ADMIN)
     assert value(scrape(client), "cudagraph_cached_graphs") >= 1
-    client.delete("/admin/graphs", headers={"Authorization": "Bearer t"})
+    client.delete("/admin/graphs", headers=ADMIN)
     after = scrape(client)
     assert value(after, "cudagraph_cached_graphs") == 0
     assert value(after, "cudagraph_memory_bytes") == 0

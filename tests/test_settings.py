@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.devices import resolve_device, resolve_dtype
-from app.main import engine_config
+from app.cudagraph import CacheConfig, CUDAGraphMode
+from app.devices import resolve_device, resolve_dtype, resolve_graph_mode
+from app.engine.runner import RunnerConfig
 from app.settings import Settings, SettingsError, load_settings, unknown_env_vars
 from models import cpu_has_native_bf16
 
@@ -27,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = load_settings()
-    assert s.graph_mode == "FULL"
+    assert s.graph_mode == "AUTO"
     assert s.model_path is None  # the bundled all-MiniLM-L6-v2
     assert (s.max_batch_size, s.max_batch_tokens, s.max_batch_wait_ms) == (32, 8192, 0.0)
     assert (s.max_queue, s.request_timeout_s) == (1024, 30.0)
@@ -157,22 +158,72 @@ def test_unknown_env_vars_are_reported() -> None:
 def test_device_and_dtype_resolution() -> None:
     if not torch.cuda.is_available():
         assert resolve_device("auto") == "cpu"
-        with pytest.raises(ValueError, match="SIDECAR_DEVICE"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
-        with pytest.raises(ValueError, match="SIDECAR_DTYPE"):
+        with pytest.raises(ValueError, match="only supported on CUDA"):
             resolve_dtype("float16", "cpu")
-        # the app turns them into the settings error the CLI reports in one line
+        # the settings layer turns them into the error the CLI reports in one line
         with pytest.raises(SettingsError, match="SIDECAR_DEVICE"):
-            engine_config(load_settings(device="cuda"))
+            load_settings(device="cuda").engine_config()
         with pytest.raises(SettingsError, match="SIDECAR_DTYPE"):
-            engine_config(load_settings(dtype="float16", device="cpu"))
+            load_settings(dtype="float16", device="cpu").engine_config()
     native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert resolve_dtype("auto", "cpu") is native
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     assert resolve_dtype("float32", "cpu") is torch.float32
     assert resolve_dtype("auto", "cuda") is torch.float16
-    cfg = engine_config(load_settings(model_path="toy", max_batch_wait_ms=2.5))
+    cfg = load_settings(model_path="toy", max_batch_wait_ms=2.5).engine_config()
     assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model_path == "toy"
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "mode"),
+    [
+        ("auto", "cpu", "NONE"),  # mock graphs save nothing on a CPU; FULL's padding costs
+        ("auto", "cuda", "FULL"),
+        ("auto", "cuda:1", "FULL"),
+        ("piecewise", "cpu", "PIECEWISE"),
+        ("FULL", "cpu", "FULL"),
+    ],
+)
+def test_graph_mode_auto_resolves_per_device(setting: str, device: str, mode: str) -> None:
+    assert resolve_graph_mode(setting, device) == mode
+
+
+def test_the_engine_config_is_built_once_from_the_settings() -> None:
+    cfg = load_settings(
+        model_path="toy",
+        device="cpu",
+        graph_mode="auto",
+        max_cached_graphs=0,
+        capture_threshold=3,
+        max_capture_delay_ms=250,
+        idle_prewarm_top_k=0,
+        graph_memory_budget_mb=2,
+        capture_sizes="1,2,4,32",
+    ).engine_config()
+    assert cfg.runner.mode is CUDAGraphMode.NONE
+    assert cfg.runner.capture_sizes == (1, 2, 4, 32)
+    assert cfg.runner.cache == CacheConfig(
+        max_cached_graphs=0,  # no graphs: every batch runs eagerly
+        memory_budget_bytes=2 << 20,
+        capture_threshold=3,
+        max_capture_delay_s=0.25,
+        idle_prewarm_top_k=0,
+    )
+    with pytest.raises(AttributeError):  # frozen, all the way down
+        cfg.runner.cache.capture_threshold = 1  # type: ignore[misc]
+
+
+def test_one_source_for_each_default() -> None:
+    """The settings' defaults are the engine configs' defaults (they cannot drift apart)."""
+    s, cache, runner = Settings(), CacheConfig(), RunnerConfig(mode=CUDAGraphMode.FULL)
+    assert s.max_cached_graphs == cache.max_cached_graphs
+    assert s.capture_threshold == cache.capture_threshold
+    assert s.min_replays_to_keep == cache.min_replays_to_keep
+    assert s.idle_prewarm_top_k == cache.idle_prewarm_top_k
+    assert s.max_capture_delay_ms == cache.max_capture_delay_s * 1000
+    assert (s.max_batch_size, s.max_batch_tokens) == (runner.max_batch_size, runner.max_num_tokens)
 
 
 def test_example_file_documents_every_setting_with_its_default() -> None:

@@ -7,7 +7,8 @@ trace is replayed through an `EmbeddingRunner` (no HTTP, no batcher) under each 
 - full ladder: `runner.prewarm(runner.ladder_descriptors())` before the first request (what
   vLLM, SGLang and TGI do at start-up), then every request replays;
 - adaptive: nothing captured up front (ready at once); a shape is captured once it has been
-  asked for `capture_threshold` times and runs eagerly until then;
+  asked for `capture_threshold` times, in the idle gap after that request (the engine's), and
+  runs eagerly until then; idle gaps also capture predicted shapes while there is room;
 - adaptive, capped: the same with a graph count limit well under the ladder size, so cold
   graphs are evicted.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from app.cudagraph import CUDAGraphMode
+from app.cudagraph import CacheConfig, CacheSnapshot, CUDAGraphMode
 from app.engine.buckets import BatchPlanner
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from bench.loadgen import percentile
@@ -175,8 +176,8 @@ class PolicyResult:
     curve_cached: list[int]
 
 
-def _lookups(snap: dict[str, Any]) -> int:
-    return int(snap["hits"]) + int(snap["misses"])
+def _lookups(snap: CacheSnapshot) -> int:
+    return snap.hits + snap.misses
 
 
 def run_policy(
@@ -198,10 +199,9 @@ def run_policy(
         mode=mode,
         max_batch_size=preset.max_batch_size,
         max_num_tokens=max_tokens,
-        capture_sizes=list(preset.capture_sizes) if preset.capture_sizes else None,
-        seq_buckets=list(preset.seq_buckets),
-        max_cached_graphs=max_cached_graphs,
-        capture_threshold=capture_threshold,
+        capture_sizes=tuple(preset.capture_sizes) if preset.capture_sizes else None,
+        seq_buckets=tuple(preset.seq_buckets),
+        cache=CacheConfig(max_cached_graphs=max_cached_graphs, capture_threshold=capture_threshold),
     )
     runner = EmbeddingRunner(encoder, config)
     graphs = runner.graphs
@@ -214,7 +214,7 @@ def run_policy(
             raise RuntimeError(f"{name}: prewarm failed for {report.failed[:3]}")
     ready = time.perf_counter() - t0
 
-    start = graphs.stats_snapshot()
+    start = graphs.snapshot()
     prev = start
     peak = int(graphs.memory_bytes())
     xs: list[int] = []
@@ -228,23 +228,25 @@ def run_policy(
         t = time.perf_counter()
         runner.run(ids)
         latencies.append(time.perf_counter() - t)
+        while runner.idle_work_due(True):  # the engine's idle gap after a low-load request
+            runner.idle_capture()
         if i == half:
-            mid = graphs.stats_snapshot()
+            mid = graphs.snapshot()
         if i % preset.window == 0 or i == len(trace_ids):
-            snap = graphs.stats_snapshot()
+            snap = graphs.snapshot()
             lookups = _lookups(snap) - _lookups(prev)
-            hits = int(snap["hits"]) - int(prev["hits"])
+            hits = snap.hits - prev.hits
             xs.append(i)
             rates.append(hits / lookups if lookups else math.nan)
-            cached.append(int(snap["cached_graphs"]))
-            peak = max(peak, int(snap["memory_bytes"]))
+            cached.append(snap.cached_graphs)
+            peak = max(peak, snap.memory_bytes)
             prev = snap
     trace_seconds = time.perf_counter() - t_trace
-    end = graphs.stats_snapshot()
+    end = graphs.snapshot()
 
-    def rate(a: dict[str, Any], b: dict[str, Any]) -> float:
+    def rate(a: CacheSnapshot, b: CacheSnapshot) -> float:
         lookups = _lookups(b) - _lookups(a)
-        return (int(b["hits"]) - int(a["hits"])) / lookups if lookups else math.nan
+        return (b.hits - a.hits) / lookups if lookups else math.nan
 
     ms = [1000.0 * x for x in latencies]
     return PolicyResult(
@@ -253,17 +255,16 @@ def run_policy(
         max_cached_graphs=max_cached_graphs,
         ready_seconds=ready,
         prewarm_captured=prewarm_captured,
-        captures_total=int(end["captures"]),
-        captures_in_trace=int(end["captures"]) - int(start["captures"]),
-        cached_at_end=int(end["cached_graphs"]),
-        memory_bytes_end=int(end["memory_bytes"]),
+        captures_total=end.captures,
+        captures_in_trace=end.captures - start.captures,
+        cached_at_end=end.cached_graphs,
+        memory_bytes_end=end.memory_bytes,
         memory_bytes_peak=peak,
-        evictions=int(end["evictions"]),
-        eager_runs=int(end["eager_runs"]) - int(start["eager_runs"]),
+        evictions=end.evictions,
+        eager_runs=end.eager_runs - start.eager_runs,
         hit_rate_trace=rate(start, end),
         hit_rate_second_half=rate(mid, end),
-        capture_seconds_in_trace=float(end["capture_seconds_total"])
-        - float(start["capture_seconds_total"]),
+        capture_seconds_in_trace=end.capture_seconds_total - start.capture_seconds_total,
         trace_seconds=trace_seconds,
         request_p50_ms=percentile(ms, 50),
         request_p99_ms=percentile(ms, 99),

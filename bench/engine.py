@@ -4,9 +4,10 @@ For every bucket (batch 1..64, seq_len 16..256; `--quick`: a small subset) it ti
 `EmbeddingRunner.run` on a synthetic batch of exactly that shape (token ids in, embeddings on
 the CPU out: host copies included) in NONE, FULL and PIECEWISE, and on CUDA also the raw
 `torch.cuda.CUDAGraph.replay()` of the very FULL graph the runner captured (synchronised), i.e.
-the floor the runner's own overhead sits on. The first call of a shape captures; the timed calls
-are replays. Each point: median and p90 over up to `max_repeats` calls (fewer once `budget_s` is
-spent, never fewer than `min_repeats`); the modes are timed interleaved, one call each per
+the floor the runner's own overhead sits on. The first call of a shape runs eagerly and the shape
+is captured right after (the engine's idle gap); the timed calls are replays. Each point: median
+and p90 over up to `max_repeats` calls (fewer once `budget_s` is spent, never fewer than
+`min_repeats`); the modes are timed interleaved, one call each per
 round, so a load that drifts during the run (a shared machine) biases none of them.
 
 On a CPU the graphs are mock graphs (a replay re-runs the captured function and copies into the
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from app.cudagraph import BatchDescriptor, CUDAGraphMode
+from app.cudagraph import BatchDescriptor, CacheConfig, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
@@ -97,13 +98,12 @@ def _raw_replay_ms(
     runner: EmbeddingRunner, descriptor: BatchDescriptor, preset: EnginePreset
 ) -> list[float] | None:
     """Raw CUDAGraph.replay() of the FULL graph the runner captured for `descriptor`."""
-    wrapper = runner._full
-    if wrapper is None or runner.device.type != "cuda":
+    if runner.mode is not CUDAGraphMode.FULL or runner.device.type != "cuda":
         return None
-    entry = wrapper.get_entry(descriptor)  # the graph the wrapper replays for it
+    entry = runner.graphs.entry_for(descriptor)  # the graph the runner replays for it
     if entry is None:
         return None
-    graph: Any = entry.cudagraph
+    graph: Any = entry.pieces[0].graph
     return _time_calls(graph.replay, preset, sync=True)
 
 
@@ -141,7 +141,11 @@ def bench_engine(
                 mode=mode,
                 max_batch_size=max_batch,
                 max_num_tokens=max_batch * max(seq_lens),
-                max_cached_graphs=max(64, len(buckets)),
+                cache=CacheConfig(
+                    max_cached_graphs=max(64, len(buckets)),
+                    capture_threshold=1,
+                    idle_prewarm_top_k=0,  # only the measured shapes
+                ),
             ),
         )
         for mode in modes
@@ -149,7 +153,9 @@ def bench_engine(
     for b, s in sorted(buckets, key=lambda x: -x[0] * x[1]):  # largest first, as a prewarm
         ids = synthetic_batch(encoder, b, s, seed=b * 1000 + s)
         for runner in runners.values():
-            runner.run(ids)  # capture (graph modes) or first eager run
+            runner.run(ids)  # first sight: eager, the shape becomes due
+            while runner.idle_work_due(True):  # what the engine does in the next idle gap
+                runner.idle_capture()
             runner.run(ids)
         samples: dict[CUDAGraphMode, list[float]] = {mode: [] for mode in modes}
         spent = 0.0

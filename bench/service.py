@@ -90,7 +90,7 @@ class ServiceOptions:
     preset: ServicePreset
     threads: int = 2
     max_batch_size: int = 32
-    graph_mode: str = "auto"  # see resolve_graph_mode
+    graph_mode: str = "auto"  # as the sidecar's: FULL on CUDA, NONE on a CPU
     servers: tuple[str, ...] = (SIDECAR, NAIVE, ST)
     sidecar_env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 180.0
@@ -176,23 +176,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def resolve_graph_mode(mode: str) -> str:
-    """ "auto": FULL where CUDA is available (real graphs), NONE on a CPU.
-
-    On a CPU the graphs are mocks that save nothing, so a graph mode only adds its costs
-    (measured on the 2-core machine, sidecar alone, 32 clients): FULL pads every batch to
-    (batch, seq_len) buckets, ~1.6x the real tokens of this mix; PIECEWISE pads to token buckets
-    (4-20%) and each first sight of a bucket costs a mock capture (two forwards of that size),
-    which the wide token ladder keeps paying (80 req/s, p99 0.95 s); NONE runs the same packed
-    batches exactly (117 req/s, p99 0.35 s). The other modes stay one flag away.
-    """
-    if mode.lower() != "auto":
-        return mode.upper()
-    import torch
-
-    return "FULL" if torch.cuda.is_available() else "NONE"
-
-
 def server_env(opts: ServiceOptions) -> dict[str, str]:
     """Environment shared by all three servers. OMP_WAIT_POLICY=PASSIVE: with more than one
     intra-op thread, OpenMP threads that spin-wait at barriers collapse throughput as soon as
@@ -215,15 +198,18 @@ def sidecar_settings(opts: ServiceOptions, admin_token: str) -> dict[str, str]:
     The adaptive policy has its own benchmark (`bench adaptive`); start-up
     time is reported per server either way. `--sidecar-env SIDECAR_PREWARM_LADDER=false`
     measures the adaptive start instead."""
+    from app.devices import resolve_graph_mode
+
+    device, dtype = resolve_device_dtype(opts.device, opts.dtype)
     env = {
-        "SIDECAR_GRAPH_MODE": resolve_graph_mode(opts.graph_mode),
+        "SIDECAR_GRAPH_MODE": resolve_graph_mode(opts.graph_mode, device),
         "SIDECAR_NUM_THREADS": str(opts.threads),
         "SIDECAR_MAX_BATCH_SIZE": str(opts.max_batch_size),
         "SIDECAR_MAX_BATCH_WAIT_MS": "0",
         "SIDECAR_LOG_LEVEL": "warning",
         "SIDECAR_ADMIN_TOKEN": admin_token,
     }
-    env["SIDECAR_DEVICE"], env["SIDECAR_DTYPE"] = resolve_device_dtype(opts.device, opts.dtype)
+    env["SIDECAR_DEVICE"], env["SIDECAR_DTYPE"] = device, dtype
     if opts.model is not None:
         env["SIDECAR_MODEL_PATH"] = opts.model
     if env["SIDECAR_DEVICE"].startswith("cuda") and env["SIDECAR_GRAPH_MODE"] != "NONE":

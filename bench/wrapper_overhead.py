@@ -58,7 +58,9 @@ def measure_cpu_overhead(
     module = nn.Linear(8, 8)  # tiny on purpose: the runnable's own cost is not what we measure
     static_in = torch.randn(4, 8)  # (B, H) static input buffer
     descriptor = BatchDescriptor(num_tokens=4, num_reqs=4)
-    wrapper = AdaptiveCUDAGraphWrapper(module, CUDAGraphMode.FULL, max_cached_graphs=4)
+    wrapper = AdaptiveCUDAGraphWrapper(
+        module, CUDAGraphMode.FULL, max_cached_graphs=4, capture_threshold=1
+    )
     direct_samples: list[int] = []
     wrapper_samples: list[int] = []
     with torch.inference_mode(), cudagraph_context(CUDAGraphMode.FULL, descriptor):
@@ -116,12 +118,14 @@ def measure_cuda_replay(iters: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     ).to(device)
     static_in = torch.randn(256, 1024, device=device)
     descriptor = BatchDescriptor(num_tokens=256, num_reqs=256)
-    wrapper = AdaptiveCUDAGraphWrapper(model, CUDAGraphMode.FULL, max_cached_graphs=4)
+    wrapper = AdaptiveCUDAGraphWrapper(
+        model, CUDAGraphMode.FULL, max_cached_graphs=4, capture_threshold=1
+    )
     with torch.inference_mode(), cudagraph_context(CUDAGraphMode.FULL, descriptor):
         out = wrapper(static_in)
-        entry = wrapper.get_entry(descriptor)
+        entry = wrapper.cache.entry_for(descriptor)
         assert entry is not None
-        graph: Any = entry.cudagraph  # the very graph the wrapper replays
+        graph: Any = entry.pieces[0].graph  # the very graph the wrapper replays
         if not isinstance(graph, torch.cuda.CUDAGraph):
             raise AssertionError("expected a real CUDA graph on a CUDA input")
         eager = model(static_in)
@@ -177,26 +181,23 @@ def measure_cuda_minilm_replay(
     from models import load_sentence_encoder
 
     encoder = load_sentence_encoder(device="cuda")
-    runner = EmbeddingRunner(
-        encoder, RunnerConfig(mode=CUDAGraphMode.FULL, max_batch_size=batch, max_cached_graphs=4)
-    )
+    runner = EmbeddingRunner(encoder, RunnerConfig(mode=CUDAGraphMode.FULL, max_batch_size=batch))
     descriptor = runner.descriptor_for_shape(batch, seq_len)
     report = runner.prewarm([descriptor])
     if report.failed:
         raise RuntimeError(f"capture of {descriptor} failed: {report.failed}")
-    # Bench-only peek at the runner's wrapper and its static inputs (what a hit replays).
-    wrapper = runner._full
-    assert wrapper is not None
-    (ids, mask), _ = runner._full_dummy(descriptor)
-    entry = wrapper.get_entry(descriptor)
+    # The graph the runner's cache replays, and the static inputs it was captured with.
+    entry = runner.graphs.entry_for(descriptor)
     assert entry is not None
-    graph: Any = entry.cudagraph
+    (piece,) = entry.pieces
+    graph: Any = piece.graph
+    args, _ = piece.static_inputs
     if not isinstance(graph, torch.cuda.CUDAGraph):
         raise AssertionError("expected a real CUDA graph on a CUDA input")
 
-    def via_wrapper() -> None:
-        with cudagraph_context(CUDAGraphMode.FULL, descriptor):
-            wrapper(ids, mask)
+    def via_wrapper() -> None:  # the cache's hit path: one lookup, one replay
+        with runner.graphs.forward(descriptor) as forward:
+            forward(0, encoder.model, *args)
 
     with torch.inference_mode():
         for fn in (via_wrapper, graph.replay):

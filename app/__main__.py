@@ -21,13 +21,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "serve",
         help="serve the model over HTTP (one uvicorn worker)",
-        description="Serve the model. Every setting can also come from SIDECAR_* environment "
-        "variables or a TOML file (see docs/service.md); flags win over both.",
+        description="Serve the model. Every setting can also come from its environment "
+        "variable or a TOML file (see docs/service.md); flags win over both.",
     )
-    p.add_argument("--host", help="bind address (SIDECAR_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (SIDECAR_PORT, default 8000)")
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (SIDECAR_CONFIG)")
-    p.add_argument("--log-level", help="critical|error|warning|info|debug (SIDECAR_LOG_LEVEL)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+    p.add_argument("--log-level", help="critical|error|warning|info|debug")
 
 
 def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:

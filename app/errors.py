@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.engine.batcher import BatcherError, BatchFailed, RequestTimedOut
+from app.settings import env_name
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ def error_response(
 _DESCRIPTIONS: dict[int, str] = {
     400: "Bad request (e.g. unsupported `dimensions`)",
     401: "Missing or wrong admin bearer token",
-    403: "Admin API disabled (set SIDECAR_ADMIN_TOKEN to enable it)",
+    403: f"Admin API disabled (set {env_name('admin_token')} to enable it)",
     404: "Not found",
-    413: "Request body larger than SIDECAR_MAX_BODY_BYTES",
+    413: f"Request body larger than {env_name('max_body_bytes')}",
     422: "Invalid request (types, limits, unknown fields, malformed JSON)",
     500: "Inference failed for the batch holding this request",
     503: "Not ready, shutting down, queue full or request timed out; see Retry-After",

@@ -339,3 +339,60 @@ def test_check_room_refuses_before_any_work() -> None:
         ex.shutdown()
 
     run(main)
+
+
+class Background:
+    """Background work with `units` pending; due when idle, or under load once `overdue`."""
+
+    def __init__(self, units: int, overdue: bool = False, fail: bool = False) -> None:
+        self.units = units
+        self.overdue = overdue
+        self.fail = fail
+        self.ran: list[tuple[bool, str]] = []  # (idle, thread)
+
+    def background_due(self, idle: bool) -> bool:
+        return self.units > 0 and (idle or self.overdue)
+
+    def run_background(self, idle: bool) -> None:
+        self.ran.append((idle, threading.current_thread().name))
+        self.units -= 1
+        if self.fail:
+            raise RuntimeError("background boom")
+
+
+def test_background_work_runs_on_the_worker_when_idle_one_unit_at_a_time() -> None:
+    async def main() -> None:
+        work = Background(units=3)
+        model = Model()
+        b, _, ex = make(model, background=work)
+        b.start()
+        assert await b.submit([[1, 2]]) == [3]
+        while work.units:  # the idle gap after the answer drains every due unit
+            await asyncio.sleep(0.001)
+        assert [idle for idle, _ in work.ran] == [True, True, True]
+        assert {t for _, t in work.ran} == model.threads  # the model's one worker thread
+        await b.drain()
+        ex.shutdown()
+
+    run(main)
+
+
+def test_background_work_under_load_waits_until_overdue_and_never_fails_a_request() -> None:
+    async def main() -> None:
+        for overdue in (False, True):
+            work = Background(units=100, overdue=overdue, fail=True)
+            model = Model(delay_s=0.01)
+            b, _, ex = make(model, max_batch_size=1, background=work)
+            b.start()
+            # 6 single-text requests at once: batches of one, the queue never empty between them
+            results = await asyncio.gather(*(b.submit([[i]]) for i in range(6)))
+            assert results == [[i] for i in range(6)]
+            under_load = [idle for idle, _ in work.ran if not idle]
+            if overdue:  # between every two batches while texts still waited
+                assert len(under_load) >= 4, work.ran
+            else:  # only in idle gaps
+                assert under_load == [], work.ran
+            await b.drain()
+            ex.shutdown()
+
+    run(main)

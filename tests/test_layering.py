@@ -114,3 +114,14 @@ def test_product_tests_never_import_benchmarks() -> None:
         for name in _imports_top(path, "bench")
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_variable_names_live_in_the_settings_layer() -> None:
+    # One place knows the SIDECAR_* names; the rest names settings fields or asks env_name().
+    files = sorted((ROOT / "app").rglob("*.py")) + sorted((ROOT / "models").rglob("*.py"))
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in files
+        if p.name != "settings.py" and "SIDECAR_" in p.read_text(encoding="utf-8")
+    ]
+    assert not offenders, offenders

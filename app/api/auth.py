@@ -1,4 +1,4 @@
-"""Admin authentication: `Authorization: Bearer <SIDECAR_ADMIN_TOKEN>`, compared in constant time.
+"""Admin authentication: a bearer token (the admin_token setting), compared in constant time.
 
 No token configured: the admin API is disabled and answers 403 saying how to enable it.
 Missing or wrong token: 401 with `WWW-Authenticate: Bearer`. The token is never logged or echoed.
@@ -12,6 +12,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from app.errors import ApiError
+from app.settings import env_name
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sidecar-admin"'}
 
@@ -22,7 +23,7 @@ def check_admin(token: SecretStr | None, authorization: str | None) -> None:
         raise ApiError(
             403,
             "admin_disabled",
-            "the admin API is disabled: set SIDECAR_ADMIN_TOKEN to enable it",
+            f"the admin API is disabled: set {env_name('admin_token')} to enable it",
         )
     if not authorization:
         raise ApiError(401, "unauthorized", "missing bearer token", _CHALLENGE)

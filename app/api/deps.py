@@ -1,4 +1,4 @@
-"""Shared route dependencies: the engine and settings of the app serving the request.
+"""Shared route dependencies: the engine of the app serving the request.
 
 They are `async def` on purpose: FastAPI runs a plain `def` dependency in its threadpool, a
 thread hop per request for a dictionary lookup.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from fastapi import Request
 
 from app.engine.engine import Engine
-from app.settings import Settings
 
 
 def engine_of(request: Request) -> Engine:
@@ -20,8 +19,3 @@ def engine_of(request: Request) -> Engine:
 
 async def get_engine(request: Request) -> Engine:
     return engine_of(request)
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings

@@ -35,7 +35,7 @@ def build_health_router() -> APIRouter:
                 {
                     "status": "ready",
                     "model": engine.encoder.name,
-                    # what SIDECAR_DEVICE/SIDECAR_DTYPE=auto resolved to on this machine
+                    # what the device and dtype settings (auto) resolved to on this machine
                     "device": str(engine.encoder.device),
                     "dtype": str(engine.encoder.dtype).removeprefix("torch."),
                     "mode": engine.config.runner.mode.name,

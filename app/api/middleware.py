@@ -8,6 +8,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
+from app.settings import env_name
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -72,7 +73,7 @@ class BodySizeLimitMiddleware:
     async def _too_large(self, send: Send) -> None:
         content = error_body(
             "body_too_large",
-            f"request body is larger than {self.max_bytes} bytes (SIDECAR_MAX_BODY_BYTES)",
+            f"request body is larger than {self.max_bytes} bytes ({env_name('max_body_bytes')})",
         )
         await send(
             {

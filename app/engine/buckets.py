@@ -66,7 +66,6 @@ class SubBatch:
     batch: int
     seq_len: int
     num_tokens: int
-    real_tokens: int
     descriptor: BatchDescriptor
 
 
@@ -245,9 +244,7 @@ class BatchPlanner:
                 idx = tuple(members[c : c + cap])
                 lens = tuple(lengths[i] for i in idx)
                 B = self._batch_of[len(idx)]
-                out.append(
-                    SubBatch(idx, lens, B, S, B * S, sum(lens), BatchDescriptor(B * S, num_reqs=B))
-                )
+                out.append(SubBatch(idx, lens, B, S, B * S, BatchDescriptor(B * S, num_reqs=B)))
         return out
 
     def _plan_packed(self, lengths: Sequence[int]) -> list[SubBatch]:
@@ -274,4 +271,4 @@ class BatchPlanner:
         else:
             padded = tokens
             desc = BatchDescriptor(num_tokens=tokens, num_reqs=len(chunk))
-        return SubBatch(tuple(chunk), lens, len(chunk), max(lens), padded, tokens, desc)
+        return SubBatch(tuple(chunk), lens, len(chunk), max(lens), padded, desc)

@@ -349,7 +349,7 @@ class Engine:
         return encoder, runner
 
     def _configured_descriptors(self, runner: EmbeddingRunner) -> list[BatchDescriptor]:
-        """SIDECAR_PREWARM_SHAPES (+ the ladder): a bad shape refuses to start."""
+        """The configured prewarm shapes (+ the ladder): a bad shape refuses to start."""
         out: list[BatchDescriptor] = []
         for batch_size, seq_len in self.config.prewarm_shapes:
             try:

@@ -46,9 +46,8 @@ class SentenceEncoder:
 
 def cpu_has_native_bf16() -> bool:
     """True where this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), so a bfloat16
-    forward beats float32 (MiniLM, batch 32, 2 cores of an AMD EPYC with AVX512-BF16: 1.7x).
-    Without it torch computes bfloat16 by converting through float32: no gain expected (not
-    measured here), so callers choosing a default keep float32 there."""
+    forward beats float32. Without it torch computes bfloat16 by converting through float32, so
+    callers choosing a default keep float32 there."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, since 2.1
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

@@ -20,7 +20,7 @@ class FailureRecord:
 
 
 class CaptureBackoff:
-    """Not locked by itself: the owning wrapper calls it under its state lock."""
+    """Not locked by itself: the owning cache calls it under its state lock."""
 
     def __init__(self, base_s: float, max_s: float) -> None:
         self._base_s = base_s

@@ -76,10 +76,11 @@ class GraphCache:
             raise TypeError(f"config must be CacheConfig, got {type(config).__name__}")
         if options is not None and not isinstance(options, CUDAGraphOptions):
             raise TypeError(f"options must be CUDAGraphOptions, got {type(options).__name__}")
-        self._mode = CUDAGraphMode(mode)
-        self._config = config if config is not None else CacheConfig()
-        self._options = options if options is not None else CUDAGraphOptions()
-        self._pieces = pieces
+        # Fixed for the cache's life (read-only by convention).
+        self.mode = CUDAGraphMode(mode)
+        self.config = config if config is not None else CacheConfig()
+        self.options = options if options is not None else CUDAGraphOptions()
+        self.pieces = pieces
         self._defer = defer_captures
         self.name = name
         self._state = threading.Lock()
@@ -87,15 +88,13 @@ class GraphCache:
         self._memory_total = 0
         self._stats = CUDAGraphStats()
         self._backoff = CaptureBackoff(
-            self._options.capture_retry_backoff_s, self._options.capture_retry_backoff_max_s
+            self.options.capture_retry_backoff_s, self.options.capture_retry_backoff_max_s
         )
-        self._tracker = ShapeTracker(
-            self._config.half_life_lookups, self._config.max_tracked_shapes
-        )
+        self._tracker = ShapeTracker(self.config.half_life_lookups, self.config.max_tracked_shapes)
         self._lookups = 0
         self._pending: dict[BatchDescriptor, float] = {}  # key -> when it crossed the threshold
         self._predicted_tried: set[BatchDescriptor] = set()  # since room last changed
-        self._memory = GraphMemory(self._options.pool_policy)
+        self._memory = GraphMemory(self.options.pool_policy)
         self._session: set[BatchDescriptor] | None = None  # a bulk prewarm's keys: never evicted
         self._ladder: list[BatchDescriptor] | None = None
         if ladder is not None:
@@ -103,25 +102,9 @@ class GraphCache:
 
     # ------------------------------------------------------------------ configuration
 
-    @property
-    def mode(self) -> CUDAGraphMode:
-        return self._mode
-
-    @property
-    def config(self) -> CacheConfig:
-        return self._config
-
-    @property
-    def options(self) -> CUDAGraphOptions:
-        return self._options
-
-    @property
-    def pieces(self) -> int:
-        return self._pieces
-
     def key_for(self, descriptor: BatchDescriptor) -> BatchDescriptor:
         """The cache key of ``descriptor``: PIECEWISE graphs only depend on the token count."""
-        return descriptor.relaxed() if self._mode is CUDAGraphMode.PIECEWISE else descriptor
+        return descriptor.relaxed() if self.mode is CUDAGraphMode.PIECEWISE else descriptor
 
     def set_ladder(self, ladder: Sequence[BatchDescriptor]) -> None:
         shapes = []
@@ -156,7 +139,7 @@ class GraphCache:
                 self._commit(fwd, traffic=True)
 
     def _decide(self, descriptor: BatchDescriptor | None) -> GraphForward:
-        if descriptor is None or not self._mode.has_graphs():
+        if descriptor is None or not self.mode.has_graphs():
             return EAGER
         key = self.key_for(descriptor)
         with self._state:
@@ -170,7 +153,7 @@ class GraphCache:
                 stats.replays += 1
                 entry.touch(lookup)
                 self._entries.move_to_end(key)
-                return GraphForward(Action.REPLAY, key, entry, options=self._options)
+                return GraphForward(Action.REPLAY, key, entry, options=self.options)
             stats.misses += 1
             allowed = self._capture_allowed(key)
             if not allowed or self._defer:
@@ -183,8 +166,8 @@ class GraphCache:
     def _capture_allowed(self, key: BatchDescriptor) -> bool:
         """State lock held."""
         return (
-            self._config.max_cached_graphs > 0
-            and self._tracker.count(key) >= self._config.capture_threshold
+            self.config.max_cached_graphs > 0
+            and self._tracker.count(key) >= self.config.capture_threshold
             and not self._backoff.blocked(key)
         )
 
@@ -192,9 +175,9 @@ class GraphCache:
         return GraphForward(
             Action.CAPTURE,
             key,
-            num_pieces=self._pieces,
-            options=self._options,
-            shared_pool=self._memory.pool,
+            num_pieces=self.pieces,
+            options=self.options,
+            memory=self._memory,
         )
 
     # ------------------------------------------------------------------ admission
@@ -208,7 +191,7 @@ class GraphCache:
         key = fwd.descriptor
         assert key is not None
         entry = fwd.take_entry()
-        budget = self._config.memory_budget_bytes
+        budget = self.config.memory_budget_bytes
         if entry is not None and budget is not None and entry.memory_bytes > budget:
             fwd.failure = (
                 f"graph needs {entry.memory_bytes} bytes, more than the whole memory budget "
@@ -281,7 +264,7 @@ class GraphCache:
         protected graphs are left and a limit is still exceeded, the new entry is taken out again
         (not an eviction) and the reason returned."""
         evicted: list[CacheEntry] = []
-        limit, budget = self._config.max_cached_graphs, self._config.memory_budget_bytes
+        limit, budget = self.config.max_cached_graphs, self.config.memory_budget_bytes
         while True:
             over_count = len(self._entries) > limit
             over_memory = budget is not None and self._memory_total > budget
@@ -313,9 +296,9 @@ class GraphCache:
         recently used. "hotness": lowest decayed score, ties least recently used; young graphs
         with few replays are spared while any other candidate exists."""
         candidates = [key for key in self._entries if key not in protect]
-        if not candidates or self._config.eviction == "lru":
+        if not candidates or self.config.eviction == "lru":
             return candidates[0] if candidates else None
-        lookup, config, entries = self._lookups, self._config, self._entries
+        lookup, config, entries = self._lookups, self.config, self._entries
         seasoned = [
             key
             for key in candidates
@@ -371,11 +354,11 @@ class GraphCache:
                 )
             originals.setdefault(self.key_for(descriptor), descriptor)
         ordered = largest_first(originals)
-        if not self._mode.has_graphs() or self._config.max_cached_graphs == 0:
+        if not self.mode.has_graphs() or self.config.max_cached_graphs == 0:
             report.skipped = ordered
             report.seconds = time.perf_counter() - start
             return report
-        with gc_frozen(self._options.freeze_gc), _GRAPH_LOCK:
+        with gc_frozen(self.options.freeze_gc), _GRAPH_LOCK:
             # The prewarm's session: what it captures or finds cached, never evicted by it.
             with self._state:
                 self._session = {key for key in ordered if key in self._entries}
@@ -408,9 +391,9 @@ class GraphCache:
         if key in self._entries:
             report.skipped.append(key)
             return "skipped", None
-        if len(self._session) >= self._config.max_cached_graphs:
+        if len(self._session) >= self.config.max_cached_graphs:
             report.skipped.append(key)
-            return "skipped", f"max_cached_graphs={self._config.max_cached_graphs} reached"
+            return "skipped", f"max_cached_graphs={self.config.max_cached_graphs} reached"
         reason = self._capture(key, original, run)
         if reason is None:
             report.captured.append(key)
@@ -423,12 +406,12 @@ class GraphCache:
     def idle_work_due(self, idle: bool) -> bool:
         """Whether ``idle_capture`` has something to do now. ``idle``: nothing is waiting to be
         served. Cheap (state lock only): the owner calls it between batches."""
-        if self._config.max_cached_graphs == 0 or not self._mode.has_graphs():
+        if self.config.max_cached_graphs == 0 or not self.mode.has_graphs():
             return False
         with self._state:
             if self._pending:
                 oldest = min(self._pending.values())
-                return idle or time.monotonic() - oldest >= self._config.max_capture_delay_s
+                return idle or time.monotonic() - oldest >= self.config.max_capture_delay_s
         return idle and self._next_predicted() is not None
 
     def idle_capture(self, run: RunFn, idle: bool = True) -> PrewarmProgress | None:
@@ -440,7 +423,7 @@ class GraphCache:
                 due = sorted(self._pending.items(), key=lambda kv: kv[1])
                 key: BatchDescriptor | None = None
                 if due and (
-                    idle or time.monotonic() - due[0][1] >= self._config.max_capture_delay_s
+                    idle or time.monotonic() - due[0][1] >= self.config.max_capture_delay_s
                 ):
                     key = due[0][0]
             predicted = key is None
@@ -451,19 +434,19 @@ class GraphCache:
                 self._predicted_tried.add(key)
             assert key is not None
             start = time.perf_counter()
-            with gc_frozen(self._options.freeze_gc):
+            with gc_frozen(self.options.freeze_gc):
                 reason = self._capture(key, key, run, evict=not predicted)
         outcome: Outcome = "captured" if reason is None else "skipped" if predicted else "failed"
         return PrewarmProgress(1, 1, key, outcome, time.perf_counter() - start, reason)
 
     def _next_predicted(self) -> BatchDescriptor | None:
         """A predicted shape worth capturing in an idle gap while there is room, or None."""
-        top_k = self._config.idle_prewarm_top_k
+        top_k = self.config.idle_prewarm_top_k
         if top_k == 0:
             return None
         with self._state:
-            budget = self._config.memory_budget_bytes
-            if len(self._entries) >= self._config.max_cached_graphs or (
+            budget = self.config.memory_budget_bytes
+            if len(self._entries) >= self.config.max_cached_graphs or (
                 budget is not None and self._memory_total >= budget
             ):
                 return None
@@ -479,7 +462,7 @@ class GraphCache:
         with self._state:
             s = self._stats
             return CacheSnapshot(
-                mode=self._mode.name,
+                mode=self.mode.name,
                 hits=s.hits,
                 misses=s.misses,
                 hit_rate=s.hit_rate(),
@@ -493,9 +476,9 @@ class GraphCache:
                 cached_graphs=len(self._entries),
                 memory_bytes=self._memory_total,
                 pending_captures=len(self._pending),
-                max_cached_graphs=self._config.max_cached_graphs,
-                memory_budget_bytes=self._config.memory_budget_bytes,
-                capture_threshold=self._config.capture_threshold,
+                max_cached_graphs=self.config.max_cached_graphs,
+                memory_budget_bytes=self.config.memory_budget_bytes,
+                capture_threshold=self.config.capture_threshold,
             )
 
     def cached_entries(self) -> list[CachedGraphInfo]:
@@ -576,13 +559,13 @@ class GraphCache:
         """The hot-shape profile (JSON-serialisable, see ``profile.py``)."""
         with self._state:
             shapes = [(key, count, key in self._entries) for key, count in self._tracker.hottest()]
-        return build_profile(self._mode, shapes)
+        return build_profile(self.mode, shapes)
 
     def import_profile(self, profile: dict[str, Any]) -> int:
         """Restore shape counts; returns how many distinct shapes it restored. Shapes whose count
         reaches the threshold are then captured on first sight (or by a prewarm)."""
         merged: dict[BatchDescriptor, int] = {}
-        for descriptor, count in parse_profile(profile, self._mode):
+        for descriptor, count in parse_profile(profile, self.mode):
             key = self.key_for(descriptor)
             merged[key] = merged.get(key, 0) + count
         with self._state:

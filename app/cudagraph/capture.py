@@ -75,7 +75,7 @@ def capture_mock(
             graph.record(fn, output)
             graph.capture_end()
         except BaseException:
-            graph.abort_capture()
+            graph.reset()  # drop the half-built capture
             raise
     return CaptureResult(graph, output, time.perf_counter() - start, storage_bytes(output))
 
@@ -157,15 +157,9 @@ def _abandon_capture(graph: Any, index: int, pool: Any, *, end_capture: bool) ->
 
 
 def _settle_rng_after_failed_capture(index: int) -> None:
-    """Clear the "capturing" flag a failed capture can leave on the device's CUDA generator.
-
-    Before the per-capture generator state of newer PyTorch (seen on torch 2.11, not 2.13),
-    ``capture_begin`` flags the default CUDA generator as capturing and only a ``capture_end``
-    that succeeds clears it (``capture_epilogue``). After an invalidated capture every later
-    random op outside a capture raises "Offset increment outside graph capture encountered
-    unexpectedly". A one-op capture that ends well clears it; on a newer PyTorch it is merely
-    a short no-op capture. Best effort: never raises.
-    """
+    """Clear the "capturing" flag a failed capture can leave on the CUDA generator (older
+    PyTorch: only a successful ``capture_end`` clears it, and later random ops then raise). A
+    one-op capture that ends well clears it; elsewhere it is a short no-op. Never raises."""
     with contextlib.suppress(Exception), torch.cuda.device(index):
         scratch = torch.zeros(1, device="cuda")  # allocated before, so nothing in the pool
         probe = torch.cuda.CUDAGraph()

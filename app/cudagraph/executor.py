@@ -30,10 +30,6 @@ class Action(enum.Enum):
     CAPTURE = "capture"
 
 
-def _own_pool(on_cuda: bool) -> None:
-    return None
-
-
 class GraphMemory:
     """ "per_graph": each graph gets a pool of its own, so releasing it frees its memory.
     "shared": one pool per device kind for all graphs of a cache, freed once all are gone."""
@@ -65,23 +61,14 @@ class GraphMemory:
             torch.cuda.empty_cache()
 
 
+_OWN_POOLS = GraphMemory("per_graph")  # stateless: every graph gets a pool of its own
+
+
 class GraphForward:
     """One forward. REPLAY: each piece replays its graph and returns its output (graph memory,
     overwritten by the next replay). CAPTURE: each piece is captured with the args given (they
     become the graph's static inputs) and replayed once for this call's answer; after a failed
     capture the rest of the forward runs eagerly and ``failure`` says why. EAGER: plain calls."""
-
-    __slots__ = (
-        "action",
-        "descriptor",
-        "entry",
-        "captured",
-        "failure",
-        "refused",
-        "seconds",
-        "_options",
-        "_shared_pool",
-    )
 
     def __init__(
         self,
@@ -91,7 +78,7 @@ class GraphForward:
         *,
         num_pieces: int = 1,
         options: CUDAGraphOptions | None = None,
-        shared_pool: Callable[[bool], Any] = _own_pool,
+        memory: GraphMemory | None = None,
     ) -> None:
         self.action = action
         self.descriptor = descriptor
@@ -103,8 +90,7 @@ class GraphForward:
         self.refused = False  # the cache refused to keep what this forward captured
         self.seconds = 0.0  # capture wall time, failed attempts included
         self._options = options if options is not None else CUDAGraphOptions()
-        # shared_pool(on_cuda): the pool to capture into, None for a pool of the graph's own.
-        self._shared_pool = shared_pool
+        self._memory = memory if memory is not None else _OWN_POOLS
 
     def __call__(self, piece: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.action is Action.REPLAY:
@@ -131,7 +117,7 @@ class GraphForward:
             return fn(*args, **kwargs)
         start = time.perf_counter()
         try:
-            graph = capture_piece(fn, args, kwargs, self._options, self._shared_pool)
+            graph = capture_piece(fn, args, kwargs, self._options, self._memory.pool)
         except Exception as exc:  # OOM, an op that cannot be captured, the model raising
             self.seconds += time.perf_counter() - start
             self.failure = f"{where}capture failed: {type(exc).__name__}: {exc}"

@@ -1,11 +1,8 @@
 """Per-shape demand: how often each descriptor is asked for, and how recently.
 
-Two numbers per shape:
-- ``count``: raw lookups, the "hot shapes" order and the profile;
-- ``score``: frequency with exponential recency decay, the eviction value. Each lookup adds 1,
-  and the score halves every ``half_life`` lookups of the owning wrapper (time measured in
-  lookups, not seconds, so it follows traffic and tests are deterministic):
-  score(now) = score(last) * 0.5 ** ((now - last) / half_life).
+Two numbers per shape: ``count``, raw lookups (the hot-shape order and the profile), and
+``score``, the eviction value: each lookup adds 1 and the score halves every ``half_life``
+lookups of the cache (time in lookups, so it follows traffic and tests are deterministic).
 A shape asked for 100 times long ago thus ranks below one asked for 10 times just now.
 """
 
@@ -25,7 +22,7 @@ class ShapeDemand:
 
 
 class ShapeTracker:
-    """Not locked by itself: the owning wrapper calls it under its state lock.
+    """Not locked by itself: the owning cache calls it under its state lock.
 
     Bounded: beyond ``max_shapes`` tracked shapes, the lowest-scoring one that has no cached
     graph is forgotten (shapes come from a ladder, so this only guards against misuse).
@@ -80,12 +77,6 @@ class ShapeTracker:
         demand.count = max(demand.count, count)
         demand.score = max(self.score(key, lookup), float(count))
         demand.last_lookup = lookup
-
-    def clear(self) -> None:
-        self._shapes.clear()
-
-    def __len__(self) -> int:
-        return len(self._shapes)
 
     def _prune(self, keep: Container[BatchDescriptor], new: BatchDescriptor, lookup: int) -> None:
         while len(self._shapes) > self._max_shapes:

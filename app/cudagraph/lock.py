@@ -1,11 +1,7 @@
-"""The process-wide graph lock: no capture ever overlaps a replay, across all wrappers.
-
-One lock for every wrapper because a CUDA capture in "global" mode fails if another thread
-launches work meanwhile, and because PIECEWISE pieces of one model live in separate wrappers. It
-is re-entrant, so a caller that must keep copy-in, call and copy-out of static buffers atomic can
-hold it around all three (``with graph_lock(): ...``) and the wrapper re-acquires it freely.
-Read-only views never take it (they use each wrapper's short state lock instead).
-"""
+"""The process-wide graph lock: no capture ever overlaps a replay, across all caches (a CUDA
+capture in "global" mode fails if another thread launches work meanwhile). Re-entrant, so a
+caller can hold it around copy-in, call and copy-out of its static buffers. Read-only views
+never take it."""
 
 from __future__ import annotations
 

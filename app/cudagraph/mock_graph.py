@@ -1,12 +1,10 @@
 """``MockCUDAGraph``: a CPU stand-in for ``torch.cuda.CUDAGraph`` with the same aliasing.
 
-A real graph replays the captured kernels, reading the captured input addresses and writing the
-SAME output memory every time. The mock keeps that contract: what was captured is recorded as a
-function plus the output it produced, and ``replay()`` re-runs the function and copies the fresh
-results into the captured output tensors (``copy_``). So a caller that keeps the returned output
-without copying sees it overwritten by the next replay, exactly as on a GPU, and a caller that
-passes new tensors instead of copying into the static inputs gets stale results (the recorded
-function closes over the captured inputs).
+A real graph reads the captured input addresses and writes the SAME output memory on every
+replay. The mock records the function and its output; ``replay()`` re-runs the function and
+copies into the captured outputs. So a caller that keeps an output without copying sees it
+overwritten by the next replay, and one that passes new tensors instead of copying into the
+static inputs gets stale results, exactly as on a GPU.
 """
 
 from __future__ import annotations
@@ -71,10 +69,6 @@ class MockCUDAGraph:
             self._state = "empty"
             raise RuntimeError("capture ended without record(): nothing was captured")
         self._state = "captured"
-
-    def abort_capture(self) -> None:
-        """Drop a capture that failed half-way (the wrapper's error path)."""
-        self.reset()
 
     def replay(self) -> None:
         if self._state != "captured":

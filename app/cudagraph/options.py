@@ -23,21 +23,17 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 class CUDAGraphOptions:
     """Capture options.
 
-    warmup_iters: eager runs before each capture (on a side stream on CUDA), so lazy
-        initialisation (cuBLAS workspaces, autotuning, allocator growth) happens outside the
-        graph.
-    debug_check_addresses: on every replay, check the tensor inputs are the captured ones (same
-        data pointers) and raise ``InputAddressMismatchError`` naming the descriptor otherwise.
-    freeze_gc: freeze and disable Python's garbage collector while capturing, so no collection
-        (and no finaliser doing CUDA work) runs inside a capture.
-    weak_ref_output: keep only a non-owning alias of the output (vLLM's ``weak_ref_tensors``).
-        The graph's pool then owns the memory; with the shared pool a later capture may reuse it,
-        so an output is only valid until the next replay of ANY graph of the cache.
-    pool_policy: "per_graph" gives each graph its own memory pool, so evicting a graph really
-        returns its memory; "shared" puts all graphs of a cache in one pool (smaller graphs reuse
-        the largest one's memory), which only returns memory once every graph is gone.
-    capture_retry_backoff_s / capture_retry_backoff_max_s: after a failed capture the shape runs
-        eagerly for base * 2**(failures-1) seconds, capped at the max, before a retry.
+    warmup_iters: eager runs before each capture (on a side stream on CUDA): lazy initialisation
+        happens outside the graph.
+    debug_check_addresses: on every replay, check the tensor inputs are the captured ones and
+        raise ``InputAddressMismatchError`` naming the descriptor otherwise.
+    freeze_gc: no garbage collection (and no finaliser doing CUDA work) inside a capture.
+    weak_ref_output: keep only a non-owning alias of the output (vLLM's ``weak_ref_tensors``);
+        with the shared pool it is then valid only until the next replay of ANY graph.
+    pool_policy: "per_graph" (evicting a graph returns its memory) or "shared" (smaller graphs
+        reuse the largest one's memory, returned only once every graph is gone).
+    capture_retry_backoff_s / _max_s: after a failed capture the shape runs eagerly for
+        base * 2**(failures-1) seconds, capped, before a retry.
     """
 
     warmup_iters: int = 1

@@ -18,17 +18,11 @@ CAPTURE_SECONDS_BUCKETS: tuple[float, ...] = (
 
 @dataclass(slots=True)
 class CUDAGraphStats:
-    """Counters.
-
-    hits: lookups (one per logical forward) whose descriptor had a graph, answered by replay.
-    misses: lookups whose descriptor had no graph, whether they then captured or ran eagerly.
-    captures: graphs captured and kept. replays: replays that answered a lookup.
-    evictions: graphs dropped to respect the count limit or the memory budget (not ``clear()``).
-    eager_runs: lookups answered eagerly (below the capture threshold, waiting for an idle gap
-        to capture, in back-off after a failure, or right after a failed capture).
-    capture_failures: captures that raised, or produced a graph larger than the memory budget.
-    capture_seconds_total: wall seconds of all captures (warm-up included), failed ones too.
-    """
+    """Counters. hits / misses: lookups (one per logical forward) with / without a graph.
+    captures: graphs captured and kept. evictions: not counting ``clear()``. eager_runs: lookups
+    answered eagerly (below the threshold, waiting for an idle gap, in back-off, or right after
+    a failed capture). capture_failures: captures that raised or did not fit the budget.
+    capture_seconds_total: all capture attempts, warm-up included."""
 
     hits: int = 0
     misses: int = 0

@@ -794,6 +794,20 @@ def test_idle_prediction_never_evicts() -> None:
     assert cache.snapshot().evictions == 1
 
 
+def test_a_predicted_capture_that_fails_is_reported_failed() -> None:
+    model, cache = piecewise(capture_threshold=2, idle_prewarm_top_k=1)
+    model.serve(cache, tokens(2))  # hot, below the threshold: predicted
+
+    def broken(descriptor: BatchDescriptor, forward: GraphForward) -> None:
+        raise RuntimeError("dummy inputs cannot be made")
+
+    step = cache.idle_capture(broken)
+    assert step is not None and (step.descriptor, step.outcome) == (tokens(2), "failed")
+    assert step.reason is not None and "dummy inputs cannot be made" in step.reason
+    assert cache.snapshot().capture_failures == 1
+    assert cache.capture_failure_reason(tokens(2)) is not None  # backed off
+
+
 # ---------------------------------------------------------------- max_cached_graphs=0
 
 

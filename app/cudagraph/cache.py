@@ -225,7 +225,7 @@ class GraphCache:
                 self._predicted_tried.clear()  # room has changed
             empty = not self._entries
         if refusal is not None:
-            fwd.refused = True
+            fwd.refused, fwd.failure = True, refusal
             evicted.append(entry)
         self._memory.release(evicted, cache_empty=empty)
         if refusal is not None:
@@ -319,15 +319,17 @@ class GraphCache:
         run: RunFn,
         *,
         evict: bool = True,
-    ) -> str | None:
-        """Capture ``key`` with one dummy forward ``run(original, forward)``; graph lock held."""
+    ) -> GraphForward:
+        """Capture ``key`` with one dummy forward ``run(original, forward)`` (graph lock held);
+        the forward's ``failure`` says why nothing was kept, ``refused`` that it was no room."""
         fwd = self._capture_forward(key)
         try:
             run(original, fwd)
         except Exception as exc:
             fwd.release_captured()
             fwd.failure = f"dummy forward failed: {type(exc).__name__}: {exc}"
-        return self._commit(fwd, evict=evict)
+        self._commit(fwd, evict=evict)
+        return fwd
 
     def prewarm(
         self,
@@ -394,7 +396,7 @@ class GraphCache:
         if len(self._session) >= self.config.max_cached_graphs:
             report.skipped.append(key)
             return "skipped", f"max_cached_graphs={self.config.max_cached_graphs} reached"
-        reason = self._capture(key, original, run)
+        reason = self._capture(key, original, run).failure
         if reason is None:
             report.captured.append(key)
             return "captured", None
@@ -435,9 +437,12 @@ class GraphCache:
             assert key is not None
             start = time.perf_counter()
             with gc_frozen(self.options.freeze_gc):
-                reason = self._capture(key, key, run, evict=not predicted)
-        outcome: Outcome = "captured" if reason is None else "skipped" if predicted else "failed"
-        return PrewarmProgress(1, 1, key, outcome, time.perf_counter() - start, reason)
+                fwd = self._capture(key, key, run, evict=not predicted)
+        # A predicted shape the cache had no room for is skipped; anything else is a failure.
+        outcome: Outcome = (
+            "captured" if fwd.failure is None else "skipped" if fwd.refused else "failed"
+        )
+        return PrewarmProgress(1, 1, key, outcome, time.perf_counter() - start, fwd.failure)
 
     def _next_predicted(self) -> BatchDescriptor | None:
         """A predicted shape worth capturing in an idle gap while there is room, or None."""

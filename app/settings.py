@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,6 +47,8 @@ else:  # pragma: no cover - Python 3.10 has no tomllib (install tomli there)
 ENV_PREFIX = "SIDECAR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 TOY_MODEL = "toy"
+# A Hugging Face repository id: "name" or "org/name" of letters, digits, "-", "_" and ".".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 GraphModeName = Literal["AUTO", "NONE", "PIECEWISE", "FULL"]
 # The engine's frozen configs hold the defaults; the settings take theirs from them.
@@ -172,7 +175,10 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=0.0, ge=0)
 
     # --- model ---
-    model_path: str | None = None
+    # A directory, a Hugging Face hub id, "toy" (the test model) or unset (the bundled MiniLM).
+    model: str | None = None
+    model_path: str | None = None  # the former name of `model`, still accepted
+    model_revision: str | None = Field(default=None, min_length=1, max_length=256)
     device: str = "auto"
     dtype: DtypeName = "auto"
     max_seq_len: int | None = Field(default=None, ge=2, le=8192)
@@ -248,18 +254,22 @@ class Settings(BaseSettings):
     def _shapes(cls, value: Any) -> Any:
         return _parse_shapes(value)
 
-    @field_validator("model_path", mode="before")
+    @field_validator("model", "model_path", mode="before")
     @classmethod
-    def _model_path(cls, value: Any) -> Any:
+    def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip()
             if value in ("", "default", "minilm"):
                 return None
             if value.lower() == TOY_MODEL:
                 return TOY_MODEL
-            if not Path(value).expanduser().is_dir():
-                raise ValueError(f"{value!r} is not a directory (nor 'toy' or 'default')")
-            return str(Path(value).expanduser())
+            if Path(value).expanduser().is_dir():
+                return str(Path(value).expanduser())
+            if not _HUB_ID.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is neither a directory nor a hub id like 'org/name' "
+                    "(nor 'toy' or 'default')"
+                )
         return value
 
     @field_validator("admin_token", mode="before")
@@ -289,6 +299,11 @@ class Settings(BaseSettings):
                 f"{env_name('max_batch_tokens')} ({self.max_batch_tokens}) must be at least "
                 f"{env_name('max_seq_len')} ({self.max_seq_len}): one long text must fit a batch"
             )
+        if self.model and self.model_path and self.model != self.model_path:
+            problems.append(
+                f"{env_name('model')} and {env_name('model_path')} name different models; "
+                f"set only {env_name('model')}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -311,6 +326,11 @@ class Settings(BaseSettings):
         if self.graph_memory_budget_mb is None:
             return None
         return int(self.graph_memory_budget_mb * 1024 * 1024)
+
+    @property
+    def model_ref(self) -> str | None:
+        """The model to serve, whichever of its two names was set."""
+        return self.model or self.model_path
 
     @property
     def admin_enabled(self) -> bool:
@@ -344,7 +364,8 @@ class Settings(BaseSettings):
             cache=cache,
         )
         return EngineConfig(
-            model_path=self.model_path,
+            model=self.model_ref,
+            model_revision=self.model_revision,
             device=device,
             dtype=dtype,
             max_seq_len=self.max_seq_len,

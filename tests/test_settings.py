@@ -173,7 +173,7 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_dtype("float32", "cpu") is torch.float32
     assert resolve_dtype("auto", "cuda") is torch.float16
     cfg = load_settings(model_path="toy", max_batch_wait_ms=2.5).engine_config()
-    assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model_path == "toy"
+    assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model == "toy"
 
 
 @pytest.mark.parametrize(
@@ -242,3 +242,21 @@ def test_docs_table_lists_every_setting() -> None:
     text = (ROOT / "docs" / "service.md").read_text()
     for name in Settings.model_fields:
         assert f"`SIDECAR_{name.upper()}`" in text, name
+
+
+def test_the_model_by_its_name_or_its_former_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(model="toy").model_ref == "toy"
+    assert load_settings(model_path="toy").model_ref == "toy"  # the former name still works
+    assert load_settings(model=str(tmp_path)).model_ref == str(tmp_path)
+    hub = load_settings(model="BAAI/bge-small-en-v1.5", model_revision="v1")
+    cfg = hub.engine_config()
+    assert (cfg.model, cfg.model_revision) == ("BAAI/bge-small-en-v1.5", "v1")
+    assert load_settings(model="default").model_ref is None
+    monkeypatch.setenv("SIDECAR_MODEL", "not a model/../x y")
+    with pytest.raises(SettingsError, match="SIDECAR_MODEL: .*neither a directory nor a hub id"):
+        load_settings()
+    monkeypatch.delenv("SIDECAR_MODEL")
+    with pytest.raises(SettingsError, match="name different models"):
+        load_settings(model="toy", model_path=str(tmp_path))

@@ -93,7 +93,8 @@ class EngineConfig:
     """Everything the engine needs, already resolved (no "auto" left). Built by the settings
     layer (`app.settings.Settings.engine_config`), which holds every default."""
 
-    model_path: str | None  # None: the bundled all-MiniLM-L6-v2; "toy": the test model
+    model: str | None  # a directory or hub id; None: the bundled all-MiniLM-L6-v2; "toy"
+    model_revision: str | None  # of a hub id
     device: str
     dtype: torch.dtype
     max_seq_len: int | None  # None: the model's own
@@ -309,11 +310,11 @@ class Engine:
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         t0 = time.perf_counter()
-        if cfg.model_path == TOY_MODEL:
+        if cfg.model == TOY_MODEL:
             encoder = make_toy_encoder(cfg.device, cfg.dtype)
         else:
             encoder = load_sentence_encoder(
-                cfg.model_path, device=cfg.device, dtype=cfg.dtype, max_seq_len=cfg.max_seq_len
+                cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_len=cfg.max_seq_len
             )
         if cfg.runner.max_num_tokens < encoder.max_seq_len:
             raise EngineConfigError(

@@ -36,7 +36,7 @@ from pydantic_settings import (
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.devices import device_name, resolve_device, resolve_dtype, resolve_graph_mode
-from app.engine.engine import EngineConfig
+from app.engine.engine import TOY_MODEL, EngineConfig
 from app.engine.runner import RunnerConfig
 
 if sys.version_info >= (3, 11):
@@ -46,7 +46,6 @@ else:  # pragma: no cover - Python 3.10 has no tomllib (install tomli there)
 
 ENV_PREFIX = "SIDECAR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-TOY_MODEL = "toy"
 # A Hugging Face repository id: "name" or "org/name" of letters, digits, "-", "_" and ".".
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 

@@ -276,16 +276,9 @@ class Engine:
         return ready and runner is not None and runner.idle_work_due(idle)
 
     def run_background(self, idle: bool) -> None:
-        """Worker thread: capture one due shape (a deferred capture or a predicted shape)."""
-        step = self.runner.idle_capture(idle)
-        if step is not None and step.outcome != "skipped":
-            logger.info(
-                "capture between batches: %s %s in %.3f s%s",
-                step.descriptor.label(),
-                step.outcome,
-                step.seconds,
-                f" ({step.reason})" if step.reason else "",
-            )
+        """Worker thread: capture one due shape (a deferred capture or a predicted shape); the
+        cache logs what it captured, refused or failed."""
+        self.runner.idle_capture(idle)
 
     # ------------------------------------------------------------------ admin
     async def prewarm(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:

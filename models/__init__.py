@@ -1,29 +1,35 @@
-"""Sentence-encoder models: a plain-torch BERT, its loader and tokenizer, and a toy model."""
+"""Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
+MPNet) sharing one encoder block, the sentence-transformers pipeline, the tokenizer, the loader
+(directory or hub id) and a toy model."""
 
 from __future__ import annotations
 
-from models.bert import BertConfig, BertEncoder, PackedLayout, PackedPiece
+from models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from models.encoder import SentenceEncoder, cpu_has_native_bf16
-from models.loader import (
-    DEFAULT_MODEL_NAME,
-    ModelLoadError,
-    default_model_path,
-    load_sentence_encoder,
-)
-from models.tokenizer import TextTokenizer
+from models.errors import ModelLoadError
+from models.hub import resolve_model
+from models.loader import DEFAULT_MODEL_NAME, default_model_path, load_sentence_encoder
+from models.model import SentenceModel
+from models.packed import PackedLayout, PackedPiece
+from models.pipeline import POOLING_MODES
+from models.tokenizer import EncodedPairs, TextTokenizer
 from models.toy import make_toy_encoder
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
-    "BertConfig",
-    "BertEncoder",
+    "POOLING_MODES",
+    "SUPPORTED_MODEL_TYPES",
+    "EncodedPairs",
+    "EncoderConfig",
     "ModelLoadError",
     "PackedLayout",
     "PackedPiece",
     "SentenceEncoder",
+    "SentenceModel",
     "TextTokenizer",
     "cpu_has_native_bf16",
     "default_model_path",
     "load_sentence_encoder",
     "make_toy_encoder",
+    "resolve_model",
 ]

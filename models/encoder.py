@@ -2,36 +2,78 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from models.bert import BertEncoder
+from models.model import SentenceModel
 from models.tokenizer import TextTokenizer
 
 
 @dataclass(frozen=True)
 class SentenceEncoder:
-    """A ready-to-run sentence encoder (weights on `device`, in `dtype`, in eval mode)."""
+    """A ready-to-run sentence encoder (weights on `device`, in `dtype`, in eval mode).
+
+    prompts: named text prefixes from config_sentence_transformers.json (e.g. "query" ->
+    "query: "): the caller puts the prefix before the text and tokenizes the whole, which is what
+    sentence-transformers' `encode(prompt_name=...)` does. default_prompt_name: the prompt used
+    when none is named (None: no prefix).
+    """
 
     name: str
-    model: BertEncoder
+    model: SentenceModel
     tokenizer: TextTokenizer
     max_seq_len: int
     device: torch.device
     dtype: torch.dtype
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
     @property
     def dimensions(self) -> int:
+        """Size of the embeddings the pipeline returns (a Dense module changes it)."""
+        return self.model.dimensions
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the encoder's hidden states (the packed buffers' width)."""
         return self.model.config.hidden_size
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the pipeline ends with Normalize: rows of unit length."""
+        return self.model.pipeline.normalized
+
+    @property
+    def family(self) -> str:
+        """The config.json model_type: bert, roberta, xlm-roberta or mpnet."""
+        return self.model.config.family
+
+    @property
+    def pooling(self) -> str:
+        """The pooling mode (sentence-transformers' name; several joined by "+")."""
+        return self.model.pipeline.pooling.name
+
+    def prompt(self, prompt_name: str | None) -> str:
+        """The prefix for `prompt_name` (None: the default prompt's, or ""). KeyError, naming
+        the known prompts, for an unknown name."""
+        if prompt_name is None:
+            prompt_name = self.default_prompt_name
+            if prompt_name is None:
+                return ""
+        if prompt_name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise KeyError(f"unknown prompt_name {prompt_name!r} (this model's prompts: {known})")
+        return self.prompts[prompt_name]
+
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> torch.Tensor:
+    def embed(self, texts: list[str], prompt_name: str | None = None) -> torch.Tensor:
         """Plain eager embeddings (padded layout, no graphs): (n, dimensions) float32 on CPU.
 
         A reference and a convenience; the service goes through the runner instead.
         """
-        ids = self.tokenizer.encode(texts)
+        prefix = self.prompt(prompt_name)
+        ids = self.tokenizer.encode([prefix + t for t in texts] if prefix else texts)
         if not ids:
             return torch.empty((0, self.dimensions))
         S = max(len(x) for x in ids)

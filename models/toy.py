@@ -1,6 +1,6 @@
 """A tiny deterministic BERT sentence encoder with its own character-level tokenizer.
 
-Same code paths as the real model (both layouts, pooling, normalisation) at a fraction of the
+Same code paths as the real model (both layouts, mean pooling, Normalize) at a fraction of the
 cost, so runner and service tests run in milliseconds. Weights come from a seeded generator on
 the CPU, so every process (and every device) gets the same model.
 """
@@ -12,9 +12,12 @@ import string
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from models.bert import BertConfig, BertEncoder
+from models.config import EncoderConfig
 from models.encoder import SentenceEncoder, check_device_dtype
+from models.model import SentenceModel
+from models.pipeline import Normalize, Pooling, SentencePipeline
 from models.tokenizer import TextTokenizer
+from models.transformer import TransformerEncoder
 
 TOY_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 # Lower-case letters, digits, punctuation and the space: anything else maps to [UNK].
@@ -22,8 +25,8 @@ TOY_CHARS = sorted(set(string.ascii_lowercase + string.digits + string.punctuati
 TOY_MAX_SEQ_LEN = 64
 
 
-def toy_config() -> BertConfig:
-    return BertConfig(
+def toy_config() -> EncoderConfig:
+    return EncoderConfig(
         vocab_size=len(TOY_SPECIALS) + len(TOY_CHARS),
         hidden_size=32,
         num_hidden_layers=2,
@@ -45,11 +48,11 @@ def make_toy_tokenizer(max_seq_len: int = TOY_MAX_SEQ_LEN) -> TextTokenizer:
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    return TextTokenizer(tok, max_seq_len)
+    return TextTokenizer(tok, max_seq_len, pad_id=vocab["[PAD]"])
 
 
 @torch.no_grad()
-def _seeded_init(model: BertEncoder, seed: int) -> None:
+def _seeded_init(model: TransformerEncoder, seed: int) -> None:
     # Wider than BERT's 0.02 init so different inputs give clearly different embeddings.
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters()):
@@ -64,11 +67,14 @@ def _seeded_init(model: BertEncoder, seed: int) -> None:
 def make_toy_encoder(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, seed: int = 0
 ) -> SentenceEncoder:
-    """A 2-layer, 32-dim BERT (4 heads), max 64 tokens, deterministic for a given seed."""
+    """A 2-layer, 32-dim BERT (4 heads), mean pooling and Normalize, max 64 tokens,
+    deterministic for a given seed."""
     dev = check_device_dtype(device, dtype)
-    model = BertEncoder(toy_config())
-    _seeded_init(model, seed)
-    model = model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
+    cfg = toy_config()
+    body = TransformerEncoder(cfg)
+    _seeded_init(body, seed)
+    pipeline = SentencePipeline(Pooling(("mean",)), [Normalize()], cfg.hidden_size)
+    model = SentenceModel(body, pipeline).to_serving(dev, dtype)
     return SentenceEncoder(
         name="toy-bert",
         model=model,

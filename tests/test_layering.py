@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Top-level packages each layer may import, besides the standard library and itself.
 ALLOWED: dict[str, set[str]] = {
     "app/cudagraph": {"torch", "app.cudagraph"},
-    "models": {"torch", "safetensors", "tokenizers", "models"},
+    "models": {"torch", "safetensors", "tokenizers", "huggingface_hub", "models"},
     "app/engine": {"torch", "app.cudagraph", "models", "app.engine"},
     # device/dtype rules, shared by the app and the service benchmark on bare GPU boxes
     "app/devices.py": {"torch", "models"},

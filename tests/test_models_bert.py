@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import BertConfig, PackedLayout, make_toy_encoder
-from models.bert import attend
+from models import EncoderConfig, PackedLayout, make_toy_encoder
+from models.layers import attend
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def padded(ids: list[list[int]], S: int | None = None, B: int | None = None):
 def packed(encoder, ids: list[list[int]]) -> torch.Tensor:
     lens = [len(x) for x in ids]
     layout = PackedLayout.build(
-        lens, hidden_size=encoder.dimensions, device="cpu", dtype=torch.float32
+        lens, hidden_size=encoder.hidden_size, device="cpu", dtype=torch.float32
     )
     flat = torch.tensor([t for row in ids for t in row])
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def test_packed_pieces_ignore_token_padding(toy):
             first = piece(bufs[i % 2], attn, bufs[(i + 1) % 2]).clone()
             qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
             assert torch.equal(first, qkv)
-        out = lay.pool(qkv)
+        out = toy.model.pool_packed(qkv, lay)
         ref = toy.model(*padded(ids))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
@@ -143,7 +143,9 @@ def test_attend_matches_explicit_softmax():
     "kwargs, message",
     [
         ({"hidden_size": 30}, "divisible"),
-        ({"hidden_act": "relu"}, "hidden_act"),
+        ({"hidden_act": "swish"}, "hidden_act"),
+        ({"family": "gpt2"}, "model_type 'gpt2' is not supported"),
+        ({"family": "roberta", "pad_token_id": 1, "max_position_embeddings": 3}, "usable"),
         ({"vocab_size": 0}, "vocab_size"),
         ({"num_hidden_layers": 2.5}, "num_hidden_layers"),
         ({"pad_token_id": 99}, "pad_token_id"),
@@ -159,7 +161,7 @@ def test_config_validation(kwargs, message):
         max_position_embeddings=64,
     )
     with pytest.raises(ValueError, match=message):
-        BertConfig(**{**base, **kwargs})
+        EncoderConfig(**{**base, **kwargs})
 
 
 def test_float16_is_refused_on_cpu():

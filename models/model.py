@@ -1,0 +1,68 @@
+"""`SentenceModel`: a family's encoder body followed by its sentence-transformers pipeline, with
+the interface the runner drives in every graph mode.
+
+- FULL and single requests: `model(input_ids (B, S), attention_mask (B, S))` -> (B, D) float32,
+  the encoder, pooling, Dense and Normalize with static shapes: one CUDA graph covers them all.
+- PIECEWISE and NONE: `packed_pieces()` (graphable), `attend_packed(...)` (eager, between the
+  pieces), then `pool_packed(hidden, layout)` (eager) on the last hidden state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.config import EncoderConfig
+from models.packed import PackedLayout, PackedPiece
+from models.pipeline import SentencePipeline
+from models.transformer import TransformerEncoder
+
+
+class SentenceModel(nn.Module):
+    """Encoder body + sentence pipeline: token ids -> sentence embeddings (B, D) float32."""
+
+    def __init__(self, encoder: TransformerEncoder, pipeline: SentencePipeline) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pipeline = pipeline
+
+    @property
+    def config(self) -> EncoderConfig:
+        return self.encoder.config
+
+    @property
+    def dimensions(self) -> int:
+        return self.pipeline.dimensions
+
+    def to_serving(self, device: torch.device, dtype: torch.dtype) -> SentenceModel:
+        """On `device`, the encoder in `dtype`, the pipeline in float32, eval, no grad."""
+        self.encoder.to(device=device, dtype=dtype)
+        self.pipeline.to(device=device, dtype=torch.float32)
+        return self.eval().requires_grad_(False)
+
+    # ---------------------------------------------------------------- padded layout (FULL)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S) int64, attention_mask (B, S) bool/int (1 = real) -> (B, D) float32.
+
+        Padding rows need at least one real position (see `TransformerEncoder.hidden_states`).
+        """
+        mask = attention_mask.bool()
+        return self.pipeline(self.encoder.hidden_states(input_ids, mask), mask)
+
+    # ---------------------------------------------------------------- packed layout (PIECEWISE)
+    def packed_pieces(self) -> list[PackedPiece]:
+        return self.encoder.packed_pieces()
+
+    def attend_packed(self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor) -> None:
+        self.encoder.attend_packed(qkv, layout, out)
+
+    def pool_packed(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """The last piece's hidden state (T_pad, H) -> sentence embeddings (B, D) float32."""
+        return self.pipeline.pool_packed(hidden, layout)
+
+    def forward_packed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
+        """Eager packed forward: input_ids, 0-based position_ids (T,) -> (B, D) float32."""
+        hidden = self.encoder.forward_packed_hidden(input_ids, position_ids, layout)  # (T, H)
+        return self.pool_packed(hidden, layout)

@@ -1,0 +1,173 @@
+"""The packed layout: the tokens of all requests back to back in one `(T, H)` tensor.
+
+Nothing is spent on padding in the linear layers. The work splits into *pieces* whose shapes
+depend only on `T` (embeddings, QKV projection, output projection + residual + LayerNorm,
+feed-forward + LayerNorm), which the runner wraps as PIECEWISE graphs keyed by a token bucket,
+and attention, whose shape depends on each request's length, which runs eagerly between them
+over the attention groups of a `PackedLayout`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from models.layers import Embeddings, EncoderLayer
+
+
+class PackedPiece(ABC):
+    """A graphable piece of the packed forward.
+
+    Buffer discipline, for CUDA-graph correctness: every input is a slice of a static buffer the
+    runner owns (ids, positions, hidden states, attention output), and a piece never writes its
+    own inputs. The residual stream ping-pongs between two hidden buffers (read one, write the
+    other), so running a piece twice (warm-up, then capture) gives the same result. The return
+    value is graph memory, consumed at once by the eager attention that follows (or pooling).
+    """
+
+    @abstractmethod
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor: ...
+
+
+class EmbedPiece(PackedPiece):
+    """input_ids (T,), 0-based position_ids (T,) -> writes hidden `out` (T, H); returns layer 0
+    QKV (T, 3H)."""
+
+    def __init__(self, embeddings: Embeddings, first: EncoderLayer) -> None:
+        self.embeddings = embeddings
+        self.first = first
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = self.embeddings(a, b)  # (T, H)
+        out.copy_(h)
+        return self.first.qkv(h)  # (T, 3H)
+
+    def __repr__(self) -> str:
+        return "EmbedPiece()"
+
+
+class LayerPiece(PackedPiece):
+    """hidden (T, H), attention output (T, H) -> finishes layer i.
+
+    Writes the new hidden state into `out` and returns layer i+1's QKV (T, 3H), or, for the last
+    layer, returns the final hidden state (T, H) (then `out` is untouched).
+    """
+
+    def __init__(self, layer: EncoderLayer, next_layer: EncoderLayer | None, index: int) -> None:
+        self.layer = layer
+        self.next_layer = next_layer
+        self.index = index
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = self.layer.finish(a, b)  # (T, H)
+        if self.next_layer is None:
+            return h
+        out.copy_(h)
+        return self.next_layer.qkv(h)  # (T, 3H)
+
+    def __repr__(self) -> str:
+        return f"LayerPiece({self.index})"
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Consecutive requests of similar length, attended together in one padded SDPA call.
+
+    Tokens [start, end) of the packed tensor. `index` maps each packed token to its row in the
+    (num_reqs * max_len) padded scratch; None when all lengths are equal (no padding at all).
+    """
+
+    start: int
+    end: int
+    num_reqs: int
+    max_len: int
+    index: torch.Tensor | None  # (T_g,) int64
+    key_mask: torch.Tensor | None  # (num_reqs, 1, 1, max_len) bool
+    scratch: torch.Tensor | None  # (num_reqs * max_len, 3H), zero-initialised
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where each request's tokens lie in the packed tensor; built once per batch (eager only)."""
+
+    num_tokens: int
+    token_counts: torch.Tensor  # (B,) int64: real tokens per request
+    positions: torch.Tensor  # (T,) int64: position of each packed token inside its request
+    groups: tuple[AttentionGroup, ...]
+
+    @property
+    def num_reqs(self) -> int:
+        return int(self.token_counts.shape[0])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B, 1) float32: the token counts as the divisor of the mean."""
+        return self.token_counts.to(torch.float32).view(-1, 1)
+
+    @staticmethod
+    def build(
+        lengths: Sequence[int],
+        *,
+        hidden_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        group_bounds: Sequence[int] = (16, 32, 64, 128),
+    ) -> PackedLayout:
+        """Layout for requests of `lengths` packed in this order.
+
+        Consecutive requests whose lengths fall between the same `group_bounds` share one SDPA
+        call, so a batch sorted by length pads attention only within a length class (a short
+        request never pays for a long one's S^2). Lengths must be >= 1.
+        """
+        if not lengths or min(lengths) < 1:
+            raise ValueError("every packed request needs at least one token")
+        bounds = sorted(group_bounds)
+
+        def cls(n: int) -> int:
+            return next((i for i, b in enumerate(bounds) if n <= b), len(bounds))
+
+        lens = torch.tensor(lengths, dtype=torch.int64)
+        T = int(lens.sum())
+        # Position of each token inside its request, and its request id: (T,), no Python per token.
+        seg = torch.repeat_interleave(torch.arange(len(lengths)), lens)
+        starts = torch.cumsum(lens, 0) - lens
+        pos = torch.arange(T) - starts[seg]
+
+        groups: list[AttentionGroup] = []
+        r0 = 0
+        while r0 < len(lengths):
+            r1 = r0 + 1
+            c = cls(lengths[r0])
+            while r1 < len(lengths) and cls(lengths[r1]) == c:
+                r1 += 1
+            group_lens = lengths[r0:r1]
+            t0, t1 = int(starts[r0]), int(starts[r0]) + sum(group_lens)
+            smax = max(group_lens)
+            b = r1 - r0
+            if min(group_lens) == smax:
+                groups.append(AttentionGroup(t0, t1, b, smax, None, None, None))
+            else:
+                local = (seg[t0:t1] - r0) * smax + pos[t0:t1]  # (T_g,) row in (b * Smax)
+                glens = lens[r0:r1]
+                key_mask = torch.arange(smax).view(1, smax) < glens.view(b, 1)  # (b, Smax)
+                groups.append(
+                    AttentionGroup(
+                        t0,
+                        t1,
+                        b,
+                        smax,
+                        local.to(device),
+                        key_mask.view(b, 1, 1, smax).to(device),
+                        torch.zeros((b * smax, 3 * hidden_size), device=device, dtype=dtype),
+                    )
+                )
+            r0 = r1
+        return PackedLayout(
+            num_tokens=T,
+            token_counts=lens.to(device),
+            positions=pos.to(device),
+            groups=tuple(groups),
+        )

@@ -1,0 +1,120 @@
+"""`TransformerEncoder`: the body every family shares (embeddings, a stack of post-LayerNorm
+blocks, MPNet's relative position bias where configured), in both layouts, up to the last hidden
+state. Pooling and the rest of the sentence-transformers pipeline come after (`pipeline.py`).
+
+Padded layout: `hidden_states(input_ids, attention_mask)` on `(B, S)` tensors, padding masked
+out of attention. Every op has a static shape for a given `(B, S)`, so the whole forward can be
+one CUDA graph (mode FULL).
+
+Packed layout: `packed_pieces()` and `attend_packed(...)` (see `packed.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.config import EncoderConfig
+from models.layers import (
+    Embeddings,
+    EncoderLayer,
+    RelativePositionBias,
+    attend,
+    bias_with_key_mask,
+)
+from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece
+
+
+class TransformerEncoder(nn.Module):
+    """Embeddings + encoder blocks (+ MPNet's relative position bias): ids -> hidden states."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        blocks = [EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+        self.layers = nn.ModuleList(blocks)
+        # The same modules, typed (ModuleList iteration is untyped); `.to()` keeps identities.
+        self.blocks: list[EncoderLayer] = blocks
+        self.relative_bias: RelativePositionBias | None = None
+        if cfg.relative_attention:
+            self.relative_bias = RelativePositionBias(cfg, cfg.max_positions)
+        # 0-based positions 0..P-1; the padded layout slices it, so no arange runs in a graph.
+        self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
+        self.position_ids: torch.Tensor
+
+    # ---------------------------------------------------------------- padded layout (FULL)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H).
+
+        A row whose mask is all False yields garbage (it is a padding row): callers give padding
+        rows at least one real position (the runner uses a length-1 dummy request).
+        """
+        B, S = input_ids.shape
+        x = self.embeddings(input_ids, self.position_ids[:S])  # (B, S, H)
+        mask: torch.Tensor = attention_mask.view(B, 1, 1, S)  # bool key mask
+        if self.relative_bias is not None:
+            # One bias for every layer: (B, nh, S, S), -inf at padded keys.
+            mask = bias_with_key_mask(self.relative_bias(S).to(x.dtype), mask)
+        for layer in self.blocks:
+            x = layer.finish(x, attend(layer.qkv(x), layer.num_heads, mask))
+        return x
+
+    # ---------------------------------------------------------------- packed layout (PIECEWISE)
+    def packed_pieces(self) -> list[PackedPiece]:
+        """The graphable pieces of the packed forward, in order (num_hidden_layers + 1).
+
+        Piece 0 embeds and projects QKV of layer 0; piece i (1..L-1) finishes layer i-1 and
+        projects QKV of layer i; piece L finishes the last layer and returns the last hidden
+        state (T, H). Eager attention runs between consecutive pieces.
+        """
+        blocks = self.blocks
+        pieces: list[PackedPiece] = [EmbedPiece(self.embeddings, blocks[0])]
+        for i, layer in enumerate(blocks):
+            pieces.append(LayerPiece(layer, blocks[i + 1] if i + 1 < len(blocks) else None, i))
+        return pieces
+
+    def attend_packed(self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor) -> None:
+        """Eager attention of layer-independent shape: qkv (T_pad, 3H) -> writes out[:T] (T, H).
+
+        Rows past layout.num_tokens (token-bucket padding) are neither read nor written. With a
+        relative position bias, each group adds the bias of its own padded length: every request
+        starts at position 0, so one (1, nh, Smax, Smax) slice serves the whole group.
+        """
+        heads = self.config.num_attention_heads
+        H = self.config.hidden_size
+        for g in layout.groups:
+            qkv_g = qkv[g.start : g.end]  # (T_g, 3H), requests of similar length
+            out_g = out[g.start : g.end]  # (T_g, H)
+            bias = None
+            if self.relative_bias is not None:
+                bias = self.relative_bias(g.max_len).to(qkv.dtype)  # (1, nh, Smax, Smax)
+            if g.index is None:
+                # All requests of the group have the same length: a plain view, no key mask.
+                y = attend(qkv_g.view(g.num_reqs, g.max_len, 3 * H), heads, bias)
+                out_g.copy_(y.view(-1, H))
+            else:
+                assert g.scratch is not None and g.key_mask is not None
+                mask = g.key_mask if bias is None else bias_with_key_mask(bias, g.key_mask)
+                # Scatter to (b, Smax, 3H); pad positions stay zero (finite) for the whole call.
+                g.scratch.index_copy_(0, g.index, qkv_g)
+                y = attend(g.scratch.view(g.num_reqs, g.max_len, 3 * H), heads, mask)
+                torch.index_select(y.reshape(-1, H), 0, g.index, out=out_g)
+
+    def forward_packed_hidden(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
+        """Eager packed forward: input_ids, position_ids (T,) -> last hidden state (T, H).
+
+        The reference composition of the pieces; the runner does the same with static buffers.
+        """
+        T, H = input_ids.shape[0], self.config.hidden_size
+        dtype = self.embeddings.LayerNorm.weight.dtype
+        bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
+        attn = torch.empty_like(bufs[0])
+        pieces = self.packed_pieces()
+        qkv = pieces[0](input_ids, position_ids, bufs[0])
+        for i, piece in enumerate(pieces[1:]):
+            self.attend_packed(qkv, layout, attn)
+            qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
+        return qkv

@@ -1,0 +1,200 @@
+"""Checkpoint weights: safetensors only (one file or shards), mapped onto the fused modules.
+
+Nothing is ever unpickled: a directory that only holds a pickle checkpoint (pytorch_model.bin
+and the like) is refused with a message saying so. Each family names its tensors in the
+Hugging Face way; `encoder_checkpoint_names` maps every parameter of `TransformerEncoder` to the
+checkpoint tensors it is made of (the fused QKV stacks three of them, rows q, k, v).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from models.config import EncoderConfig
+from models.errors import ModelLoadError
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Checkpoint formats that are never read here (pickles can run code; the others need their own
+# runtimes). Named in the refusal so the user knows what was found.
+_FOREIGN = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "model.ckpt.index",
+    "model.onnx",
+    "onnx/model.onnx",
+)
+# Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
+_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.")
+# Checkpoint tensors the encoder does not use: heads, the BERT pooler, saved index buffers.
+_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.")
+_IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
+
+
+def read_safetensors(directory: Path, *, what: str = "the model") -> dict[str, torch.Tensor]:
+    """Every tensor of `directory`'s model.safetensors, or of the shards its
+    model.safetensors.index.json lists, on the CPU in the stored dtype.
+
+    Raises ModelLoadError naming the file: none found (and which pickle was found instead, if
+    any), an unreadable file, an index whose shards are missing or do not hold what it lists.
+    """
+    single, index = directory / SAFETENSORS, directory / SAFETENSORS_INDEX
+    if single.is_file():
+        return _load(single)
+    if index.is_file():
+        return _load_sharded(index)
+    found = [name for name in _FOREIGN if (directory / name).is_file()]
+    if found:
+        raise ModelLoadError(
+            directory / found[0],
+            f"the weights of {what} are only in {', '.join(found)}; only safetensors are loaded "
+            f"(pickle checkpoints are never loaded: they can run code). Convert them to "
+            f"{SAFETENSORS}, e.g. with save_pretrained(..., safe_serialization=True)",
+        )
+    raise ModelLoadError(
+        single,
+        f"file not found (nor {SAFETENSORS_INDEX}): the weights of {what} are missing (pickle "
+        "checkpoints such as pytorch_model.bin are never downloaded or loaded)",
+    )
+
+
+def _load(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file), device="cpu")
+    except Exception as e:  # SafetensorError, OSError, ...: a truncated or foreign file
+        raise ModelLoadError(file, f"cannot read safetensors: {e}") from e
+
+
+def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelLoadError(index, f"not a safetensors index (a JSON weight_map): {e}") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelLoadError(index, "weight_map must be a non-empty object")
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+            raise ModelLoadError(index, f"shard name {shard!r} is not a file of this directory")
+        file = index.parent / shard
+        if not file.is_file():
+            raise ModelLoadError(file, f"shard listed in {index.name} not found")
+        tensors.update(_load(file))
+    absent = sorted(name for name in weight_map if name not in tensors)
+    if absent:
+        raise ModelLoadError(index, f"tensors listed but in no shard: {_first(absent)}")
+    return tensors
+
+
+def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
+    """`TransformerEncoder` parameter -> the Hugging Face tensors it is made of (dim 0 stacked)."""
+    names: dict[str, tuple[str, ...]] = {}
+    emb = ["word_embeddings.weight", "position_embeddings.weight"]
+    emb += ["LayerNorm.weight", "LayerNorm.bias"]
+    if cfg.token_types:
+        emb.append("token_type_embeddings.weight")
+    names.update({f"embeddings.{n}": (f"embeddings.{n}",) for n in emb})
+    mpnet = cfg.family == "mpnet"
+    for i in range(cfg.num_hidden_layers):
+        src = f"encoder.layer.{i}."
+        if mpnet:
+            qkv = [f"{src}attention.attn.{n}" for n in ("q", "k", "v")]
+            attn_out, attn_norm = f"{src}attention.attn.o", f"{src}attention.LayerNorm"
+        else:
+            qkv = [f"{src}attention.self.{n}" for n in ("query", "key", "value")]
+            attn_out, attn_norm = f"{src}attention.output.dense", f"{src}attention.output.LayerNorm"
+        ours = {
+            "attn_out": (attn_out,),
+            "attn_norm": (attn_norm,),
+            "ffn_in": (f"{src}intermediate.dense",),
+            "ffn_out": (f"{src}output.dense",),
+            "ffn_norm": (f"{src}output.LayerNorm",),
+            "qkv": tuple(qkv),
+        }
+        for name, sources in ours.items():
+            for p in ("weight", "bias"):
+                names[f"layers.{i}.{name}.{p}"] = tuple(f"{s}.{p}" for s in sources)
+    if cfg.relative_attention:
+        names["relative_bias.relative_attention_bias.weight"] = (
+            "encoder.relative_attention_bias.weight",
+        )
+    return names
+
+
+def strip_base_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor names of a task model ("bert.encoder...", "roberta.embeddings...") as the base
+    model names them."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        for prefix in _BASE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        out[key] = value
+    return out
+
+
+def _ignored_by_encoder(key: str) -> bool:
+    return key in _IGNORED_KEYS or key.startswith(_IGNORED_PREFIXES)
+
+
+@torch.no_grad()
+def load_encoder_weights(model: nn.Module, cfg: EncoderConfig, tensors: dict[str, torch.Tensor]):
+    """Copy a Hugging Face checkpoint of `cfg`'s family into a `TransformerEncoder`, casting to
+    its dtype. ValueError listing the missing, unexpected and mis-shaped tensors."""
+    names = encoder_checkpoint_names(cfg)
+    load_named(model, strip_base_prefix(tensors), names, _ignored_by_encoder)
+
+
+@torch.no_grad()
+def load_named(
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    names: dict[str, tuple[str, ...]],
+    ignored: Callable[[str], bool] = lambda _key: False,
+) -> None:
+    """Fill every parameter of `module` from `tensors`: `names` maps a parameter to its source
+    tensors, stacked along dim 0. Every parameter must be covered and every tensor used (or
+    `ignored`); ValueError lists what is missing, unexpected, mis-shaped or not floating point."""
+    params = dict(module.named_parameters())
+    uncovered = sorted(set(params) - set(names))
+    assert not uncovered, f"parameters without a checkpoint name: {uncovered}"
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, sources in names.items():
+        shape = tuple(params[name].shape)
+        expected.update({s: (shape[0] // len(sources), *shape[1:]) for s in sources})
+    missing = sorted(k for k in expected if k not in tensors)
+    unexpected = sorted(k for k in tensors if k not in expected and not ignored(k))
+    wrong = [
+        f"{k}: expected {list(shape)}, got {list(tensors[k].shape)}"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
+    ]
+    not_float = [k for k in expected if k in tensors and not tensors[k].is_floating_point()]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_first(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes {_first(wrong)}")
+    if not_float:
+        problems.append(f"non-float tensors {_first(not_float)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    for name, sources in names.items():
+        parts = [tensors[s] for s in sources]
+        params[name].copy_(parts[0] if len(parts) == 1 else torch.cat(parts))
+
+
+def _first(items: list[str], n: int = 5) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

@@ -1,0 +1,320 @@
+"""Tiny sentence-transformers models of every family, built in the test with `transformers` and
+saved with `sentence-transformers` (dev extras: never imported by models/), and the reference
+embeddings sentence-transformers computes from the saved directory.
+
+Models are 2 layers of 32 dims with small vocabularies, initialised wider than the families' own
+0.02 (and every bias and LayerNorm perturbed), so a mistake in attention, positions or pooling
+shows in the output instead of hiding in near-constant activations. Nothing touches the network:
+sentence-transformers is imported with HF_HUB_OFFLINE=1 and only reads local directories.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet")
+HIDDEN = 32
+# (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
+# rows of the table before position 0, so their limit is 2 below the table.
+POSITIONS = 66
+MAX_SEQ_LEN = 48
+
+WORDS = (
+    "the quick brown fox jumps over lazy dog hello world query passage document search "
+    "graph cuda token embedding model sentence a an is of and to in"
+).split()
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;"
+
+# Texts: short, long enough to be truncated at MAX_SEQ_LEN, unknown characters, repeated words.
+TEXTS = [
+    "hello",
+    "the quick brown fox jumps over the lazy dog",
+    "a",
+    "search query: cuda graph token",
+    "Hello, World! Embedding models map text to vectors.",
+    "document " * 60,
+    "Café crème, naïve déjà vu — 東京 🍕",
+    "the the the the",
+    "model sentence embedding, 42 and 7",
+    "",
+]
+
+# sentence-transformers 6 module types, and the classic ones most hub models have.
+V6_TYPES = {
+    "Transformer": "sentence_transformers.base.modules.transformer.Transformer",
+    "Pooling": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+    "Dense": "sentence_transformers.base.modules.dense.Dense",
+    "Normalize": "sentence_transformers.base.modules.normalize.Normalize",
+}
+CLASSIC_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+    "mean": "pooling_mode_mean_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """One tiny model: family, pipeline, directory layout, prompts.
+
+    dense: None, or (out_features, activation: "tanh" | "identity", bias).
+    layout: "v6" (as sentence-transformers 6 saves) or "classic" (rewritten to the layout most hub
+    models have: sentence_transformers.models.* types, pooling_mode_*_tokens booleans,
+    max_seq_length in sentence_bert_config.json).
+    """
+
+    family: str
+    pooling: str | tuple[str, ...] = "mean"
+    dense: tuple[int, str, bool] | None = None
+    normalize: bool = False
+    layout: str = "v6"
+    prompts: tuple[tuple[str, str], ...] = ()
+    default_prompt_name: str | None = None
+    sharded: bool = False
+    seed: int = 0
+
+    @property
+    def pooling_modes(self) -> tuple[str, ...]:
+        return (self.pooling,) if isinstance(self.pooling, str) else self.pooling
+
+    @property
+    def label(self) -> str:
+        parts = [self.family, "+".join(self.pooling_modes)]
+        if self.dense:
+            parts.append(f"dense{self.dense[0]}-{self.dense[1]}")
+        if self.normalize:
+            parts.append("norm")
+        if self.layout != "v6":
+            parts.append(self.layout)
+        if self.sharded:
+            parts.append("sharded")
+        return "-".join(parts)
+
+
+def _offline_st():
+    os.environ["HF_HUB_OFFLINE"] = "1"  # local directories only, never the network
+    import sentence_transformers
+
+    return sentence_transformers
+
+
+# ---------------------------------------------------------------- tokenizers
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character table (what byte-level BPE vocabularies hold)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def make_tokenizer(family: str) -> Any:
+    """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
+    import transformers as tf
+
+    if family == "bert":
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+        vocab += list(CHARS) + [f"##{c}" for c in CHARS]
+        return tf.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
+    if family == "mpnet":
+        vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", *WORDS]
+        vocab += list(CHARS) + [f"##{c}" for c in CHARS] + ["<mask>"]
+        return tf.MPNetTokenizer(vocab={t: i for i, t in enumerate(vocab)})
+    if family == "roberta":
+        byte_chars = _bytes_to_unicode()
+        merges = [
+            ("Ġ", "t"),
+            ("h", "e"),
+            ("Ġt", "he"),
+            ("Ġ", "q"),
+            ("Ġ", "a"),
+            ("o", "r"),
+            ("e", "n"),
+        ]
+        merged = ["Ġt", "he", "Ġthe", "Ġq", "Ġa", "or", "en"]
+        vocab = ["<s>", "<pad>", "</s>", "<unk>", *byte_chars, *merged, "<mask>"]
+        return tf.RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
+    if family == "xlm-roberta":
+        pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
+        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("<mask>", 0.0)]
+        return tf.XLMRobertaTokenizer(vocab=pieces)
+    raise ValueError(family)
+
+
+# ---------------------------------------------------------------- models
+def make_hf_model(family: str, vocab_size: int, seed: int) -> Any:
+    import transformers as tf
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=POSITIONS,
+        hidden_act="gelu",
+    )
+    if family == "bert":
+        model = tf.BertModel(tf.BertConfig(**common))
+    elif family == "roberta":
+        cfg = tf.RobertaConfig(**common, type_vocab_size=1, pad_token_id=1)
+        model = tf.RobertaModel(cfg)
+    elif family == "xlm-roberta":
+        cfg = tf.XLMRobertaConfig(**common, type_vocab_size=1, pad_token_id=1)
+        model = tf.XLMRobertaModel(cfg)
+    elif family == "mpnet":
+        model = tf.MPNetModel(tf.MPNetConfig(**common, pad_token_id=1))
+    else:
+        raise ValueError(family)
+    wide_init(model, seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def wide_init(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
+    """Weights with std `std`, LayerNorms around 1, every bias non-zero; MPNet's relative
+    attention bias wider still, so a missing or misplaced bias changes the output clearly."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in sorted(model.named_parameters()):
+        noise = torch.randn(p.shape, generator=gen)
+        if "LayerNorm" in name or "layer_norm" in name:
+            p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
+        elif "relative_attention_bias" in name:
+            p.copy_(1.0 * noise)
+        else:
+            p.copy_(std * noise)
+
+
+def build_tiny(spec: TinySpec, root: Path) -> Path:
+    """Save `spec`'s model with sentence-transformers under `root`; returns the model folder."""
+    st = _offline_st()
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    hf_dir, out = root / f"{spec.label}-hf", root / spec.label
+    tok = make_tokenizer(spec.family)
+    tok.model_max_length = MAX_SEQ_LEN
+    model = make_hf_model(spec.family, len(tok), spec.seed)
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+
+    modules: list[torch.nn.Module] = [Transformer(str(hf_dir))]
+    modules.append(Pooling(HIDDEN, pooling_mode=spec.pooling))
+    dim = HIDDEN * len(spec.pooling_modes)
+    if spec.dense is not None:
+        out_features, act, bias = spec.dense
+        activation = torch.nn.Tanh() if act == "tanh" else torch.nn.Identity()
+        dense = Dense(dim, out_features, bias=bias, activation_function=activation)
+        gen = torch.Generator().manual_seed(spec.seed + 1)
+        with torch.no_grad():
+            for p in dense.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        modules.append(dense)
+    if spec.normalize:
+        modules.append(Normalize())
+    sbert = st.SentenceTransformer(
+        modules=modules,
+        device="cpu",
+        prompts=dict(spec.prompts) or None,
+        default_prompt_name=spec.default_prompt_name,
+    )
+    sbert.save(str(out))
+    if spec.sharded:
+        shard_weights(out, model)
+    if spec.layout == "classic":
+        to_classic_layout(out)
+    return out
+
+
+def shard_weights(folder: Path, model: Any) -> None:
+    """Replace model.safetensors with shards and their index (what save_pretrained writes for a
+    model above its max_shard_size)."""
+    tmp = folder / "_shards"
+    model.save_pretrained(tmp, max_shard_size="20KB")
+    index = tmp / "model.safetensors.index.json"
+    assert index.is_file(), sorted(p.name for p in tmp.iterdir())
+    (folder / "model.safetensors").unlink()
+    for f in tmp.iterdir():
+        if f.name.endswith(".safetensors") or f.name == index.name:
+            shutil.move(str(f), folder / f.name)
+    shutil.rmtree(tmp)
+
+
+def to_classic_layout(folder: Path) -> None:
+    """Rewrite a sentence-transformers 6 directory as older versions wrote it."""
+    modules = json.loads((folder / "modules.json").read_text())
+    classic = {v: f"sentence_transformers.models.{k}" for k, v in V6_TYPES.items()}
+    for m in modules:
+        m["type"] = classic[m["type"]]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": MAX_SEQ_LEN, "do_lower_case": False})
+    )
+    for m in modules:
+        cfg_file = folder / m["path"] / "config.json"
+        if m["type"].endswith("Pooling"):
+            cfg = json.loads(cfg_file.read_text())
+            mode = cfg["pooling_mode"]
+            modes = [mode] if isinstance(mode, str) else mode
+            classic_cfg = {"word_embedding_dimension": cfg["embedding_dimension"]}
+            classic_cfg.update({k: m_ in modes for m_, k in CLASSIC_POOLING_KEYS.items()})
+            cfg_file.write_text(json.dumps(classic_cfg))
+        elif m["type"].endswith("Dense"):
+            cfg = json.loads(cfg_file.read_text())
+            keep = ("in_features", "out_features", "bias", "activation_function")
+            cfg_file.write_text(json.dumps({k: cfg[k] for k in keep}))
+        elif m["type"].endswith("Normalize"):
+            shutil.rmtree(folder / m["path"], ignore_errors=True)  # old saves have no folder
+
+
+_BUILT: dict[TinySpec, Path] = {}
+_ROOT: list[Path] = []
+
+
+def tiny_model(spec: TinySpec) -> Path:
+    """`spec`'s model folder, built once per test session (in a temporary directory removed at
+    exit), whichever test file asks first."""
+    if spec not in _BUILT:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="tiny-models-")))
+            atexit.register(shutil.rmtree, _ROOT[0], True)
+        _BUILT[spec] = build_tiny(spec, _ROOT[0])
+    return _BUILT[spec]
+
+
+def st_encode(folder: Path, texts: list[str], **kwargs: Any) -> torch.Tensor:
+    """sentence-transformers' own embeddings of `texts` from the saved directory (float32)."""
+    st = _offline_st()
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    emb = model.encode(texts, convert_to_tensor=True, batch_size=4, **kwargs)
+    return emb.float().cpu()
+
+
+def fill_hub_cache(hf_home: Path, repo_id: str, source: Path, commit: str) -> Path:
+    """Lay `source`'s files out as the hub cache does (models--org--name/{refs/main,
+    snapshots/<commit>/...}) under hf_home/hub; returns the snapshot folder."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -1,0 +1,121 @@
+"""Every family x pooling x (Dense, Normalize, neither), in both modules.json layouts, against
+sentence-transformers' own `encode` of the same saved directory: eager, and through the runner
+in NONE, FULL and PIECEWISE (CPU, mock graphs; captures in the idle gaps, then replays).
+
+A representative matrix, not the full product: every family, every pooling mode, Dense (Tanh
+and Identity, with and without bias), Normalize and neither each appear, in both layouts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_builders import FAMILIES, MAX_SEQ_LEN, TEXTS, TinySpec, st_encode, tiny_model
+from runner_support import capture_due
+
+from app.cudagraph import CacheConfig, CUDAGraphMode
+from app.engine.runner import EmbeddingRunner, RunnerConfig
+from models import POOLING_MODES, PackedLayout, load_sentence_encoder
+
+SPECS = [
+    TinySpec("bert", "mean"),
+    TinySpec("bert", "cls", normalize=True, layout="classic"),
+    TinySpec("bert", ("mean", "max"), dense=(20, "identity", False), normalize=True),
+    TinySpec("roberta", "cls", dense=(16, "tanh", True)),
+    TinySpec("roberta", "mean_sqrt_len_tokens", layout="classic"),
+    TinySpec("xlm-roberta", "max", normalize=True),
+    TinySpec("xlm-roberta", "weightedmean", dense=(24, "tanh", True), layout="classic"),
+    TinySpec("mpnet", "mean", normalize=True),  # the all-mpnet-base-v2 pipeline
+    TinySpec("mpnet", "lasttoken"),
+    TinySpec("mpnet", "cls", dense=(16, "identity", True), normalize=True, layout="classic"),
+]
+MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
+
+
+def test_the_matrix_covers_every_family_pooling_and_module():
+    modes = {m for s in SPECS for m in s.pooling_modes}
+    assert modes == set(POOLING_MODES)
+    assert {s.family for s in SPECS} == set(FAMILIES)
+    for layout in ("v6", "classic"):  # Dense and Normalize read from both layouts
+        assert any(s.dense for s in SPECS if s.layout == layout)
+        assert any(s.normalize for s in SPECS if s.layout == layout)
+    assert any(s.dense and s.dense[1] == "tanh" for s in SPECS)
+    assert any(s.dense and s.dense[1] == "identity" for s in SPECS)
+    assert any(s.normalize for s in SPECS) and any(not s.dense and not s.normalize for s in SPECS)
+
+
+@pytest.fixture(scope="session", params=SPECS, ids=lambda s: s.label)
+def tiny(request):
+    """(spec, loaded encoder, sentence-transformers' embeddings of TEXTS), built once."""
+    spec: TinySpec = request.param
+    folder = tiny_model(spec)
+    return spec, load_sentence_encoder(folder), st_encode(folder, TEXTS)
+
+
+def assert_parity(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    assert got.shape == ref.shape, (what, got.shape, ref.shape)
+    cos = torch.nn.functional.cosine_similarity(got, ref)
+    assert cos.min() >= 0.99999, (what, cos)
+    torch.testing.assert_close(got.norm(dim=1), ref.norm(dim=1), atol=1e-4, rtol=0, msg=what)
+
+
+def test_encoder_describes_its_pipeline(tiny):
+    spec, enc, ref = tiny
+    assert enc.family == spec.family
+    assert enc.pooling == "+".join(spec.pooling_modes)
+    assert enc.dimensions == ref.shape[1]
+    if spec.dense:
+        assert enc.dimensions == spec.dense[0] != enc.hidden_size
+    assert enc.normalized is spec.normalize
+    assert enc.max_seq_len == MAX_SEQ_LEN
+    norms = ref.norm(dim=1)
+    if spec.normalize:
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    else:
+        assert (norms - 1).abs().max() > 0.1  # not normalised behind the model's back
+
+
+def test_tokenizer_matches_sentence_transformers(tiny):
+    spec, enc, _ = tiny
+    from model_builders import _offline_st
+
+    st = _offline_st().SentenceTransformer(str(tiny_model(spec)), device="cpu")
+    features = st.preprocess(TEXTS)
+    for i, row in enumerate(enc.tokenizer.encode(TEXTS)):
+        mask = features["attention_mask"][i].bool()
+        assert row == features["input_ids"][i][mask].tolist(), TEXTS[i]
+    assert max(len(r) for r in enc.tokenizer.encode(TEXTS)) == MAX_SEQ_LEN  # truncation
+
+
+def test_eager_padded_and_packed(tiny):
+    spec, enc, ref = tiny
+    assert_parity(enc.embed(TEXTS), ref, "padded")
+    ids = enc.tokenizer.encode(TEXTS)
+    lay = PackedLayout.build(
+        [len(x) for x in ids], hidden_size=enc.hidden_size, device="cpu", dtype=torch.float32
+    )
+    with torch.inference_mode():
+        flat = torch.tensor([t for row in ids for t in row])
+        packed = enc.model.forward_packed(flat, lay.positions, lay)
+    assert_parity(packed, ref, "packed")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_runner_parity(tiny, mode):
+    """First call eager (captured in the gap after), second a replay: both match."""
+    spec, enc, ref = tiny
+    cache = CacheConfig(capture_threshold=1, idle_prewarm_top_k=0)
+    runner = EmbeddingRunner(
+        enc, RunnerConfig(mode=mode, cache=cache, max_batch_size=4, max_num_tokens=256)
+    )
+    ids = enc.tokenizer.encode(TEXTS)
+    for _ in range(2):
+        res = runner.run(ids)
+        capture_due(runner)
+        assert_parity(res.embeddings, ref, f"{spec.label} {mode.name}")
+    if mode.has_graphs():
+        snap = runner.graphs.snapshot()
+        assert snap.replays >= len(res.descriptors) and snap.captures >= 1
+    # One request alone (NONE runs it unpacked, at its own length).
+    for i in (0, 5):
+        assert_parity(runner.run([ids[i]]).embeddings, ref[i : i + 1], f"alone {i}")

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from model_builders import TEXTS as PARITY_TEXTS
+from model_builders import TinySpec, st_encode, tiny_model
+from safetensors.torch import load_file, save_file
 
 from models import ModelLoadError, default_model_path, load_sentence_encoder, make_toy_encoder
 from models.toy import toy_config
@@ -314,3 +317,109 @@ def test_default_model_loads_without_sentence_transformers():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------- tiny models of each family
+SHARDED = TinySpec("xlm-roberta", "mean", normalize=True, sharded=True)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    def copy(spec: TinySpec) -> Path:
+        return Path(shutil.copytree(tiny_model(spec), tmp_path / spec.label))
+
+    return copy
+
+
+def test_sharded_checkpoint_loads(copy_of):
+    folder = copy_of(SHARDED)
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and not (folder / "model.safetensors").exists()
+    enc = load_sentence_encoder(folder)
+    ref = st_encode(tiny_model(SHARDED), PARITY_TEXTS)
+    cos = torch.nn.functional.cosine_similarity(enc.embed(PARITY_TEXTS), ref)
+    assert cos.min() >= 0.99999
+    # A shard the index lists but the directory lacks is named.
+    (folder / shards[-1]).unlink()
+    with pytest.raises(ModelLoadError, match="shard listed in model.safetensors.index.json") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / shards[-1]
+
+
+def test_sharded_index_errors(copy_of):
+    folder = copy_of(SHARDED)
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["encoder.layer.9.output.dense.weight"] = data["weight_map"][
+        next(iter(data["weight_map"]))
+    ]
+    index.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="listed but in no shard: encoder.layer.9") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == index
+    index.write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
+    with pytest.raises(ModelLoadError, match="not a file of this directory"):
+        load_sentence_encoder(folder)
+
+
+@pytest.mark.parametrize("family, prefix", [("roberta", "roberta."), ("mpnet", "mpnet.")])
+def test_task_model_prefix_is_accepted(copy_of, family, prefix):
+    spec = TinySpec(family, "cls")
+    folder = copy_of(spec)
+    weights = folder / "model.safetensors"
+    tensors = {prefix + k: v for k, v in load_file(str(weights)).items()}
+    tensors["lm_head.dense.weight"] = torch.zeros(2, 2)  # a masked-LM head: not used
+    save_file(tensors, str(weights))
+    ref = st_encode(tiny_model(spec), PARITY_TEXTS)
+    got = load_sentence_encoder(folder).embed(PARITY_TEXTS)
+    assert torch.nn.functional.cosine_similarity(got, ref).min() >= 0.99999
+
+
+def test_weights_are_cast_to_the_serving_dtype(copy_of):
+    """float16 weights on disk serve in float32, and in bfloat16 with the pipeline in float32."""
+    spec = TinySpec("bert", "mean", dense=(16, "tanh", True), normalize=True)
+    folder = copy_of(spec)
+    weights = folder / "model.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
+    ref = st_encode(tiny_model(spec), PARITY_TEXTS)
+    enc = load_sentence_encoder(folder)
+    assert enc.model.encoder.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(enc.embed(PARITY_TEXTS), ref).min() >= 0.9999
+    bf16 = load_sentence_encoder(folder, dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.model.encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in bf16.model.pipeline.parameters()} == {torch.float32}
+    out = bf16.embed(PARITY_TEXTS)
+    assert out.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(out, ref).min() >= 0.99
+
+
+def test_own_limit_past_the_usable_positions_is_clamped(copy_of, caplog):
+    """RoBERTa numbers positions past the padding index: 66 rows leave 64 positions."""
+    folder = copy_of(TinySpec("roberta", "mean"))
+    file = folder / "tokenizer_config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "model_max_length": 66}))
+    assert load_sentence_encoder(folder).max_seq_len == 64
+    assert "past its 64 usable positions" in caplog.text
+    with pytest.raises(ValueError, match="max_seq_len 65 is outside 2..64"):
+        load_sentence_encoder(folder, max_seq_len=65)
+
+
+def test_unsupported_model_type_is_refused(copy_of):
+    folder = copy_of(TinySpec("bert", "mean"))
+    file = folder / "config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "model_type": "deberta-v2"}))
+    with pytest.raises(ModelLoadError) as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == file
+    assert "model_type 'deberta-v2' is not supported" in str(ei.value)
+    assert "bert, mpnet, roberta, xlm-roberta" in str(ei.value)
+
+
+def test_pickle_only_directory_is_refused(copy_of):
+    folder = copy_of(TinySpec("mpnet", "mean"))
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not even read")
+    with pytest.raises(ModelLoadError) as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "pytorch_model.bin"
+    assert "only in pytorch_model.bin" in str(ei.value) and "never loaded" in str(ei.value)

@@ -1,20 +1,22 @@
 """Tiny sentence-transformers models of every family, built in the test with `transformers` and
-saved with `sentence-transformers` (dev extras: never imported by models/), and the reference
-embeddings sentence-transformers computes from the saved directory.
+saved with `sentence-transformers` (dev extras: never imported by models/), the reference
+embeddings sentence-transformers computes from the saved directory, and a hub cache layout.
 
 Models are 2 layers of 32 dims with small vocabularies, initialised wider than the families' own
 0.02 (and every bias and LayerNorm perturbed), so a mistake in attention, positions or pooling
 shows in the output instead of hiding in near-constant activations. Nothing touches the network:
-sentence-transformers is imported with HF_HUB_OFFLINE=1 and only reads local directories.
+the Hugging Face libraries only read local directories, offline (`offline_hub`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,11 +105,28 @@ class TinySpec:
         return "-".join(parts)
 
 
-def _offline_st():
-    os.environ["HF_HUB_OFFLINE"] = "1"  # local directories only, never the network
-    import sentence_transformers
+@contextlib.contextmanager
+def offline_hub() -> Iterator[None]:
+    """Hugging Face libraries offline for the duration, then as before.
 
-    return sentence_transformers
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, into a constant that transformers and
+    sentence-transformers consult: it is imported here first (under the real environment) and
+    the constant set and restored with the variable, so the rest of the session (e.g. a test of
+    huggingface_hub's own HTTP client against the sidecar) is not left offline.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    old_env, old_flag = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old_flag
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -204,7 +223,12 @@ def wide_init(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
 
 def build_tiny(spec: TinySpec, root: Path) -> Path:
     """Save `spec`'s model with sentence-transformers under `root`; returns the model folder."""
-    st = _offline_st()
+    with offline_hub():
+        return _build_tiny(spec, root)
+
+
+def _build_tiny(spec: TinySpec, root: Path) -> Path:
+    import sentence_transformers as st
     from sentence_transformers.base.modules.dense import Dense
     from sentence_transformers.base.modules.normalize import Normalize
     from sentence_transformers.base.modules.transformer import Transformer
@@ -303,9 +327,11 @@ def tiny_model(spec: TinySpec) -> Path:
 
 def st_encode(folder: Path, texts: list[str], **kwargs: Any) -> torch.Tensor:
     """sentence-transformers' own embeddings of `texts` from the saved directory (float32)."""
-    st = _offline_st()
-    model = st.SentenceTransformer(str(folder), device="cpu")
-    emb = model.encode(texts, convert_to_tensor=True, batch_size=4, **kwargs)
+    with offline_hub():
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder), device="cpu")
+        emb = model.encode(texts, convert_to_tensor=True, batch_size=4, **kwargs)
     return emb.float().cpu()
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_builders import FAMILIES, MAX_SEQ_LEN, TEXTS, TinySpec, st_encode, tiny_model
+from model_builders import (
+    FAMILIES,
+    MAX_SEQ_LEN,
+    TEXTS,
+    TinySpec,
+    offline_hub,
+    st_encode,
+    tiny_model,
+)
 from runner_support import capture_due
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
@@ -77,10 +85,11 @@ def test_encoder_describes_its_pipeline(tiny):
 
 def test_tokenizer_matches_sentence_transformers(tiny):
     spec, enc, _ = tiny
-    from model_builders import _offline_st
+    with offline_hub():
+        from sentence_transformers import SentenceTransformer
 
-    st = _offline_st().SentenceTransformer(str(tiny_model(spec)), device="cpu")
-    features = st.preprocess(TEXTS)
+        st = SentenceTransformer(str(tiny_model(spec)), device="cpu")
+        features = st.preprocess(TEXTS)
     for i, row in enumerate(enc.tokenizer.encode(TEXTS)):
         mask = features["attention_mask"][i].bool()
         assert row == features["input_ids"][i][mask].tolist(), TEXTS[i]

@@ -18,10 +18,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture
 def hf_home(tmp_path, monkeypatch):
+    # huggingface_hub freezes HF_HUB_OFFLINE at import: imported here first, under the real
+    # environment, and its flag set for this test only (the rest of the session stays as it was).
+    import huggingface_hub.constants as hub_constants
+
     home = tmp_path / "hf-home"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network, whatever the test does
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return home
 

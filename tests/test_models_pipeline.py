@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_builders import HIDDEN, TEXTS, TinySpec, _offline_st, st_encode, tiny_model
+from model_builders import HIDDEN, TEXTS, TinySpec, offline_hub, st_encode, tiny_model
 from safetensors.torch import save_file
 
 from models import POOLING_MODES, ModelLoadError, PackedLayout, load_sentence_encoder
@@ -136,9 +136,9 @@ def test_pooling_padded_and_packed_agree(modes):
 
 @pytest.mark.parametrize("out_features", [8, 6])
 def test_dense_with_residual_matches_sentence_transformers(out_features):
-    from sentence_transformers.base.modules.dense import Dense as STDense
+    with offline_hub():
+        from sentence_transformers.base.modules.dense import Dense as STDense
 
-    _offline_st()
     torch.manual_seed(1)
     ref = STDense(8, out_features, use_residual=True)
     ours = Dense(

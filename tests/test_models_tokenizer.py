@@ -5,7 +5,7 @@ against the family's own `transformers` tokenizer loaded from the same directory
 from __future__ import annotations
 
 import pytest
-from model_builders import FAMILIES, MAX_SEQ_LEN, TinySpec, _offline_st, tiny_model
+from model_builders import FAMILIES, MAX_SEQ_LEN, TinySpec, offline_hub, tiny_model
 
 from models import load_sentence_encoder
 
@@ -21,11 +21,12 @@ PAIRS = [
 @pytest.fixture(scope="module", params=FAMILIES)
 def tokenizers(request):
     """(our TextTokenizer, the transformers tokenizer) of a tiny model of each family."""
-    _offline_st()
-    from transformers import AutoTokenizer
-
     folder = tiny_model(TinySpec(request.param, "mean"))
-    return load_sentence_encoder(folder).tokenizer, AutoTokenizer.from_pretrained(str(folder))
+    with offline_hub():
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(folder))
+    return load_sentence_encoder(folder).tokenizer, hf
 
 
 def test_pad_id_is_the_tokenizers_own(tokenizers):

@@ -123,7 +123,7 @@ def read_modules(directory: Path) -> ModuleList:
             raise ModelLoadError(modules_file, f'module {i} has no "type"')
         name = str(entry.get("name", i))
         path = entry.get("path", "")
-        if not isinstance(path, str) or path.startswith(("/", "..")) or "\\" in path:
+        if not isinstance(path, str) or path.startswith("/") or "\\" in path or ".." in path:
             raise ModelLoadError(modules_file, f"module {name!r} has a bad path {path!r}")
         kind = MODULE_TYPES.get(entry["type"])
         if kind is None:
@@ -178,7 +178,8 @@ def read_transformer_settings(file: Path) -> TransformerSettings:
     for key in ("processing_kwargs", "query_length", "document_length", "query_expansion"):
         if raw.get(key):
             raise ModelLoadError(file, f"{key} {raw[key]!r} is not supported")
-    text = (raw.get("modality_config") or {}).get("text", {"method": "forward"})
+    modalities = raw.get("modality_config") or {"text": {}}
+    text = modalities.get("text") if isinstance(modalities, dict) else None
     if (
         not isinstance(text, dict)
         or text.get("method", "forward") != "forward"

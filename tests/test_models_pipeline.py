@@ -181,6 +181,17 @@ def test_unknown_module_is_refused(copy_of):
     assert "not supported" in str(ei.value)
 
 
+@pytest.mark.parametrize("path", ["../elsewhere", "/abs/1_Pooling", "1_Pooling/../../x"])
+def test_module_folder_outside_the_directory_is_refused(copy_of, path):
+    folder = copy_of(TinySpec("bert", "mean", normalize=True))
+    modules = _modules(folder)
+    modules[1]["path"] = path
+    _write_modules(folder, modules)
+    with pytest.raises(ModelLoadError, match="module '1' has a bad path") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "modules.json"
+
+
 @pytest.mark.parametrize(
     "order, message",
     [
@@ -301,6 +312,8 @@ def test_normalize_on_token_embeddings_is_refused(copy_of):
         ({"transformer_task": "sequence-classification"}, "transformer_task"),
         ({"query_length": 32}, "query_length"),
         ({"do_lower_case": "yes"}, "do_lower_case"),
+        ({"modality_config": {"image": {"method": "forward"}}}, "modality_config"),
+        ({"modality_config": {"text": {"method": "encode_text"}}}, "modality_config"),
     ],
 )
 def test_unsupported_transformer_settings(copy_of, config, message):

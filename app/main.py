@@ -19,6 +19,7 @@ from app.api.health import build_health_router
 from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from app.api.schemas import Limits, build_request_models
+from app.api.tei import build_tei_router
 from app.engine.engine import Engine, EngineConfigError
 from app.errors import install_error_handlers
 from app.metrics import GraphCacheCollector, ServiceMetrics
@@ -26,7 +27,7 @@ from app.settings import Settings, SettingsError, engine_error_message, load_set
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings"})
+INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings", "/embed", "/"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     models = build_request_models(limits)
     routers = [
         build_inference_router(models),
+        build_tei_router(models),
         build_admin_router(models),
         build_health_router(),
     ]

@@ -340,7 +340,7 @@ CATALOGUE: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         "invalid_request",
     ),
     # --- routes and methods
-    ("unknown-route", "/embed", _dumps({"inputs": ["a"]}), JSON, 404, "not_found"),
+    ("unknown-route", "/embeddings", _dumps({"inputs": ["a"]}), JSON, 404, "not_found"),
 ]
 
 

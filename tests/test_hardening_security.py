@@ -366,9 +366,11 @@ def test_no_loading_path_can_unpickle() -> None:
                 problems.append(f"{where}:{node.lineno} {ast.unparse(node)}")
     assert len(_python_files()) > 20
     assert not problems, "\n".join(problems)
-    # The one loading path reads weights with safetensors.
-    loader = (REPO / "models" / "loader.py").read_text()
-    assert "from safetensors" in loader
+    # The one loading path (the model's and the pipeline modules' weights) reads safetensors.
+    weights = (REPO / "models" / "weights.py").read_text()
+    assert "from safetensors" in weights
+    loaders = [f for f in (REPO / "models").glob("*.py") if "load_file" in f.read_text()]
+    assert loaders == [REPO / "models" / "weights.py"], loaders
 
 
 class _Trap:

@@ -137,7 +137,9 @@ def test_openai_embeddings_float_and_base64(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [
-        ({"input": "x", "dimensions": 16}, 400, "unsupported_dimensions"),
+        ({"input": "x", "dimensions": 33}, 400, "unsupported_dimensions"),  # toy: 32
+        ({"input": "x", "dimensions": 0}, 422, "invalid_request"),
+        ({"input": "x", "prompt_name": "query"}, 400, "unknown_prompt"),
         ({"input": [1, 2, 3]}, 422, "invalid_request"),
         ({"input": [[1, 2], [3]]}, 422, "invalid_request"),
         ({"input": []}, 422, "invalid_request"),
@@ -153,6 +155,53 @@ def test_openai_embeddings_rejections(
     err = assert_error(client.post("/v1/embeddings", json=payload), status, code)
     if payload.get("input") == [1, 2, 3]:
         assert "token-id input is not supported" in err["message"]
+
+
+def test_openai_dimensions_truncate_and_renormalise(client: TestClient) -> None:
+    full = torch.tensor(
+        client.post("/v1/embeddings", json={"input": "matryoshka"}).json()["data"][0]["embedding"]
+    )
+    body = {"input": "matryoshka", "dimensions": 8, "encoding_format": "float"}
+    short = torch.tensor(client.post("/v1/embeddings", json=body).json()["data"][0]["embedding"])
+    torch.testing.assert_close(short, full[:8] / full[:8].norm(), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------- TEI routes
+def test_tei_embed_and_info(client: TestClient) -> None:
+    texts = ["text embeddings inference", "b"]
+    ref = reference(texts)
+    for path in ("/embed", "/"):
+        got = client.post(path, json={"inputs": texts})
+        assert got.status_code == 200, got.text
+        torch.testing.assert_close(torch.tensor(got.json()), ref, atol=1e-5, rtol=0)
+    one = client.post("/embed", json={"inputs": "b", "normalize": False, "truncate": True})
+    torch.testing.assert_close(torch.tensor(one.json()), ref[1:], atol=1e-5, rtol=0)
+    short = torch.tensor(client.post("/embed", json={"inputs": "b", "dimensions": 4}).json())
+    torch.testing.assert_close(short[0], ref[1, :4] / ref[1, :4].norm(), atol=1e-5, rtol=0)
+    info = client.get("/info").json()
+    assert info["model_id"] == "toy-bert" and info["dimensions"] == 32
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["max_input_length"] == 64 and info["max_client_batch_size"] == 8
+    assert info["family"] == "bert" and info["normalized"] is True
+    assert info["graph_mode"] == "FULL" and info["prompts"] == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ({"inputs": []}, 422, "invalid_request"),
+        ({"inputs": ["a"] * 9}, 422, "invalid_request"),
+        ({"inputs": [1, 2]}, 422, "invalid_request"),
+        ({"inputs": "a", "normalize": "yes"}, 422, "invalid_request"),
+        ({"inputs": "a", "truncation_direction": "Left"}, 422, "invalid_request"),
+        ({"inputs": "a", "prompt_name": "query"}, 400, "unknown_prompt"),
+        ({"inputs": "a", "dimensions": 33}, 400, "unsupported_dimensions"),
+    ],
+)
+def test_tei_embed_rejections(
+    client: TestClient, payload: dict[str, Any], status: int, code: str
+) -> None:
+    assert_error(client.post("/embed", json=payload), status, code)
 
 
 # ---------------------------------------------------------------------------- limits

@@ -1,4 +1,4 @@
-"""GET /healthz (alive), GET /readyz (loaded and prewarmed), GET /metrics (Prometheus text)."""
+"""GET /healthz (alive), GET /readyz (loaded, start-up prewarm run), GET /metrics."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def build_health_router() -> APIRouter:
         summary="Readiness",
     )
     async def readyz(request: Request) -> Response:
-        """200 once the model is loaded and the start-up prewarm is captured; 503 while
-        starting, warming up or draining (with the reason)."""
+        """200 once the model is loaded and the start-up prewarm has run (a shape that failed
+        to capture is served eagerly: see GET /admin/stats); 503 while starting, warming up
+        or draining (with the reason)."""
         engine: Engine = request.app.state.engine
         state = engine.state
         if state is EngineState.READY:

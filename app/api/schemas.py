@@ -113,6 +113,36 @@ class PrewarmProgress(_Out):
     total: int
 
 
+class EmbeddingModelType(_Out):
+    pooling: str
+
+
+class InfoModelType(_Out):
+    embedding: EmbeddingModelType
+
+
+class InfoResponse(_Out):
+    """text-embeddings-inference's /info, plus what this server adds."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: InfoModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_client_batch_size: int
+    tokenization_workers: int
+    version: str
+    family: str
+    dimensions: int
+    normalized: bool
+    prompts: list[str]
+    default_prompt_name: str | None
+    device: str
+    graph_mode: str
+
+
 class ReadyResponse(_Out):
     status: Literal["ready"]
     model: str
@@ -200,7 +230,12 @@ class Limits:
 class RequestModels:
     infer: type[BaseModel]
     embeddings: type[BaseModel]
+    embed: type[BaseModel]
     prewarm: type[BaseModel]
+
+
+PromptName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Dimensions = Annotated[StrictInt, Field(ge=1, le=1 << 16)]
 
 
 def build_request_models(limits: Limits) -> RequestModels:
@@ -212,9 +247,11 @@ def build_request_models(limits: Limits) -> RequestModels:
     Texts = Annotated[list[Text], Field(min_length=1, max_length=limits.max_inputs)]
 
     class InferRequest(_Strict):
-        """Texts to embed; answered in input order."""
+        """Texts to embed; answered in input order. `prompt_name`: one of the model's prompts
+        (its default prompt applies when none is given)."""
 
         inputs: Texts
+        prompt_name: PromptName | None = None
 
     class EmbeddingsRequest(_Strict):
         """The OpenAI embeddings request (`model` is accepted and ignored: one model is served)."""
@@ -222,8 +259,19 @@ def build_request_models(limits: Limits) -> RequestModels:
         input: Annotated[Text | Texts, BeforeValidator(_no_token_ids)]
         model: Annotated[str, StringConstraints(max_length=256)] | None = None
         encoding_format: Literal["float", "base64"] = "float"
-        dimensions: Annotated[StrictInt, Field(ge=1, le=1 << 16)] | None = None
+        dimensions: Dimensions | None = None
         user: Annotated[str, StringConstraints(max_length=256)] | None = None
+        prompt_name: PromptName | None = None
+
+    class EmbedRequest(_Strict):
+        """text-embeddings-inference's embed request. Inputs longer than the model's maximum
+        are truncated, as a TEI server started with --auto-truncate does."""
+
+        inputs: Annotated[Text | Texts, BeforeValidator(_no_token_ids)]
+        normalize: StrictBool = True
+        truncate: StrictBool | None = None
+        prompt_name: PromptName | None = None
+        dimensions: Dimensions | None = None
 
     class PrewarmShape(_Strict):
         batch_size: Annotated[StrictInt, Field(ge=1, le=limits.max_batch_size)]
@@ -256,4 +304,6 @@ def build_request_models(limits: Limits) -> RequestModels:
                 raise ValueError(f"give only one of shapes, descriptors, top_k (got {given})")
             return self
 
-    return RequestModels(infer=InferRequest, embeddings=EmbeddingsRequest, prewarm=PrewarmRequest)
+    return RequestModels(
+        infer=InferRequest, embeddings=EmbeddingsRequest, embed=EmbedRequest, prewarm=PrewarmRequest
+    )

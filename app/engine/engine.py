@@ -307,7 +307,11 @@ class Engine:
             encoder = make_toy_encoder(cfg.device, cfg.dtype)
         else:
             encoder = load_sentence_encoder(
-                cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq_len=cfg.max_seq_len
+                cfg.model,
+                revision=cfg.model_revision,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                max_seq_len=cfg.max_seq_len,
             )
         if cfg.runner.max_num_tokens < encoder.max_seq_len:
             raise EngineConfigError(
@@ -328,9 +332,12 @@ class Engine:
             ) from exc
         cache = cfg.runner.cache
         logger.info(
-            "loaded %s (%d dims, max %d tokens) on %s/%s in %.2f s; graph mode %s "
-            "(up to %d graphs, captured after %d lookups)",
+            "loaded %s (%s, %s pooling%s, %d dims, max %d tokens) on %s/%s in %.2f s; "
+            "graph mode %s (up to %d graphs, captured after %d lookups)",
             encoder.name,
+            encoder.family,
+            encoder.pooling,
+            ", normalised" if encoder.normalized else "",
             encoder.dimensions,
             encoder.max_seq_len,
             encoder.device,

@@ -1,0 +1,114 @@
+"""What every embedding route does with a request's texts: the model's prompt, tokenizing,
+queueing while the client is still there, and Matryoshka dimensions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from fastapi import Request
+from fastapi.responses import Response
+
+from app.engine.engine import Engine
+from app.errors import ApiError, error_response
+
+# nginx's "client closed request": counted in sidecar_requests_total, never received by anyone.
+CLIENT_GONE = 499
+
+
+@dataclass(frozen=True)
+class Embedded:
+    rows: list[torch.Tensor]  # one (dimensions,) float32 row per text, in order
+    tokens: int  # tokens the model read, prompts included
+
+
+def prompted(engine: Engine, texts: list[str], prompt_name: str | None) -> list[str]:
+    """The texts with the model's prompt in front, as sentence-transformers does: the named
+    prompt, else the model's default one; an unknown name is a 400 listing the known ones."""
+    encoder = engine.encoder
+    name = prompt_name if prompt_name is not None else encoder.default_prompt_name
+    if name is None:
+        return texts
+    prompt = encoder.prompts.get(name)
+    if prompt is None:
+        known = ", ".join(sorted(encoder.prompts)) or "none"
+        raise ApiError(
+            400, "unknown_prompt", f"prompt_name {name!r} is not a prompt of this model ({known})"
+        )
+    return [prompt + text for text in texts] if prompt else texts
+
+
+def check_dimensions(engine: Engine, dimensions: int | None) -> None:
+    """Refuse (400) more dimensions than the model gives; fewer are a truncation."""
+    if dimensions is not None and dimensions > engine.encoder.dimensions:
+        raise ApiError(
+            400,
+            "unsupported_dimensions",
+            f"this model returns {engine.encoder.dimensions} dimensions; `dimensions` must be "
+            "at most that (fewer truncate the embedding, Matryoshka style)",
+        )
+
+
+def resized(
+    rows: list[torch.Tensor], dimensions: int | None, normalize: bool
+) -> list[torch.Tensor]:
+    """The first `dimensions` values of each row (all when None), L2-normalised if `normalize`."""
+    if not rows or (dimensions is None and not normalize):
+        return rows
+    matrix = torch.stack(rows)[:, :dimensions]  # (n, d)
+    if normalize:
+        matrix = F.normalize(matrix, p=2.0, dim=-1)
+    return list(matrix.unbind(0))
+
+
+async def embed_texts(
+    request: Request, engine: Engine, texts: list[str], prompt_name: str | None
+) -> Embedded | None:
+    """Prompt, tokenize and embed `texts`; None when the client left before the answer."""
+    engine.check_ready(len(texts))  # refuse before tokenizing when it cannot be served
+    token_ids = await engine.tokenize(prompted(engine, texts, prompt_name))
+    rows = await _embed_while_connected(request, engine, token_ids)
+    if rows is None:
+        return None
+    return Embedded(rows, sum(map(len, token_ids)))
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected. The body is read by now, so the server's next
+    ASGI message is http.disconnect (uvicorn sends it when the connection drops)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _embed_while_connected(
+    request: Request, engine: Engine, token_ids: list[list[int]]
+) -> list[torch.Tensor] | None:
+    """`engine.embed(token_ids)`, abandoned as soon as the client disconnects (None then).
+
+    uvicorn does not cancel a handler whose client went away: without this, a gone client's
+    texts stay queued and are computed for nobody, holding queue room and worker time that live
+    clients need. Cancelling the wait makes the batcher drop the texts still queued; a batch
+    already running finishes normally for the other requests in it.
+    """
+    work = asyncio.ensure_future(engine.embed(token_ids))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler cancelled (server shutdown, in-process client)
+        work.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if work.done():
+        return work.result()  # the answer, or the batcher's refusal/failure (raised)
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    return None
+
+
+def gone_response() -> Response:
+    return error_response(
+        CLIENT_GONE, "client_closed_request", "the client disconnected before the answer"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -30,10 +31,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-level", help="critical|error|warning|info|debug")
 
 
+# A sidecar shares its host with the application it serves: OpenMP threads that spin while
+# waiting for work take CPU the neighbours need. Set before torch (and its OpenMP) loads; an
+# operator's own value wins.
+NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if rest:
         print(f"error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
         return 2
+    for name, value in NO_SPIN_ENV.items():
+        os.environ.setdefault(name, value)
     import uvicorn
 
     from app.main import create_app
@@ -52,6 +61,7 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
     )
     for name in unknown_env_vars():
         logger.warning("ignoring %s: no such setting (typo?)", name)
+    logger.info("OpenMP threads wait %s", os.environ.get("OMP_WAIT_POLICY", "as OpenMP chooses"))
     try:
         app = create_app(settings)
     except SettingsError as exc:

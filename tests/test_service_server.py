@@ -75,8 +75,37 @@ def test_official_openai_client(server: SidecarProcess) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     floats = client.embeddings.create(model="x", input=texts[0], encoding_format="float")
     np.testing.assert_allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
+    # `dimensions` below the model's: the first values, renormalised (Matryoshka)
+    short = client.embeddings.create(model="x", input=texts[0], dimensions=8)
+    expected = vectors[0][:8] / np.linalg.norm(vectors[0][:8])
+    np.testing.assert_allclose(short.data[0].embedding, expected, atol=1e-5)
     with pytest.raises(openai.BadRequestError):
-        client.embeddings.create(model="x", input="hi", dimensions=8)
+        client.embeddings.create(model="x", input="hi", dimensions=64)
+
+
+def test_text_embeddings_inference_client(
+    server: SidecarProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface_hub's InferenceClient speaks text-embeddings-inference: at the base URL (POST
+    /, as TEI serves it) and at /embed; /info answers with TEI's fields."""
+    hub = pytest.importorskip("huggingface_hub")
+    # Other tests switch the hub library offline; this client only talks to the local server.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    texts = ["The sidecar batches requests.", "CUDA graphs replay kernels."]
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        reference = np.array(c.post("/infer", json={"inputs": texts}).json()["embeddings"])
+        info = c.get("/info").json()
+    assert info["model_id"] == "toy-bert" and info["max_input_length"] == 64
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    for url in (server.url, server.url + "/embed"):
+        client = hub.InferenceClient(model=url)
+        got = client.feature_extraction(texts)
+        assert got.shape == (2, 32)
+        np.testing.assert_allclose(got, reference, atol=1e-5)
+        one = client.feature_extraction(texts[0], normalize=True, truncate=True)
+        np.testing.assert_allclose(one.reshape(-1), reference[0], atol=1e-5)
+    with pytest.raises(hub.errors.HfHubHTTPError):  # a 400, not a crash
+        hub.InferenceClient(model=server.url).feature_extraction("x", prompt_name="nope")
 
 
 def test_client_hanging_up_mid_request_breaks_nothing(server: SidecarProcess) -> None:
@@ -142,3 +171,9 @@ def test_cli_help_lists_the_commands() -> None:
         [sys.executable, "-m", "app", "serve", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert out.returncode == 0 and "--config" in out.stdout and "--port" in out.stdout
+
+
+def test_the_served_process_does_not_spin_openmp_threads(server: SidecarProcess) -> None:
+    """`serve` asks OpenMP to wait passively before torch loads, unless the operator chose."""
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # the server inherits our env
+    assert f"OpenMP threads wait {expected}" in server.log_text()

@@ -1,10 +1,10 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
-MPNet) sharing one encoder block, the sentence-transformers pipeline, the tokenizer, the loader
-(directory or hub id) and a toy model."""
+MPNet sharing one post-LayerNorm block; ModernBERT with its own), the sentence-transformers
+pipeline, the tokenizer, the loader (directory or hub id) and a toy model."""
 
 from __future__ import annotations
 
-from models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
+from models.config import SUPPORTED_MODEL_TYPES, EncoderConfig, ModernBertConfig
 from models.encoder import SentenceEncoder, cpu_has_native_bf16
 from models.errors import ModelLoadError
 from models.hub import resolve_model
@@ -22,6 +22,7 @@ __all__ = [
     "EncodedPairs",
     "EncoderConfig",
     "ModelLoadError",
+    "ModernBertConfig",
     "PackedLayout",
     "PackedPiece",
     "SentenceEncoder",

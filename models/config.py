@@ -1,7 +1,8 @@
-"""`EncoderConfig`: the fields of a Hugging Face `config.json` that change the computation, for
-every family the encoder serves, and how each family reads them.
+"""The fields of a Hugging Face `config.json` that change the computation, for every family
+served, and how each family reads them: `EncoderConfig` for the families that share the
+post-LayerNorm block, `ModernBertConfig` for ModernBERT (its own pre-LayerNorm block).
 
-The families share one post-LayerNorm encoder block and differ only in what is here:
+The post-LayerNorm families differ only in what is here:
 - bert: absolute positions from 0, token types (always type 0 for single texts);
 - roberta, xlm-roberta: absolute positions starting past the padding index (`pad_token_id + 1`),
   as Hugging Face numbers them, so `pad_token_id + 1` rows of the table are never used;
@@ -15,8 +16,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-# model_type in config.json -> family name (one name per family; xlm-roberta is roberta's code).
-SUPPORTED_MODEL_TYPES = ("bert", "mpnet", "roberta", "xlm-roberta")
+# config.json model_type of the families sharing the post-LayerNorm block, and of all served.
+ENCODER_MODEL_TYPES = ("bert", "mpnet", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "modernbert", "mpnet", "roberta", "xlm-roberta")
 # config.json `hidden_act` values the feed-forward block implements.
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Hugging Face's MPNetEmbeddings numbers positions past a padding index fixed at 1, whatever
@@ -63,7 +65,7 @@ class EncoderConfig:
     relative_attention_num_buckets: int = MPNET_NUM_BUCKETS  # mpnet only
 
     def __post_init__(self) -> None:
-        if self.family not in SUPPORTED_MODEL_TYPES:
+        if self.family not in ENCODER_MODEL_TYPES:
             raise ValueError(
                 f"model_type {self.family!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
@@ -128,26 +130,144 @@ class EncoderConfig:
     @classmethod
     def from_hf(cls, raw: dict[str, Any]) -> EncoderConfig:
         """From a config.json object; ValueError naming the key that is missing or refused."""
-        family = raw.get("model_type")
-        if not isinstance(family, str):
-            raise ValueError("no model_type (a Hugging Face config.json names its model_type)")
-        if family not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model_type {family!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
+        family = _model_type(raw)
+        if family not in ENCODER_MODEL_TYPES:
+            raise ValueError(f"model_type {family!r} does not use the post-LayerNorm block")
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(
                 f"position_embedding_type {raw['position_embedding_type']!r} is not supported "
                 "(only 'absolute')"
             )
-        for flag in ("is_decoder", "add_cross_attention"):
-            if raw.get(flag):
-                raise ValueError(f"{flag} is set: only encoders are served")
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"missing keys {missing}")
+        _check_encoder(raw)
         values = {**_FAMILY_DEFAULTS[family], "family": family}
         fields = {f.name for f in dataclasses.fields(cls)} - {"family"}
         values.update({k: raw[k] for k in fields if k in raw and raw[k] is not None})
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModernBertConfig:
+    """ModernBERT: rotary positions, GeGLU, pre-LayerNorm, layers of global attention and layers
+    of local attention (a token sees the tokens at most local_attention // 2 away)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention", one per layer
+    local_attention: int = 128
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_activation: str = "gelu"
+    pad_token_id: int = 50283
+    family: str = "modernbert"
+
+    def __post_init__(self) -> None:
+        for name in (*_REQUIRED, "local_attention"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0 or self.head_dim % 2:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} over num_attention_heads "
+                f"{self.num_attention_heads} must give an even head size (rotary)"
+            )
+        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {
+            "full_attention",
+            "sliding_attention",
+        }:
+            raise ValueError(f"layer_types {list(self.layer_types)} do not fit the layers")
+        if self.hidden_activation not in HIDDEN_ACTS:
+            raise ValueError(
+                f"hidden_activation {self.hidden_activation!r} is not supported "
+                f"(one of {sorted(HIDDEN_ACTS)})"
+            )
+        pad = self.pad_token_id
+        if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
+        for theta in (self.global_rope_theta, self.local_rope_theta):
+            if not isinstance(theta, int | float) or not theta > 0:
+                raise ValueError(f"rope_theta must be > 0, got {theta!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
+
+    @property
+    def sliding_window(self) -> int:
+        """How far a token of a local-attention layer sees, each way."""
+        return self.local_attention // 2
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> ModernBertConfig:
+        """From a config.json object, as transformers 4 (global_attn_every_n_layers,
+        global_rope_theta, local_rope_theta) or 5 (layer_types, rope_parameters) writes it."""
+        if _model_type(raw) != "modernbert":
+            raise ValueError(f"model_type {raw['model_type']!r} is not modernbert")
+        _check_encoder(raw)
+        layers = raw["num_hidden_layers"]
+        types = raw.get("layer_types")
+        if types is None:
+            every = raw.get("global_attn_every_n_layers", 3)
+            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+                raise ValueError(f"global_attn_every_n_layers must be >= 1, got {every!r}")
+            types = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+        thetas = {"full_attention": raw.get("global_rope_theta", 160000.0)}
+        thetas["sliding_attention"] = raw.get("local_rope_theta", 10000.0)
+        rope = raw.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"rope_parameters {rope!r} is not an object")
+        for kind, params in rope.items():
+            if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters {kind} {params!r}: only default rotary")
+            thetas[kind] = params.get("rope_theta", thetas.get(kind))
+        if raw.get("rope_scaling"):
+            raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
+        names = {f.name for f in dataclasses.fields(cls)} - {"family", "layer_types"}
+        values = {k: raw[k] for k in names if k in raw and raw[k] is not None}
+        values["global_rope_theta"] = thetas["full_attention"]
+        values["local_rope_theta"] = thetas["sliding_attention"]
+        try:
+            return cls(layer_types=tuple(types), **values)
+        except TypeError as e:  # layer_types not a list
+            raise ValueError(f"layer_types {types!r}: {e}") from e
+
+
+BodyConfig = EncoderConfig | ModernBertConfig
+
+
+def read_body_config(raw: dict[str, Any]) -> BodyConfig:
+    """The config of whichever family config.json names; ValueError saying what is refused."""
+    family = _model_type(raw)
+    if family == "modernbert":
+        return ModernBertConfig.from_hf(raw)
+    if family not in ENCODER_MODEL_TYPES:
+        supported = ", ".join(SUPPORTED_MODEL_TYPES)
+        raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")
+    return EncoderConfig.from_hf(raw)
+
+
+def _model_type(raw: dict[str, Any]) -> str:
+    family = raw.get("model_type")
+    if not isinstance(family, str):
+        raise ValueError("no model_type (a Hugging Face config.json names its model_type)")
+    return family
+
+
+def _check_encoder(raw: dict[str, Any]) -> None:
+    for flag in ("is_decoder", "add_cross_attention"):
+        if raw.get(flag):
+            raise ValueError(f"{flag} is set: only encoders are served")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(f"missing keys {missing}")

@@ -1,5 +1,6 @@
-"""The building blocks every family shares: embeddings, attention, the post-LayerNorm encoder
-block with a fused QKV projection, and MPNet's relative position buckets.
+"""The building blocks the BERT-like families share: embeddings, attention, the post-LayerNorm
+encoder block with a fused QKV projection, and MPNet's relative position buckets. (`attend` and
+`with_key_mask` serve ModernBERT too.)
 
 Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H / nh.
 """
@@ -38,9 +39,15 @@ def attend(qkv: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torc
     return y.transpose(1, 2).reshape(B, S, num_heads * d)
 
 
-def bias_with_key_mask(bias: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """bias (1, nh, S, S), key_mask (B, 1, 1, S) bool -> (B, nh, S, S), -inf at masked keys."""
-    return bias.masked_fill(~key_mask, float("-inf"))
+def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """A per-position mask and the padding key mask, as one SDPA mask.
+
+    extra: a float bias (1, nh, S, S) -> (B, nh, S, S) with -inf at masked keys; or a bool mask
+    (1, 1, S, S) (True = may attend) -> (B, 1, S, S). key_mask: (B, 1, 1, S) bool.
+    """
+    if extra.dtype == torch.bool:
+        return extra & key_mask
+    return extra.masked_fill(~key_mask, float("-inf"))
 
 
 class Embeddings(nn.Module):

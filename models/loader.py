@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from models.config import EncoderConfig
+from models.config import BodyConfig, EncoderConfig, read_body_config
 from models.encoder import SentenceEncoder, check_device_dtype
 from models.errors import ModelLoadError
 from models.hub import resolve_model
 from models.model import SentenceModel
+from models.modernbert import ModernBertEncoder
 from models.st_modules import (
     ST_CONFIG,
     TransformerSettings,
@@ -64,17 +65,17 @@ def default_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def read_config(file: Path) -> tuple[EncoderConfig, dict[str, Any]]:
+def read_config(file: Path) -> tuple[BodyConfig, dict[str, Any]]:
     """config.json -> the encoder's config, and the raw object."""
     raw = read_json_object(file, required=True)
     assert raw is not None
     try:
-        return EncoderConfig.from_hf(raw), raw
+        return read_body_config(raw), raw
     except (TypeError, ValueError) as e:
         raise ModelLoadError(file, str(e)) from e
 
 
-def model_max_seq_len(settings: TransformerSettings, cfg: EncoderConfig) -> int:
+def model_max_seq_len(settings: TransformerSettings, cfg: BodyConfig) -> int:
     """The model's own limit, as sentence-transformers sets it: sentence_bert_config.json's
     max_seq_length, else tokenizer_config.json's model_max_length capped at the position table;
     never more than the positions the family can use."""
@@ -179,7 +180,7 @@ def load_sentence_encoder(
         )
 
     tensors = read_safetensors(folder)
-    body = TransformerEncoder(cfg)
+    body = TransformerEncoder(cfg) if isinstance(cfg, EncoderConfig) else ModernBertEncoder(cfg)
     try:
         load_encoder_weights(body, cfg, tensors)
     except ValueError as e:

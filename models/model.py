@@ -1,10 +1,11 @@
-"""`SentenceModel`: a family's encoder body followed by its sentence-transformers pipeline, with
-the interface the runner drives in every graph mode.
+"""`SentenceModel`: a family's encoder body (`TransformerEncoder` or `ModernBertEncoder`) followed
+by its sentence-transformers pipeline, with the interface the runner drives in every graph mode.
 
 - FULL and single requests: `model(input_ids (B, S), attention_mask (B, S))` -> (B, D) float32,
   the encoder, pooling, Dense and Normalize with static shapes: one CUDA graph covers them all.
-- PIECEWISE and NONE: `packed_pieces()` (graphable), `attend_packed(...)` (eager, between the
-  pieces), then `pool_packed(hidden, layout)` (eager) on the last hidden state.
+- PIECEWISE and NONE: `packed_pieces()` (graphable), `attend_packed(qkv, layout, out, layer)`
+  (eager, between the pieces), then `pool_packed(hidden, layout)` (eager) on the last hidden
+  state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import EncoderConfig
+from models.config import BodyConfig
+from models.modernbert import ModernBertEncoder
 from models.packed import PackedLayout, PackedPiece
 from models.pipeline import SentencePipeline
 from models.transformer import TransformerEncoder
@@ -21,13 +23,15 @@ from models.transformer import TransformerEncoder
 class SentenceModel(nn.Module):
     """Encoder body + sentence pipeline: token ids -> sentence embeddings (B, D) float32."""
 
-    def __init__(self, encoder: TransformerEncoder, pipeline: SentencePipeline) -> None:
+    def __init__(
+        self, encoder: TransformerEncoder | ModernBertEncoder, pipeline: SentencePipeline
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pipeline = pipeline
 
     @property
-    def config(self) -> EncoderConfig:
+    def config(self) -> BodyConfig:
         return self.encoder.config
 
     @property
@@ -53,8 +57,11 @@ class SentenceModel(nn.Module):
     def packed_pieces(self) -> list[PackedPiece]:
         return self.encoder.packed_pieces()
 
-    def attend_packed(self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor) -> None:
-        self.encoder.attend_packed(qkv, layout, out)
+    def attend_packed(
+        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
+    ) -> None:
+        """Eager attention of layer `layer` (0-based): qkv (T_pad, 3H) -> writes out[:T]."""
+        self.encoder.attend_packed(qkv, layout, out, layer)
 
     def pool_packed(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """The last piece's hidden state (T_pad, H) -> sentence embeddings (B, D) float32."""

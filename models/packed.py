@@ -10,12 +10,25 @@ over the attention groups of a `PackedLayout`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from models.layers import Embeddings, EncoderLayer
+from models.layers import attend, with_key_mask
+
+
+class Block(Protocol):
+    """An encoder block split at attention (`layers.EncoderLayer`, `modernbert.ModernBertLayer`)."""
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor: ...  # (..., H) -> (..., 3H)
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor: ...  # -> (..., H)
+
+
+Rows = Callable[[torch.Tensor], torch.Tensor]  # a row-wise map (..., H) -> (..., H)
+Embed = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # ids, positions (T,) -> (T, H)
 
 
 class PackedPiece(ABC):
@@ -36,7 +49,7 @@ class EmbedPiece(PackedPiece):
     """input_ids (T,), 0-based position_ids (T,) -> writes hidden `out` (T, H); returns layer 0
     QKV (T, 3H)."""
 
-    def __init__(self, embeddings: Embeddings, first: EncoderLayer) -> None:
+    def __init__(self, embeddings: Embed, first: Block) -> None:
         self.embeddings = embeddings
         self.first = first
 
@@ -53,18 +66,22 @@ class LayerPiece(PackedPiece):
     """hidden (T, H), attention output (T, H) -> finishes layer i.
 
     Writes the new hidden state into `out` and returns layer i+1's QKV (T, 3H), or, for the last
-    layer, returns the final hidden state (T, H) (then `out` is untouched).
+    layer, returns the last hidden state (T, H), after `final` where the family has a final
+    norm (then `out` is untouched).
     """
 
-    def __init__(self, layer: EncoderLayer, next_layer: EncoderLayer | None, index: int) -> None:
+    def __init__(
+        self, layer: Block, next_layer: Block | None, index: int, final: Rows | None = None
+    ) -> None:
         self.layer = layer
         self.next_layer = next_layer
         self.index = index
+        self.final = final
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         h = self.layer.finish(a, b)  # (T, H)
         if self.next_layer is None:
-            return h
+            return h if self.final is None else self.final(h)
         out.copy_(h)
         return self.next_layer.qkv(h)  # (T, 3H)
 
@@ -171,3 +188,35 @@ class PackedLayout:
             positions=pos.to(device),
             groups=tuple(groups),
         )
+
+
+def attend_groups(
+    qkv: torch.Tensor,
+    layout: PackedLayout,
+    out: torch.Tensor,
+    num_heads: int,
+    extra_mask: Callable[[int], torch.Tensor | None] | None = None,
+) -> None:
+    """Eager attention over the layout's groups: qkv (T_pad, 3H) -> writes out[:T] (T, H).
+
+    Rows past layout.num_tokens (token-bucket padding) are neither read nor written.
+    extra_mask(Smax): a mask every request of a group shares on top of its padding (a relative
+    position bias, a sliding window; see `layers.with_key_mask`): every request starts at
+    position 0, so one (1, ., Smax, Smax) tensor serves the whole group.
+    """
+    H = out.shape[-1]
+    for g in layout.groups:
+        qkv_g = qkv[g.start : g.end]  # (T_g, 3H), requests of similar length
+        out_g = out[g.start : g.end]  # (T_g, H)
+        extra = None if extra_mask is None else extra_mask(g.max_len)
+        if g.index is None:
+            # All requests of the group have the same length: a plain view, no key mask.
+            y = attend(qkv_g.view(g.num_reqs, g.max_len, 3 * H), num_heads, extra)
+            out_g.copy_(y.view(-1, H))
+        else:
+            assert g.scratch is not None and g.key_mask is not None
+            mask = g.key_mask if extra is None else with_key_mask(extra, g.key_mask)
+            # Scatter to (b, Smax, 3H); pad positions stay zero (finite) for the whole call.
+            g.scratch.index_copy_(0, g.index, qkv_g)
+            y = attend(g.scratch.view(g.num_reqs, g.max_len, 3 * H), num_heads, mask)
+            torch.index_select(y.reshape(-1, H), 0, g.index, out=out_g)

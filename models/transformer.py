@@ -1,6 +1,7 @@
-"""`TransformerEncoder`: the body every family shares (embeddings, a stack of post-LayerNorm
-blocks, MPNet's relative position bias where configured), in both layouts, up to the last hidden
-state. Pooling and the rest of the sentence-transformers pipeline come after (`pipeline.py`).
+"""`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa and MPNet share (embeddings, a stack
+of post-LayerNorm blocks, MPNet's relative position bias where configured), in both layouts, up
+to the last hidden state. Pooling and the rest of the sentence-transformers pipeline come after
+(`pipeline.py`); ModernBERT's body is `modernbert.ModernBertEncoder`, with the same interface.
 
 Padded layout: `hidden_states(input_ids, attention_mask)` on `(B, S)` tensors, padding masked
 out of attention. Every op has a static shape for a given `(B, S)`, so the whole forward can be
@@ -15,14 +16,8 @@ import torch
 from torch import nn
 
 from models.config import EncoderConfig
-from models.layers import (
-    Embeddings,
-    EncoderLayer,
-    RelativePositionBias,
-    attend,
-    bias_with_key_mask,
-)
-from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece
+from models.layers import Embeddings, EncoderLayer, RelativePositionBias, attend, with_key_mask
+from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece, attend_groups
 
 
 class TransformerEncoder(nn.Module):
@@ -55,7 +50,7 @@ class TransformerEncoder(nn.Module):
         mask: torch.Tensor = attention_mask.view(B, 1, 1, S)  # bool key mask
         if self.relative_bias is not None:
             # One bias for every layer: (B, nh, S, S), -inf at padded keys.
-            mask = bias_with_key_mask(self.relative_bias(S).to(x.dtype), mask)
+            mask = with_key_mask(self.relative_bias(S).to(x.dtype), mask)
         for layer in self.blocks:
             x = layer.finish(x, attend(layer.qkv(x), layer.num_heads, mask))
         return x
@@ -74,32 +69,15 @@ class TransformerEncoder(nn.Module):
             pieces.append(LayerPiece(layer, blocks[i + 1] if i + 1 < len(blocks) else None, i))
         return pieces
 
-    def attend_packed(self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor) -> None:
-        """Eager attention of layer-independent shape: qkv (T_pad, 3H) -> writes out[:T] (T, H).
-
-        Rows past layout.num_tokens (token-bucket padding) are neither read nor written. With a
-        relative position bias, each group adds the bias of its own padded length: every request
-        starts at position 0, so one (1, nh, Smax, Smax) slice serves the whole group.
-        """
-        heads = self.config.num_attention_heads
-        H = self.config.hidden_size
-        for g in layout.groups:
-            qkv_g = qkv[g.start : g.end]  # (T_g, 3H), requests of similar length
-            out_g = out[g.start : g.end]  # (T_g, H)
-            bias = None
-            if self.relative_bias is not None:
-                bias = self.relative_bias(g.max_len).to(qkv.dtype)  # (1, nh, Smax, Smax)
-            if g.index is None:
-                # All requests of the group have the same length: a plain view, no key mask.
-                y = attend(qkv_g.view(g.num_reqs, g.max_len, 3 * H), heads, bias)
-                out_g.copy_(y.view(-1, H))
-            else:
-                assert g.scratch is not None and g.key_mask is not None
-                mask = g.key_mask if bias is None else bias_with_key_mask(bias, g.key_mask)
-                # Scatter to (b, Smax, 3H); pad positions stay zero (finite) for the whole call.
-                g.scratch.index_copy_(0, g.index, qkv_g)
-                y = attend(g.scratch.view(g.num_reqs, g.max_len, 3 * H), heads, mask)
-                torch.index_select(y.reshape(-1, H), 0, g.index, out=out_g)
+    def attend_packed(
+        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
+    ) -> None:
+        """Eager attention of layer `layer` (the same for every layer here): qkv (T_pad, 3H) ->
+        writes out[:T] (T, H). With a relative position bias, each attention group adds the
+        bias of its own padded length."""
+        bias = self.relative_bias
+        extra = None if bias is None else (lambda S: bias(S).to(qkv.dtype))  # (1, nh, S, S)
+        attend_groups(qkv, layout, out, self.config.num_attention_heads, extra)
 
     def forward_packed_hidden(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
@@ -115,6 +93,6 @@ class TransformerEncoder(nn.Module):
         pieces = self.packed_pieces()
         qkv = pieces[0](input_ids, position_ids, bufs[0])
         for i, piece in enumerate(pieces[1:]):
-            self.attend_packed(qkv, layout, attn)
+            self.attend_packed(qkv, layout, attn, i)
             qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
         return qkv

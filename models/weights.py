@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from models.config import EncoderConfig
+from models.config import BodyConfig, EncoderConfig
 from models.errors import ModelLoadError
 
 SAFETENSORS = "model.safetensors"
@@ -33,9 +33,9 @@ _FOREIGN = (
     "onnx/model.onnx",
 )
 # Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
-_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.")
+_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "model.")
 # Checkpoint tensors the encoder does not use: heads, the BERT pooler, saved index buffers.
-_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.")
+_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "head.", "decoder.", "classifier.")
 _IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
 
 
@@ -147,10 +147,14 @@ def _ignored_by_encoder(key: str) -> bool:
 
 
 @torch.no_grad()
-def load_encoder_weights(model: nn.Module, cfg: EncoderConfig, tensors: dict[str, torch.Tensor]):
-    """Copy a Hugging Face checkpoint of `cfg`'s family into a `TransformerEncoder`, casting to
-    its dtype. ValueError listing the missing, unexpected and mis-shaped tensors."""
-    names = encoder_checkpoint_names(cfg)
+def load_encoder_weights(model: nn.Module, cfg: BodyConfig, tensors: dict[str, torch.Tensor]):
+    """Copy a Hugging Face checkpoint of `cfg`'s family into its encoder (`TransformerEncoder`,
+    or `ModernBertEncoder`, whose parameters carry the checkpoint's own names), casting to its
+    dtype. ValueError listing the missing, unexpected and mis-shaped tensors."""
+    if isinstance(cfg, EncoderConfig):
+        names = encoder_checkpoint_names(cfg)
+    else:
+        names = {n: (n,) for n, _ in model.named_parameters()}
     load_named(model, strip_base_prefix(tensors), names, _ignored_by_encoder)
 
 

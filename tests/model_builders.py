@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "modernbert")
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
 # rows of the table before position 0, so their limit is 2 below the table.
@@ -147,7 +147,7 @@ def make_tokenizer(family: str) -> Any:
     """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
     import transformers as tf
 
-    if family == "bert":
+    if family in ("bert", "modernbert"):  # ModernBERT's own is a BPE; any tokenizer.json serves
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS]
         return tf.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
@@ -200,6 +200,18 @@ def make_hf_model(family: str, vocab_size: int, seed: int) -> Any:
         model = tf.XLMRobertaModel(cfg)
     elif family == "mpnet":
         model = tf.MPNetModel(tf.MPNetConfig(**common, pad_token_id=1))
+    elif family == "modernbert":
+        # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
+        del common["hidden_act"]
+        ids = dict(pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3)
+        cfg = tf.ModernBertConfig(
+            **{**common, "num_hidden_layers": 3, "intermediate_size": 48},
+            **ids,
+            local_attention=8,
+            global_attn_every_n_layers=2,
+            hidden_activation="gelu",
+        )
+        model = tf.ModernBertModel(cfg)
     else:
         raise ValueError(family)
     wide_init(model, seed)
@@ -213,7 +225,7 @@ def wide_init(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters()):
         noise = torch.randn(p.shape, generator=gen)
-        if "LayerNorm" in name or "layer_norm" in name:
+        if "norm" in name.lower():  # LayerNorm, layer_norm, attn_norm, final_norm, ...
             p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
         elif "relative_attention_bias" in name:
             p.copy_(1.0 * noise)

@@ -8,6 +8,10 @@ and Identity, with and without bias), Normalize and neither each appear, in both
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from model_builders import (
@@ -23,7 +27,7 @@ from runner_support import capture_due
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
-from models import POOLING_MODES, PackedLayout, load_sentence_encoder
+from models import POOLING_MODES, ModelLoadError, PackedLayout, load_sentence_encoder
 
 SPECS = [
     TinySpec("bert", "mean"),
@@ -36,6 +40,8 @@ SPECS = [
     TinySpec("mpnet", "mean", normalize=True),  # the all-mpnet-base-v2 pipeline
     TinySpec("mpnet", "lasttoken"),
     TinySpec("mpnet", "cls", dense=(16, "identity", True), normalize=True, layout="classic"),
+    TinySpec("modernbert", "mean", normalize=True),
+    TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]
 MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 
@@ -128,3 +134,26 @@ def test_runner_parity(tiny, mode):
     # One request alone (NONE runs it unpacked, at its own length).
     for i in (0, 5):
         assert_parity(runner.run([ids[i]]).embeddings, ref[i : i + 1], f"alone {i}")
+
+
+def test_modernbert_config_as_transformers_4_wrote_it(tmp_path):
+    """global_attn_every_n_layers / global_rope_theta / local_rope_theta instead of layer_types
+    and rope_parameters: the same model. A wider window changes the output (it is applied)."""
+    spec = TinySpec("modernbert", "mean", normalize=True)
+    folder = Path(shutil.copytree(tiny_model(spec), tmp_path / "m"))
+    ref = load_sentence_encoder(folder).embed(TEXTS)
+    cfg = json.loads((folder / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    del cfg["layer_types"]
+    cfg["global_rope_theta"] = rope["full_attention"]["rope_theta"]
+    cfg["local_rope_theta"] = rope["sliding_attention"]["rope_theta"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    torch.testing.assert_close(load_sentence_encoder(folder).embed(TEXTS), ref, atol=0, rtol=0)
+    (folder / "config.json").write_text(json.dumps({**cfg, "local_attention": 128}))
+    wide = load_sentence_encoder(folder).embed(TEXTS)
+    assert torch.nn.functional.cosine_similarity(wide, ref).min() < 0.999
+    (folder / "config.json").write_text(
+        json.dumps({**cfg, "rope_parameters": {"full_attention": {"rope_type": "yarn"}}})
+    )
+    with pytest.raises(ModelLoadError, match="only default rotary"):
+        load_sentence_encoder(folder)

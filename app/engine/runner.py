@@ -250,7 +250,7 @@ class EmbeddingRunner:
         hidden, attn, attend = self._hidden, self._attn[:T_pad], self._model.attend_packed
         qkv = forward(0, pieces[0], self._ids[:T_pad], self._pos[:T_pad], hidden[0][:T_pad])
         for i, piece in enumerate(pieces[1:]):
-            attend(qkv, layout, attn)  # eager, per request: writes attn[:T]
+            attend(qkv, layout, attn, i)  # eager, per request, layer i: writes attn[:T]
             qkv = forward(i + 1, piece, hidden[i % 2][:T_pad], attn, hidden[(i + 1) % 2][:T_pad])
         return self._model.pool_packed(qkv, layout)  # (B, D) float32, a fresh tensor
 

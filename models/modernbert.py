@@ -1,0 +1,193 @@
+"""ModernBERT in plain torch, in both layouts: token embeddings + LayerNorm, pre-LayerNorm blocks
+with rotary positions and a GeGLU feed-forward, global attention every few layers and local
+attention (a window of local_attention // 2 tokens each way) in the others, a final LayerNorm.
+
+Its block splits at attention like the post-LayerNorm families' (`qkv(x)` then `finish(x, attn)`),
+so the packed pieces and the runner are the same; rotary positions and the window are applied
+in the attention step, which therefore needs the layer index (`attend_packed(..., layer)`).
+Tensor names are Hugging Face's ModernBertModel names.
+
+Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh, I intermediate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import ModernBertConfig
+from models.layers import attend, with_key_mask
+from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece, attend_groups
+
+_GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+class ModernBertEmbeddings(nn.Module):
+    """Token embeddings + LayerNorm; positions enter through rotary attention, not here."""
+
+    def __init__(self, cfg: ModernBertConfig) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None):
+        return self.norm(self.tok_embeddings(input_ids))  # (..., H)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: ModernBertConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.Wqkv = nn.Linear(H, 3 * H, bias=cfg.attention_bias)
+        self.Wo = nn.Linear(H, H, bias=cfg.attention_bias)
+
+
+class _Mlp(nn.Module):
+    def __init__(self, cfg: ModernBertConfig) -> None:
+        super().__init__()
+        self.Wi = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.Wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+
+class ModernBertLayer(nn.Module):
+    """x + attn(attn_norm(x)), then + mlp(mlp_norm(.)); layer 0 has no attn_norm (the
+    embeddings' norm precedes it)."""
+
+    def __init__(self, cfg: ModernBertConfig, index: int) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.attn_norm: nn.LayerNorm | None = None
+        if index > 0:
+            self.attn_norm = nn.LayerNorm(H, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.attn = _Attention(cfg)
+        self.mlp_norm = nn.LayerNorm(H, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        self.mlp = _Mlp(cfg)
+        self.num_heads = cfg.num_attention_heads
+        self.sliding = cfg.layer_types[index] == "sliding_attention"
+        self.gelu_approximate = _GELU_APPROX[cfg.hidden_activation]
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., H) -> the QKV projection (..., 3H), before rotary positions."""
+        return self.attn.Wqkv(x if self.attn_norm is None else self.attn_norm(x))
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Everything after attention: x, attn (..., H) -> (..., H). Row-wise, no mixing."""
+        h = x + self.attn.Wo(attn)
+        gate_in, gate = self.mlp.Wi(self.mlp_norm(h)).chunk(2, dim=-1)  # (..., I) each
+        return h + self.mlp.Wo(F.gelu(gate_in, approximate=self.gelu_approximate) * gate)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate_qkv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """Rotary positions on the q and k parts of a fused projection, in float32 as Hugging Face
+    computes them: qkv (..., S, 3H), cos/sin (S, d) -> a new (..., S, 3H) tensor."""
+    shape = qkv.shape
+    parts = qkv.view(*shape[:-1], 3, num_heads, -1)  # (..., S, 3, nh, d)
+    c = cos.to(qkv.dtype).view(cos.shape[0], 1, 1, -1)  # (S, 1, 1, d)
+    s = sin.to(qkv.dtype).view(sin.shape[0], 1, 1, -1)
+    qk = parts[..., :2, :, :].float()  # (..., S, 2, nh, d)
+    rotated = (qk * c + rotate_half(qk) * s).to(qkv.dtype)
+    return torch.cat((rotated, parts[..., 2:, :, :]), dim=-3).view(shape)
+
+
+class ModernBertEncoder(nn.Module):
+    """Embeddings + ModernBERT blocks + final LayerNorm: ids -> last hidden states."""
+
+    def __init__(self, cfg: ModernBertConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = ModernBertEmbeddings(cfg)
+        blocks = [ModernBertLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.layers = nn.ModuleList(blocks)
+        self.blocks: list[ModernBertLayer] = blocks  # typed view of the same modules
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+        d = cfg.head_dim
+        for name, theta in (("global", cfg.global_rope_theta), ("local", cfg.local_rope_theta)):
+            inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+            self.register_buffer(f"{name}_inv_freq", inv, persistent=False)  # (d / 2,) float32
+        self.global_inv_freq: torch.Tensor
+        self.local_inv_freq: torch.Tensor
+        self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
+        self.position_ids: torch.Tensor
+
+    def _apply(self, fn, recurse=True):
+        # `.to(dtype)` casts every float buffer: the rotary frequencies go back to float32, as
+        # Hugging Face computes the angles (bfloat16 would misplace long positions).
+        super()._apply(fn, recurse)
+        for name in ("global_inv_freq", "local_inv_freq"):
+            setattr(self, name, getattr(self, name).float())
+        return self
+
+    def rotary(self, positions: torch.Tensor, sliding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (S,) int64 -> cos, sin (S, d) float32."""
+        inv = self.local_inv_freq if sliding else self.global_inv_freq
+        freqs = positions.float().view(-1, 1) * inv.view(1, -1)  # (S, d / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    def window(self, length: int) -> torch.Tensor:
+        """(1, 1, S, S) bool: True where two positions are at most the sliding window apart."""
+        pos = self.position_ids[:length]
+        near = (pos.view(-1, 1) - pos.view(1, -1)).abs() <= self.config.sliding_window
+        return near.view(1, 1, length, length)
+
+    # ---------------------------------------------------------------- padded layout (FULL)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
+        B, S = input_ids.shape
+        x = self.embeddings(input_ids)  # (B, S, H)
+        pos = self.position_ids[:S]
+        rope = {sliding: self.rotary(pos, sliding) for sliding in (False, True)}
+        key_mask = attention_mask.view(B, 1, 1, S)
+        local = with_key_mask(self.window(S), key_mask)  # (B, 1, S, S)
+        for layer in self.blocks:
+            cos, sin = rope[layer.sliding]
+            qkv = rotate_qkv(layer.qkv(x), cos, sin, layer.num_heads)  # (B, S, 3H)
+            attn = attend(qkv, layer.num_heads, local if layer.sliding else key_mask)
+            x = layer.finish(x, attn)
+        return self.final_norm(x)
+
+    # ---------------------------------------------------------------- packed layout (PIECEWISE)
+    def packed_pieces(self) -> list[PackedPiece]:
+        """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
+        blocks = self.blocks
+        pieces: list[PackedPiece] = [EmbedPiece(self.embeddings, blocks[0])]
+        for i, layer in enumerate(blocks):
+            last = i + 1 == len(blocks)
+            nxt = None if last else blocks[i + 1]
+            pieces.append(LayerPiece(layer, nxt, i, self.final_norm if last else None))
+        return pieces
+
+    def attend_packed(
+        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
+    ) -> None:
+        """Eager attention of layer `layer`: rotary at each token's position, then attention
+        per group, windowed in local layers: qkv (T_pad, 3H) -> writes out[:T] (T, H)."""
+        block = self.blocks[layer]
+        T = layout.num_tokens
+        cos, sin = self.rotary(layout.positions, block.sliding)  # (T, d)
+        rotated = rotate_qkv(qkv[:T], cos, sin, block.num_heads)  # (T, 3H)
+        extra = self.window if block.sliding else None
+        attend_groups(rotated, layout, out, block.num_heads, extra)
+
+    def forward_packed_hidden(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
+    ) -> torch.Tensor:
+        """Eager packed forward: input_ids, position_ids (T,) -> last hidden state (T, H)."""
+        T, H = input_ids.shape[0], self.config.hidden_size
+        dtype = self.embeddings.tok_embeddings.weight.dtype
+        bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
+        attn = torch.empty_like(bufs[0])
+        pieces = self.packed_pieces()
+        qkv = pieces[0](input_ids, position_ids, bufs[0])
+        for i, piece in enumerate(pieces[1:]):
+            self.attend_packed(qkv, layout, attn, i)
+            qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
+        return qkv

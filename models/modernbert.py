@@ -31,7 +31,9 @@ class ModernBertEmbeddings(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None):
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.norm(self.tok_embeddings(input_ids))  # (..., H)
 
 

@@ -16,7 +16,8 @@ from tokenizers import Tokenizer, normalizers
 
 
 class EncodedPairs(NamedTuple):
-    """Per pair: token ids, and token type ids (0 for the query and its specials, 1 after)."""
+    """Per pair: token ids, and token type ids as the post-processor's pair template assigns
+    them (BERT's: 1 for the document and its [SEP]; RoBERTa's and MPNet's: all 0)."""
 
     ids: list[list[int]]
     type_ids: list[list[int]]

@@ -102,7 +102,8 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     except LocalEntryNotFoundError as e:
         why = "HF_HUB_OFFLINE=1" if offline else "the hub could not be reached"
         raise ModelLoadError(
-            repo_id, f"{label} is not in the Hugging Face cache {cache} and {why}"
+            repo_id,
+            f"no such directory, and {label} is not in the Hugging Face cache {cache} ({why})",
         ) from e
     except GatedRepoError as e:
         raise ModelLoadError(repo_id, f"{label} is gated: accept its terms and set HF_TOKEN") from e

@@ -8,9 +8,10 @@ truncation settings never change under a concurrent call.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer, normalizers
 
@@ -91,6 +92,31 @@ class TextTokenizer:
                     encs.append(longest.encode(q, d, add_special_tokens=True))
         return EncodedPairs([e.ids for e in encs], [e.type_ids for e in encs])
 
+    def pair_type_separator(self) -> int | None:
+        """The separator after whose first occurrence the pair template assigns token type 1
+        (BERT's `[CLS] A [SEP] B [SEP]`: [SEP]), or None where every pair token is type 0
+        (RoBERTa, XLM-RoBERTa, MPNet; no template). ValueError for a template whose types are
+        not "0 up to and including the first separator, 1 after it" (the model could not
+        derive them from the ids), naming what it found.
+
+        The template is read from the post-processor, then checked on a sample pair.
+        """
+        processor = self._tok.post_processor
+        state = json.loads(processor.__getstate__()) if processor is not None else None
+        separator = _template_separator(state)
+        if separator is not None:
+            enc = self._pair_tokenizers()[0].encode("a b", "c d", add_special_tokens=True)
+            seen, derived = False, []
+            for token in enc.ids:
+                derived.append(int(seen))
+                seen = seen or token == separator
+            if derived != enc.type_ids:
+                raise ValueError(
+                    f"the pair template's token types {enc.type_ids} (ids {enc.ids}) do not "
+                    f"switch to 1 after the first separator {separator}"
+                )
+        return separator
+
     def _pair_tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
         if self._pairs is None:  # a race only builds the same copies twice
             text = self._tok.to_str()
@@ -102,6 +128,43 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer(vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len})"
+
+
+def _template_separator(state: Any) -> int | None:
+    """The separator id of a post-processor's serialised state (see `pair_type_separator`)."""
+    if not isinstance(state, dict):
+        return None
+    kind = state.get("type")
+    if kind == "Sequence":
+        found = {_template_separator(p) for p in state.get("processors", [])} - {None}
+        if len(found) > 1:
+            raise ValueError(f"post-processors with different pair templates: {state}")
+        return found.pop() if found else None
+    if kind == "BertProcessing":  # [CLS] A [SEP] B [SEP], types 0 0 0 1 1
+        return int(state["sep"][1])
+    if kind != "TemplateProcessing":  # RobertaProcessing and the rest: every type 0
+        return None
+    pair, specials = state.get("pair") or [], state.get("special_tokens") or {}
+    types = [next(iter(item.values()))["type_id"] for item in pair]
+    if not any(types):
+        return None
+    switch = types.index(1) if 1 in types else 0
+    before, at = pair[:switch], pair[switch - 1] if switch else {}
+    token = at.get("SpecialToken", {}).get("id")
+    ids = specials.get(token, {}).get("ids", []) if token is not None else []
+    earlier = [
+        specials.get(item["SpecialToken"]["id"], {}).get("ids", [])
+        for item in before[:-1]
+        if "SpecialToken" in item
+    ]
+    if (
+        set(types) != {0, 1}
+        or types[switch:] != [1] * (len(types) - switch)
+        or len(ids) != 1
+        or any(ids[0] in e for e in earlier)
+    ):
+        raise ValueError(f"pair template {pair} does not switch to type 1 after a separator")
+    return int(ids[0])
 
 
 def _add_lowercase(tokenizer: Tokenizer) -> None:

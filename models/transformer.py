@@ -38,6 +38,13 @@ class TransformerEncoder(nn.Module):
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 
+    def derive_pair_types(self, separator: int) -> None:
+        """Token type 1 after the first `separator` of each request (BERT pairs; see
+        `layers.pair_token_types`), instead of type 0 everywhere."""
+        if self.embeddings.token_type_embeddings is None or self.config.type_vocab_size < 2:
+            raise ValueError(f"{self.config.family} has no token type 1")
+        self.embeddings.type_separator = separator
+
     # ---------------------------------------------------------------- padded layout (FULL)
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H).

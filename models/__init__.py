@@ -1,12 +1,20 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
 MPNet sharing one post-LayerNorm block; ModernBERT with its own), the sentence-transformers
-pipeline, the tokenizer, the loader (directory or hub id) and a toy model."""
+pipeline, the classification heads of rerankers and classifiers, the tokenizer, the loader
+(directory or hub id) and a toy model."""
 
 from __future__ import annotations
 
-from models.config import SUPPORTED_MODEL_TYPES, EncoderConfig, ModernBertConfig
+from models.config import (
+    SUPPORTED_MODEL_TYPES,
+    TASKS,
+    EncoderConfig,
+    HeadConfig,
+    ModernBertConfig,
+)
 from models.encoder import SentenceEncoder, cpu_has_native_bf16
 from models.errors import ModelLoadError
+from models.heads import ClassificationHead
 from models.hub import resolve_model
 from models.loader import DEFAULT_MODEL_NAME, default_model_path, load_sentence_encoder
 from models.model import SentenceModel
@@ -19,8 +27,11 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "POOLING_MODES",
     "SUPPORTED_MODEL_TYPES",
+    "TASKS",
+    "ClassificationHead",
     "EncodedPairs",
     "EncoderConfig",
+    "HeadConfig",
     "ModelLoadError",
     "ModernBertConfig",
     "PackedLayout",

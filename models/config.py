@@ -8,6 +8,9 @@ The post-LayerNorm families differ only in what is here:
   as Hugging Face numbers them, so `pad_token_id + 1` rows of the table are never used;
 - mpnet: positions offset the same way (Hugging Face fixes its padding index at 1), no token
   types, and a relative position bias shared by every layer.
+
+`HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
+declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
 """
 
 from __future__ import annotations
@@ -271,3 +274,124 @@ def _check_encoder(raw: dict[str, Any]) -> None:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"missing keys {missing}")
+
+
+# Tasks a model serves: sentence embeddings, one relevance logit per (query, document) pair,
+# or one logit per label.
+TASKS = ("embed", "rerank", "classify")
+# config.json model_type -> the sequence-classification architectures whose head is served.
+# RoBERTa and XLM-RoBERTa share one head class and one checkpoint layout.
+HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "bert": ("BertForSequenceClassification",),
+    "roberta": ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"),
+    "xlm-roberta": ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"),
+    "mpnet": ("MPNetForSequenceClassification",),
+    "modernbert": ("ModernBertForSequenceClassification",),
+}
+_SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
+# Activations a ModernBERT head may name (config.json classifier_activation).
+HEAD_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A sequence-classification head: pooled first token (or mean) -> dense -> activation
+    (-> LayerNorm) -> one logit per label.
+
+    BERT: the pooler (dense + tanh on [CLS]), then `classifier`. RoBERTa, XLM-RoBERTa, MPNet:
+    `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ModernBERT: cls or mean
+    pooling, `head.dense` + its activation + `head.norm`, then `classifier`.
+    """
+
+    family: str
+    architecture: str
+    labels: tuple[str, ...]  # id2label in label-id order
+    pooling: str = "cls"
+    activation: str = "tanh"
+    dense_bias: bool = True
+    norm: bool = False  # a LayerNorm after the activation (ModernBERT)
+    norm_eps: float = 1e-5
+    norm_bias: bool = True
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+def is_sequence_classifier(raw: dict[str, Any]) -> bool:
+    """Whether config.json's first architecture is a `*ForSequenceClassification` (what
+    transformers and sentence-transformers instantiate)."""
+    archs = raw.get("architectures")
+    return (
+        isinstance(archs, list)
+        and bool(archs)
+        and isinstance(archs[0], str)
+        and archs[0].endswith(_SEQUENCE_CLASSIFICATION)
+    )
+
+
+def read_head_config(raw: dict[str, Any]) -> HeadConfig | None:
+    """The classification head config.json declares; None when its first architecture is not a
+    `*ForSequenceClassification`. ValueError for a head that is not served or labels that do
+    not add up."""
+    if not is_sequence_classifier(raw):
+        return None
+    family = _model_type(raw)
+    arch = raw["architectures"][0]
+    if arch not in HEAD_ARCHITECTURES.get(family, ()):
+        served = sorted({a for archs in HEAD_ARCHITECTURES.values() for a in archs})
+        raise ValueError(
+            f"architectures {arch!r} with model_type {family!r}: this head is not served "
+            f"(served: {', '.join(served)})"
+        )
+    labels = _labels(raw)
+    if family != "modernbert":
+        return HeadConfig(family, arch, labels)
+    pooling = raw.get("classifier_pooling", "cls")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"classifier_pooling {pooling!r} is not supported (cls or mean)")
+    activation = raw.get("classifier_activation", "gelu")
+    if activation not in HEAD_ACTIVATIONS:
+        raise ValueError(
+            f"classifier_activation {activation!r} is not supported (one of {HEAD_ACTIVATIONS})"
+        )
+    flags = {k: raw.get(k, d) for k, d in (("classifier_bias", False), ("norm_bias", False))}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+    eps = raw.get("norm_eps", 1e-5)
+    if not isinstance(eps, int | float) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"norm_eps must be > 0, got {eps!r}")
+    return HeadConfig(
+        family,
+        arch,
+        labels,
+        pooling=pooling,
+        activation=activation,
+        dense_bias=flags["classifier_bias"],
+        norm=True,
+        norm_eps=float(eps),
+        norm_bias=flags["norm_bias"],
+    )
+
+
+def _labels(raw: dict[str, Any]) -> tuple[str, ...]:
+    """id2label's names in label-id order; without id2label, transformers' defaults (LABEL_i for
+    num_labels, 2 when not given either)."""
+    count = raw.get("num_labels", raw.get("_num_labels"))
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise ValueError(f"num_labels must be a positive integer, got {count!r}")
+    id2label = raw.get("id2label")
+    if id2label is None:
+        return tuple(f"LABEL_{i}" for i in range(2 if count is None else count))
+    if not isinstance(id2label, dict) or not id2label:
+        raise ValueError(f"id2label must be a non-empty object, got {id2label!r}")
+    try:
+        ids = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"id2label keys must be label ids 0..n-1: {e}") from e
+    if sorted(ids) != list(range(len(ids))) or not all(isinstance(v, str) for v in ids.values()):
+        raise ValueError(f"id2label {id2label!r} must map the ids 0..n-1 to names")
+    if count is not None and count != len(ids):
+        raise ValueError(f"num_labels {count} but id2label has {len(ids)} labels")
+    return tuple(ids[i] for i in range(len(ids)))

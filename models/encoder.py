@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,10 @@ class SentenceEncoder:
     "query: "): the caller puts the prefix before the text and tokenizes the whole, which is what
     sentence-transformers' `encode(prompt_name=...)` does. default_prompt_name: the prompt used
     when none is named (None: no prefix).
+
+    task: "embed" (a row is a sentence embedding), "rerank" (a row is one relevance logit of a
+    (query, document) pair) or "classify" (a row is one logit per label). labels: a head's
+    label names in label-id order (config.json's id2label); () for an embedding model.
     """
 
     name: str
@@ -28,10 +33,13 @@ class SentenceEncoder:
     dtype: torch.dtype
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    task: str = "embed"
+    labels: tuple[str, ...] = ()
 
     @property
     def dimensions(self) -> int:
-        """Size of the embeddings the pipeline returns (a Dense module changes it)."""
+        """Size of each row: the embeddings the pipeline returns (a Dense module changes it), or
+        a head's number of labels."""
         return self.model.dimensions
 
     @property
@@ -41,17 +49,18 @@ class SentenceEncoder:
 
     @property
     def normalized(self) -> bool:
-        """Whether the pipeline ends with Normalize: rows of unit length."""
+        """Whether the pipeline ends with Normalize: rows of unit length (never for a head)."""
         return self.model.pipeline.normalized
 
     @property
     def family(self) -> str:
-        """The config.json model_type: bert, roberta, xlm-roberta or mpnet."""
+        """The config.json model_type: bert, roberta, xlm-roberta, mpnet or modernbert."""
         return self.model.config.family
 
     @property
     def pooling(self) -> str:
-        """The pooling mode (sentence-transformers' name; several joined by "+")."""
+        """The pooling mode (sentence-transformers' name; several joined by "+"); a head's
+        pooling of the token states ("cls", or ModernBERT's "mean")."""
         return self.model.pipeline.pooling.name
 
     def prompt(self, prompt_name: str | None) -> str:
@@ -68,12 +77,23 @@ class SentenceEncoder:
 
     @torch.inference_mode()
     def embed(self, texts: list[str], prompt_name: str | None = None) -> torch.Tensor:
-        """Plain eager embeddings (padded layout, no graphs): (n, dimensions) float32 on CPU.
+        """Plain eager embeddings (padded layout, no graphs): (n, dimensions) float32 on CPU
+        (for a head: the logits of single texts).
 
         A reference and a convenience; the service goes through the runner instead.
         """
         prefix = self.prompt(prompt_name)
         ids = self.tokenizer.encode([prefix + t for t in texts] if prefix else texts)
+        return self._forward(ids)
+
+    @torch.inference_mode()
+    def score(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Plain eager rows of (query, document) pairs, tokenized with the pair template: for a
+        head, the (n, num_labels) float32 logits on CPU. A reference, like `embed`."""
+        return self._forward(self.tokenizer.encode_pairs(pairs).ids)
+
+    def _forward(self, ids: list[list[int]]) -> torch.Tensor:
+        """The padded forward of tokenized rows: (n, dimensions) float32 on CPU."""
         if not ids:
             return torch.empty((0, self.dimensions))
         S = max(len(x) for x in ids)

@@ -1,6 +1,7 @@
 """Load a sentence encoder from a directory or a hub id: the family's encoder (config.json and
-safetensors weights), the model's own sentence-transformers pipeline (modules.json), its
-tokenizer (tokenizer.json) and prompts (config_sentence_transformers.json).
+safetensors weights), the model's own sentence-transformers pipeline (modules.json) or, for a
+reranker or classifier, its classification head (`task.py` says which), its tokenizer
+(tokenizer.json) and prompts (config_sentence_transformers.json).
 
 Weights are read with safetensors only: nothing is ever unpickled. Every failure is a
 `ModelLoadError` that names the file at fault (and the module, for a pipeline module). Neither
@@ -22,9 +23,11 @@ from tokenizers import Tokenizer
 from models.config import BodyConfig, EncoderConfig, read_body_config
 from models.encoder import SentenceEncoder, check_device_dtype
 from models.errors import ModelLoadError
+from models.heads import ClassificationHead, head_checkpoint_names, is_head_tensor
 from models.hub import resolve_model
 from models.model import SentenceModel
 from models.modernbert import ModernBertEncoder
+from models.pipeline import SentencePipeline
 from models.st_modules import (
     ST_CONFIG,
     TransformerSettings,
@@ -33,9 +36,17 @@ from models.st_modules import (
     read_modules,
     read_prompts,
 )
+from models.task import check_task, pair_type_separator, read_head, resolve_task
 from models.tokenizer import TextTokenizer
 from models.transformer import TransformerEncoder
-from models.weights import SAFETENSORS, SAFETENSORS_INDEX, load_encoder_weights, read_safetensors
+from models.weights import (
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    load_encoder_weights,
+    load_named,
+    read_safetensors,
+    strip_base_prefix,
+)
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -148,23 +159,40 @@ def load_sentence_encoder(
     dtype: torch.dtype = torch.float32,
     max_seq_len: int | None = None,
     name: str | None = None,
+    task: str | None = None,
 ) -> SentenceEncoder:
     """Load a sentence encoder from a directory or a hub id (None: the bundled MiniLM).
 
     revision: of a hub id (branch, tag or commit). max_seq_len: truncation limit in tokens
     (special tokens included); None takes the model's own (`model_max_seq_len`). name: what the
-    service calls the model (None: the hub id, else the directory's name).
-    Raises ModelLoadError naming the file; ValueError for a bad device/dtype or max_seq_len.
+    service calls the model (None: the hub id, else the directory's name). task: "embed",
+    "rerank" or "classify" (None: what the directory declares, see `task.resolve_task`).
+    Raises ModelLoadError naming the file (also for a task the model cannot serve); ValueError
+    for a bad device/dtype, max_seq_len or task name.
     """
     dev = check_device_dtype(device, dtype)
+    check_task(task)
     directory = default_model_path() if path is None else resolve_model(path, revision)
     if not directory.is_dir():
         raise ModelLoadError(directory, "model directory not found")
     modules = read_modules(directory)
     folder = modules.transformer.folder
     cfg, raw_config = read_config(folder / "config.json")
-    pipeline = build_pipeline(modules, cfg.hidden_size)
+    head_cfg = read_head(folder / "config.json", raw_config)
     prompts = read_prompts(directory / ST_CONFIG)
+    task = resolve_task(task, directory, modules, head_cfg, prompts, raw_config)
+    pipeline: SentencePipeline | ClassificationHead
+    if task == "embed":
+        pipeline = build_pipeline(modules, cfg.hidden_size)
+    else:
+        assert head_cfg is not None  # resolve_task checked
+        pipeline = ClassificationHead(head_cfg, cfg.hidden_size)
+        if prompts.prompts or prompts.default_prompt_name is not None:
+            raise ModelLoadError(
+                directory / ST_CONFIG,
+                f"prompts {sorted(prompts.prompts)}: prompts are not applied to the pairs or "
+                f"texts a {task} model scores",
+            )
 
     seq_len = model_max_seq_len(modules.transformer, cfg) if max_seq_len is None else max_seq_len
     if not 2 <= seq_len <= cfg.max_positions:
@@ -183,10 +211,17 @@ def load_sentence_encoder(
     body = TransformerEncoder(cfg) if isinstance(cfg, EncoderConfig) else ModernBertEncoder(cfg)
     try:
         load_encoder_weights(body, cfg, tensors)
+        if isinstance(pipeline, ClassificationHead):
+            names = head_checkpoint_names(pipeline)
+            load_named(pipeline, strip_base_prefix(tensors), names, lambda k: not is_head_tensor(k))
     except ValueError as e:
         weights = SAFETENSORS if (folder / SAFETENSORS).is_file() else SAFETENSORS_INDEX
         raise ModelLoadError(folder / weights, str(e)) from e
     del tensors
+    separator = pair_type_separator(task, cfg, tokenizer, folder)
+    if separator is not None:
+        assert isinstance(body, TransformerEncoder)
+        body.derive_pair_types(separator)
     model = SentenceModel(body, pipeline).to_serving(dev, dtype)
 
     if name is None:
@@ -203,4 +238,6 @@ def load_sentence_encoder(
         dtype=dtype,
         prompts=prompts.prompts,
         default_prompt_name=prompts.default_prompt_name,
+        task=task,
+        labels=pipeline.labels if isinstance(pipeline, ClassificationHead) else (),
     )

@@ -1,5 +1,7 @@
 """`SentenceModel`: a family's encoder body (`TransformerEncoder` or `ModernBertEncoder`) followed
-by its sentence-transformers pipeline, with the interface the runner drives in every graph mode.
+by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
+rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
+mode.
 
 - FULL and single requests: `model(input_ids (B, S), attention_mask (B, S))` -> (B, D) float32,
   the encoder, pooling, Dense and Normalize with static shapes: one CUDA graph covers them all.
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from models.config import BodyConfig
+from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
 from models.packed import PackedLayout, PackedPiece
 from models.pipeline import SentencePipeline
@@ -21,10 +24,13 @@ from models.transformer import TransformerEncoder
 
 
 class SentenceModel(nn.Module):
-    """Encoder body + sentence pipeline: token ids -> sentence embeddings (B, D) float32."""
+    """Encoder body + sentence pipeline (or head): token ids -> rows (B, D) float32, sentence
+    embeddings (or logits, D = number of labels)."""
 
     def __init__(
-        self, encoder: TransformerEncoder | ModernBertEncoder, pipeline: SentencePipeline
+        self,
+        encoder: TransformerEncoder | ModernBertEncoder,
+        pipeline: SentencePipeline | ClassificationHead,
     ) -> None:
         super().__init__()
         self.encoder = encoder

@@ -6,8 +6,11 @@ types, `pooling_mode_mean_tokens: true`, `word_embedding_dimension`, `max_seq_le
 sentence_bert_config.json) and the one sentence-transformers 6 writes (module paths under
 `sentence_transformers.base...` / `...sentence_transformer.modules...`, `"pooling_mode": "cls"`,
 `embedding_dimension`). A directory without modules.json is a plain Hugging Face model: mean
-pooling and no normalisation, as sentence-transformers does. Whatever is not understood is a
-`ModelLoadError` naming the file and the module, never skipped.
+pooling and no normalisation, as sentence-transformers does. A sentence-transformers 6
+CrossEncoder is one Transformer module of `transformer_task` sequence-classification (its head
+is the model's own, see `heads.py`), with `model_type` CrossEncoder in
+config_sentence_transformers.json. Whatever is not understood is a `ModelLoadError` naming the
+file and the module, never skipped.
 """
 
 from __future__ import annotations
@@ -52,24 +55,41 @@ _LEGACY_POOLING = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 _EMBEDDING = "sentence_embedding"
+FEATURE_EXTRACTION = "feature-extraction"  # the Transformer gives token states: an embedder
+SEQUENCE_CLASSIFICATION = "sequence-classification"  # it gives the head's logits: a cross-encoder
+# What the Transformer module outputs for each transformer_task: (module_output_name, the
+# model output read, modality_config's method_output_name).
+_TASK_OUTPUTS = {
+    FEATURE_EXTRACTION: ("token_embeddings", "last_hidden_state"),
+    SEQUENCE_CLASSIFICATION: ("scores", "logits"),
+}
+# config_sentence_transformers.json model_type values served.
+ST_MODEL_TYPES = ("SentenceTransformer", "CrossEncoder")
 _DENSE_TANH = "torch.nn.modules.activation.Tanh"  # Dense's default activation
 
 
 @dataclass(frozen=True)
 class TransformerSettings:
-    """The Transformer module: where its files are, and what sentence_bert_config.json says."""
+    """The Transformer module: where its files are, and what sentence_bert_config.json says.
+
+    task: its transformer_task (FEATURE_EXTRACTION or SEQUENCE_CLASSIFICATION); None for a
+    plain Hugging Face directory, which declares none (config.json's architectures decide).
+    """
 
     folder: Path
     max_seq_length: int | None = None  # None: the tokenizer's model_max_length
     do_lower_case: bool = False
+    task: str | None = FEATURE_EXTRACTION
 
 
 @dataclass(frozen=True)
 class Prompts:
-    """config_sentence_transformers.json: named text prefixes, and the one used by default."""
+    """config_sentence_transformers.json: named text prefixes, the one used by default, and
+    the kind of model (SentenceTransformer or CrossEncoder)."""
 
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    model_type: str = "SentenceTransformer"
 
 
 @dataclass(frozen=True)
@@ -114,7 +134,7 @@ def read_modules(directory: Path) -> ModuleList:
     modules_file = directory / MODULES_JSON
     entries = read_json(modules_file, required=False)
     if entries is None:
-        return ModuleList(TransformerSettings(directory), (), None)
+        return ModuleList(TransformerSettings(directory, task=None), (), None)
     if not isinstance(entries, list) or not entries:
         raise ModelLoadError(modules_file, "expected a non-empty JSON list of modules")
     found: list[ModuleEntry] = []
@@ -134,16 +154,27 @@ def read_modules(directory: Path) -> ModuleList:
             )
         found.append(ModuleEntry(kind, name, directory / path))
     order = [e.kind for e in found if e.kind != "Dropout"]
-    if order[:2] != ["Transformer", "Pooling"] or "Transformer" in order[1:]:
-        raise ModelLoadError(
-            modules_file,
-            f"modules {order}: what can be served is a Transformer first, then a Pooling, then "
-            "Dense and Normalize modules",
-        )
+    served = (
+        "what can be served is a Transformer first, then a Pooling, then Dense and Normalize "
+        "modules (or a sequence-classification Transformer alone)"
+    )
+    if order[:1] != ["Transformer"] or "Transformer" in order[1:]:
+        raise ModelLoadError(modules_file, f"modules {order}: {served}")
+    first = next(e for e in found if e.kind == "Transformer")
+    transformer = read_transformer_settings(first.folder / SBERT_CONFIG)
+    if transformer.task == SEQUENCE_CLASSIFICATION:
+        if order != ["Transformer"]:
+            raise ModelLoadError(
+                modules_file,
+                f"modules {order}: a sequence-classification Transformer (a cross-encoder) is "
+                "served alone, with its own head's logits",
+            )
+        return ModuleList(transformer, (), modules_file)
+    if order[:2] != ["Transformer", "Pooling"]:
+        raise ModelLoadError(modules_file, f"modules {order}: {served}")
     if "Pooling" in order[2:]:
         raise ModelLoadError(modules_file, "more than one Pooling module")
-    transformer = read_transformer_settings(found[0].folder / SBERT_CONFIG)
-    return ModuleList(transformer, tuple(found[1:]), modules_file)
+    return ModuleList(transformer, tuple(e for e in found if e is not first), modules_file)
 
 
 def build_pipeline(modules: ModuleList, hidden_size: int) -> SentencePipeline:
@@ -169,12 +200,17 @@ def build_pipeline(modules: ModuleList, hidden_size: int) -> SentencePipeline:
 def read_transformer_settings(file: Path) -> TransformerSettings:
     """sentence_bert_config.json (optional) of the Transformer module in file's folder."""
     raw = read_json_object(file, required=False) or {}
-    task = raw.get("transformer_task", "feature-extraction")
-    if task != "feature-extraction":
-        raise ModelLoadError(file, f"transformer_task {task!r}: only feature-extraction is served")
-    output = raw.get("module_output_name", "token_embeddings")
-    if output != "token_embeddings":
-        raise ModelLoadError(file, f"module_output_name {output!r} is not token_embeddings")
+    task = raw.get("transformer_task", FEATURE_EXTRACTION)
+    if task not in _TASK_OUTPUTS:
+        raise ModelLoadError(
+            file, f"transformer_task {task!r}: only {' and '.join(_TASK_OUTPUTS)} are served"
+        )
+    module_output, method_output = _TASK_OUTPUTS[task]
+    output = raw.get("module_output_name", module_output)
+    if output != module_output:
+        raise ModelLoadError(
+            file, f"module_output_name {output!r} is not {module_output} (transformer_task {task})"
+        )
     for key in ("processing_kwargs", "query_length", "document_length", "query_expansion"):
         if raw.get(key):
             raise ModelLoadError(file, f"{key} {raw[key]!r} is not supported")
@@ -183,7 +219,7 @@ def read_transformer_settings(file: Path) -> TransformerSettings:
     if (
         not isinstance(text, dict)
         or text.get("method", "forward") != "forward"
-        or text.get("method_output_name", "last_hidden_state") not in ("last_hidden_state", None)
+        or text.get("method_output_name", method_output) not in (method_output, None)
     ):
         raise ModelLoadError(file, f"modality_config text {text!r} is not supported")
     max_len = raw.get("max_seq_length")
@@ -194,7 +230,7 @@ def read_transformer_settings(file: Path) -> TransformerSettings:
     lower = raw.get("do_lower_case", False)
     if not isinstance(lower, bool):
         raise ModelLoadError(file, f"do_lower_case must be true or false, got {lower!r}")
-    return TransformerSettings(file.parent, max_len, lower)
+    return TransformerSettings(file.parent, max_len, lower, task)
 
 
 def read_pooling(file: Path, name: str, hidden_size: int) -> Pooling:
@@ -277,8 +313,10 @@ def read_normalize(file: Path, name: str) -> Normalize:
 def read_prompts(file: Path) -> Prompts:
     raw = read_json_object(file, required=False) or {}
     kind = raw.get("model_type", "SentenceTransformer")
-    if kind != "SentenceTransformer":
-        raise ModelLoadError(file, f"model_type {kind!r}: only SentenceTransformer embedders")
+    if kind not in ST_MODEL_TYPES:
+        raise ModelLoadError(
+            file, f"model_type {kind!r}: only {' and '.join(ST_MODEL_TYPES)} models are served"
+        )
     prompts = raw.get("prompts") or {}
     if not isinstance(prompts, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
@@ -289,4 +327,4 @@ def read_prompts(file: Path) -> Prompts:
         raise ModelLoadError(
             file, f"default_prompt_name {default!r} is not one of the prompts {sorted(prompts)}"
         )
-    return Prompts(dict(prompts), default)
+    return Prompts(dict(prompts), default, kind)

@@ -72,8 +72,8 @@ def test_bad_prompt_config_is_refused(copy_of):
     with pytest.raises(ModelLoadError, match="default_prompt_name 'missing'") as ei:
         load_sentence_encoder(folder)
     assert ei.value.file == file
-    file.write_text(json.dumps({**cfg, "model_type": "CrossEncoder"}))
-    with pytest.raises(ModelLoadError, match="model_type 'CrossEncoder'"):
+    file.write_text(json.dumps({**cfg, "model_type": "SparseEncoder"}))
+    with pytest.raises(ModelLoadError, match="model_type 'SparseEncoder'"):
         load_sentence_encoder(folder)
 
 
@@ -309,7 +309,8 @@ def test_normalize_on_token_embeddings_is_refused(copy_of):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"transformer_task": "sequence-classification"}, "transformer_task"),
+        ({"transformer_task": "fill-mask"}, "transformer_task"),
+        ({"module_output_name": "scores"}, "module_output_name"),
         ({"query_length": 32}, "query_length"),
         ({"do_lower_case": "yes"}, "do_lower_case"),
         ({"modality_config": {"image": {"method": "forward"}}}, "modality_config"),

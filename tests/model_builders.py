@@ -1,6 +1,8 @@
 """Tiny sentence-transformers models of every family, built in the test with `transformers` and
 saved with `sentence-transformers` (dev extras: never imported by models/), the reference
 embeddings sentence-transformers computes from the saved directory, and a hub cache layout.
+Tiny cross-encoders too (rerankers and classifiers: `CrossSpec`, `tiny_cross_encoder`), with the
+scores `CrossEncoder.predict` and the `transformers` model give.
 
 Models are 2 layers of 32 dims with small vocabularies, initialised wider than the families' own
 0.02 (and every bias and LayerNorm perturbed), so a mistake in attention, positions or pooling
@@ -48,6 +50,26 @@ TEXTS = [
     "the the the the",
     "model sentence embedding, 42 and 7",
     "",
+]
+
+# (query, document) pairs: short and long documents (one truncated at MAX_SEQ_LEN; queries stay
+# short, so the document is what is cut, as CrossEncoder's longest-first also does), an empty
+# one, unknown characters, and a literal [SEP] inside a document (type 1 either way).
+RERANK_QUERY = "what is a cuda graph"
+RERANK_DOCUMENTS = [
+    "a cuda graph replays kernels",
+    "hello",
+    "",
+    "the quick brown fox jumps over the lazy dog",
+    "document " * 60,
+    "Café crème, naïve déjà vu — 東京 🍕",
+    "graph token embedding model sentence search query passage",
+    "see [SEP] the separator inside a document",
+]
+PAIRS = [(RERANK_QUERY, d) for d in RERANK_DOCUMENTS] + [
+    ("hello world", "the world"),
+    ("a", "b"),
+    ("search", "query passage document and more words of it"),
 ]
 
 # sentence-transformers 6 module types, and the classic ones most hub models have.
@@ -178,8 +200,17 @@ def make_tokenizer(family: str) -> Any:
 
 
 # ---------------------------------------------------------------- models
-def make_hf_model(family: str, vocab_size: int, seed: int) -> Any:
+def make_hf_model(
+    family: str, vocab_size: int, seed: int, labels: tuple[str, ...] | None = None, **extra: Any
+) -> Any:
+    """The family's base model, or with `labels` its `*ForSequenceClassification` (id2label in
+    that order); `extra` goes to the config."""
     import transformers as tf
+
+    classify = labels is not None
+    if classify:
+        extra["id2label"] = dict(enumerate(labels))
+        extra["label2id"] = {name: i for i, name in enumerate(labels)}
 
     common = dict(
         vocab_size=vocab_size,
@@ -190,16 +221,19 @@ def make_hf_model(family: str, vocab_size: int, seed: int) -> Any:
         max_position_embeddings=POSITIONS,
         hidden_act="gelu",
     )
+    common.update(extra)
     if family == "bert":
-        model = tf.BertModel(tf.BertConfig(**common))
+        cfg = tf.BertConfig(**common)
+        model = (tf.BertForSequenceClassification if classify else tf.BertModel)(cfg)
     elif family == "roberta":
         cfg = tf.RobertaConfig(**common, type_vocab_size=1, pad_token_id=1)
-        model = tf.RobertaModel(cfg)
+        model = (tf.RobertaForSequenceClassification if classify else tf.RobertaModel)(cfg)
     elif family == "xlm-roberta":
         cfg = tf.XLMRobertaConfig(**common, type_vocab_size=1, pad_token_id=1)
-        model = tf.XLMRobertaModel(cfg)
+        model = (tf.XLMRobertaForSequenceClassification if classify else tf.XLMRobertaModel)(cfg)
     elif family == "mpnet":
-        model = tf.MPNetModel(tf.MPNetConfig(**common, pad_token_id=1))
+        cfg = tf.MPNetConfig(**common, pad_token_id=1)
+        model = (tf.MPNetForSequenceClassification if classify else tf.MPNetModel)(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]
@@ -211,7 +245,7 @@ def make_hf_model(family: str, vocab_size: int, seed: int) -> Any:
             global_attn_every_n_layers=2,
             hidden_activation="gelu",
         )
-        model = tf.ModernBertModel(cfg)
+        model = (tf.ModernBertForSequenceClassification if classify else tf.ModernBertModel)(cfg)
     else:
         raise ValueError(family)
     wide_init(model, seed)
@@ -322,19 +356,122 @@ def to_classic_layout(folder: Path) -> None:
             shutil.rmtree(folder / m["path"], ignore_errors=True)  # old saves have no folder
 
 
-_BUILT: dict[TinySpec, Path] = {}
+_BUILT: dict[TinySpec | CrossSpec, Path] = {}
 _ROOT: list[Path] = []
+
+
+def _session_root() -> Path:
+    if not _ROOT:
+        _ROOT.append(Path(tempfile.mkdtemp(prefix="tiny-models-")))
+        atexit.register(shutil.rmtree, _ROOT[0], True)
+    return _ROOT[0]
 
 
 def tiny_model(spec: TinySpec) -> Path:
     """`spec`'s model folder, built once per test session (in a temporary directory removed at
     exit), whichever test file asks first."""
     if spec not in _BUILT:
-        if not _ROOT:
-            _ROOT.append(Path(tempfile.mkdtemp(prefix="tiny-models-")))
-            atexit.register(shutil.rmtree, _ROOT[0], True)
-        _BUILT[spec] = build_tiny(spec, _ROOT[0])
+        _BUILT[spec] = build_tiny(spec, _session_root())
     return _BUILT[spec]
+
+
+# ---------------------------------------------------------------- cross-encoders
+@dataclass(frozen=True)
+class CrossSpec:
+    """One tiny cross-encoder: a `*ForSequenceClassification` of `family` with `labels`.
+
+    save: "cross-encoder" (sentence-transformers' `CrossEncoder(...).save`: modules.json with a
+    sequence-classification Transformer, config_sentence_transformers.json of model_type
+    CrossEncoder) or "hf" (`save_pretrained` of the model and its tokenizer only, as older
+    cross-encoders on the hub are). config: extra config keys, e.g. ModernBERT's
+    classifier_pooling.
+    """
+
+    family: str
+    labels: tuple[str, ...] = ("LABEL_0",)
+    save: str = "cross-encoder"
+    config: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        kind = "reranker" if len(self.labels) == 1 else f"classifier{len(self.labels)}"
+        parts = [self.family, kind, self.save, *(f"{k}={v}" for k, v in self.config)]
+        return "-".join(parts) + f"-s{self.seed}"
+
+
+# The cross-encoders the service's route tests use: a BERT and an XLM-RoBERTa reranker (one
+# label, sigmoid scores), and a 3-label BERT classifier (softmax over labels not in name order).
+BERT_RERANKER = CrossSpec("bert")
+XLMR_RERANKER = CrossSpec("xlm-roberta")
+BERT_CLASSIFIER = CrossSpec("bert", labels=("positive", "negative", "neutral"))
+
+
+def tiny_cross_encoder(spec: CrossSpec = BERT_RERANKER) -> Path:
+    """`spec`'s saved directory, built once per test session (see `tiny_model`)."""
+    if spec not in _BUILT:
+        with offline_hub():
+            _BUILT[spec] = _build_cross(spec, _session_root())
+    return _BUILT[spec]
+
+
+def tiny_reranker() -> Path:
+    """A BERT cross-encoder reranker (one label), as sentence-transformers saves it."""
+    return tiny_cross_encoder(BERT_RERANKER)
+
+
+def tiny_classifier() -> Path:
+    """A 3-label BERT classifier (positive, negative, neutral), as sentence-transformers saves
+    it."""
+    return tiny_cross_encoder(BERT_CLASSIFIER)
+
+
+def _build_cross(spec: CrossSpec, root: Path) -> Path:
+    import sentence_transformers as st
+
+    hf_dir, out = root / f"{spec.label}-hf", root / spec.label
+    tok = make_tokenizer(spec.family)
+    tok.model_max_length = MAX_SEQ_LEN
+    if spec.family == "modernbert":  # as ModernBERT's own tokenizer: no token types
+        tok.model_input_names = ["input_ids", "attention_mask"]
+    model = make_hf_model(spec.family, len(tok), spec.seed, spec.labels, **dict(spec.config))
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    if spec.save == "hf":
+        return hf_dir
+    st.CrossEncoder(str(hf_dir), device="cpu").save(str(out))
+    return out
+
+
+def ce_predict(folder: Path, pairs: list[tuple[str, str]], **kwargs: Any) -> torch.Tensor:
+    """`CrossEncoder.predict` of the saved directory (float32 on CPU): for one label the sigmoid
+    of the logit (its default activation), for several the raw logits."""
+    with offline_hub():
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(folder), device="cpu")
+        scores = model.predict(pairs, convert_to_tensor=True, batch_size=4, **kwargs)
+    return scores.float().cpu()
+
+
+def hf_logits(folder: Path, pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """The `transformers` model's logits (n, num_labels) float32 for the pairs, tokenized by its
+    own tokenizer with the document truncated first."""
+    with offline_hub():
+        import transformers as tf
+
+        tok = tf.AutoTokenizer.from_pretrained(str(folder))
+        model = tf.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        batch = tok(
+            [q for q, _ in pairs],
+            [d for _, d in pairs],
+            padding=True,
+            truncation="only_second",
+            max_length=MAX_SEQ_LEN,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            return model(**batch).logits.float()
 
 
 def st_encode(folder: Path, texts: list[str], **kwargs: Any) -> torch.Tensor:

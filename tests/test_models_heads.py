@@ -1,0 +1,370 @@
+"""Rerankers and classifiers: the task a directory declares (and the caller's override), the
+classification head of every family against `CrossEncoder.predict` and `transformers`, token
+types derived from the ids for BERT pairs, and what is refused (naming the file).
+
+Tiny random-weight cross-encoders built with `transformers` and saved by sentence-transformers
+(tests/model_builders.py). Eager here; the runner in every graph mode is
+tests/test_runner_rerank.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from model_builders import (
+    BERT_CLASSIFIER,
+    BERT_RERANKER,
+    PAIRS,
+    TEXTS,
+    XLMR_RERANKER,
+    CrossSpec,
+    TinySpec,
+    ce_predict,
+    hf_logits,
+    offline_hub,
+    st_encode,
+    tiny_cross_encoder,
+    tiny_model,
+)
+from safetensors.torch import load_file, save_file
+
+from models import ModelLoadError, PackedLayout, load_sentence_encoder
+from models.layers import pair_token_types
+
+# One reranker per family (ModernBERT with each classifier pooling), and the two save layouts.
+RERANKERS = [
+    BERT_RERANKER,
+    CrossSpec("bert", save="hf", seed=1),
+    CrossSpec("roberta"),
+    XLMR_RERANKER,
+    CrossSpec("mpnet"),
+    CrossSpec("modernbert"),
+]
+CLASSIFIERS = [
+    BERT_CLASSIFIER,
+    CrossSpec("xlm-roberta", labels=("no", "yes"), save="hf"),
+    CrossSpec("mpnet", labels=("a", "b", "c", "d")),
+    CrossSpec(
+        "modernbert",
+        labels=("x", "y"),
+        config=(("classifier_pooling", "mean"), ("classifier_bias", True)),
+    ),
+]
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    def copy(spec: CrossSpec | TinySpec) -> Path:
+        src = tiny_cross_encoder(spec) if isinstance(spec, CrossSpec) else tiny_model(spec)
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
+
+
+def _edit_json(file: Path, **changes) -> None:
+    data = json.loads(file.read_text())
+    data.update(changes)
+    file.write_text(json.dumps(data))
+
+
+# ---------------------------------------------------------------- parity
+@pytest.mark.parametrize("spec", RERANKERS, ids=lambda s: s.label)
+def test_reranker_scores_match_cross_encoder_predict(spec):
+    folder = tiny_cross_encoder(spec)
+    enc = load_sentence_encoder(folder)
+    assert (enc.task, enc.labels, enc.dimensions) == ("rerank", ("LABEL_0",), 1)
+    assert not enc.normalized and enc.prompts == {} and enc.default_prompt_name is None
+    logits = enc.score(PAIRS)
+    assert logits.shape == (len(PAIRS), 1) and logits.dtype == torch.float32
+    scores, ref = torch.sigmoid(logits[:, 0]), ce_predict(folder, PAIRS)  # CE: sigmoid for one
+    torch.testing.assert_close(scores, ref, atol=1e-4, rtol=0)
+    assert torch.argsort(scores, descending=True).tolist() == (
+        torch.argsort(ref, descending=True).tolist()
+    )
+    assert scores.std() > 0.02  # the pairs really differ: a wrong head could not hide
+    torch.testing.assert_close(logits, hf_logits(folder, PAIRS), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("spec", CLASSIFIERS, ids=lambda s: s.label)
+def test_classifier_softmax_matches_transformers(spec):
+    folder = tiny_cross_encoder(spec)
+    enc = load_sentence_encoder(folder)
+    assert (enc.task, enc.labels, enc.dimensions) == ("classify", spec.labels, len(spec.labels))
+    assert enc.pooling == dict(spec.config).get("classifier_pooling", "cls")
+    logits = enc.score(PAIRS)
+    ref = hf_logits(folder, PAIRS)
+    torch.testing.assert_close(logits.softmax(-1), ref.softmax(-1), atol=1e-4, rtol=0)
+    assert logits.argmax(-1).tolist() == ref.argmax(-1).tolist()
+    torch.testing.assert_close(logits, ce_predict(folder, PAIRS), atol=1e-4, rtol=0)  # no act.
+    # A single text through a classifier: [CLS] text [SEP], all type 0, as transformers.
+    texts = ["hello world", "the quick brown fox"]
+    single = enc.embed(texts)  # the eager forward of single texts: rows of logits here
+    torch.testing.assert_close(single, hf_single(folder, texts), atol=1e-4, rtol=0)
+
+
+def hf_single(folder: Path, texts: list[str]) -> torch.Tensor:
+    """The transformers model's logits of single texts (no pair)."""
+    with offline_hub():
+        import transformers as tf
+
+        tok = tf.AutoTokenizer.from_pretrained(str(folder))
+        model = tf.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        with torch.no_grad():
+            return model(**tok(texts, padding=True, return_tensors="pt")).logits.float()
+
+
+def test_bfloat16_head_stays_float32():
+    folder = tiny_cross_encoder(BERT_RERANKER)
+    enc = load_sentence_encoder(folder, dtype=torch.bfloat16)
+    assert enc.model.pipeline.out.weight.dtype == torch.float32
+    logits = enc.score(PAIRS)
+    assert logits.dtype == torch.float32
+    ref = torch.logit(ce_predict(folder, PAIRS))
+    torch.testing.assert_close(logits[:, 0], ref, atol=0.1, rtol=0.05)
+
+
+# ---------------------------------------------------------------- token types
+def _bert_pairs():
+    enc = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER))
+    return enc, enc.tokenizer.encode_pairs(PAIRS)
+
+
+def test_derived_types_equal_the_tokenizers_padded():
+    enc, encoded = _bert_pairs()
+    sep = enc.tokenizer.token_to_id("[SEP]")
+    assert enc.model.encoder.embeddings.type_separator == sep
+    assert any(any(t) for t in encoded.type_ids)  # BERT's template: the document is type 1
+    S = max(map(len, encoded.ids))
+    ids = torch.full((len(PAIRS), S), enc.tokenizer.pad_id, dtype=torch.int64)
+    for i, row in enumerate(encoded.ids):
+        ids[i, : len(row)] = torch.tensor(row)
+    types = pair_token_types(ids, torch.arange(S), sep)
+    for i, want in enumerate(encoded.type_ids):
+        assert types[i, : len(want)].tolist() == want
+
+
+def test_derived_types_equal_the_tokenizers_packed():
+    enc, encoded = _bert_pairs()
+    sep = enc.tokenizer.token_to_id("[SEP]")
+    singles = enc.tokenizer.encode(["a single text", "hello"])  # all type 0
+    rows = encoded.ids + singles
+    layout = PackedLayout.build(
+        [len(r) for r in rows], hidden_size=32, device="cpu", dtype=torch.float32
+    )
+    # Token-bucket padding after the requests: pad ids at position 0.
+    pad = 5
+    ids = torch.tensor([t for r in rows for t in r] + [enc.tokenizer.pad_id] * pad)
+    pos = torch.cat([layout.positions, torch.zeros(pad, dtype=torch.int64)])
+    types = pair_token_types(ids, pos, sep)
+    want = [t for r in encoded.type_ids for t in r] + [0] * sum(map(len, singles)) + [0] * pad
+    assert types.tolist() == want
+
+
+def test_a_separator_inside_the_query_flips_types_early():
+    """The one documented divergence: the tokenizer keeps the whole query at type 0."""
+    enc = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER))
+    sep = enc.tokenizer.token_to_id("[SEP]")
+    encoded = enc.tokenizer.encode_pairs([("a [SEP] b", "c")])
+    ids = torch.tensor(encoded.ids[0])
+    types = pair_token_types(ids, torch.arange(len(ids)), sep).tolist()
+    assert encoded.type_ids[0] == [0, 0, 0, 0, 0, 1, 1]
+    assert types == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_token_types_change_bert_scores():
+    """Without the derived types (all 0) the BERT reranker's scores are clearly off: the
+    parity above depends on them."""
+    folder = tiny_cross_encoder(BERT_RERANKER)
+    enc = load_sentence_encoder(folder)
+    enc.model.encoder.embeddings.type_separator = None
+    diff = (torch.sigmoid(enc.score(PAIRS)[:, 0]) - ce_predict(folder, PAIRS)).abs().max()
+    assert diff > 1e-2
+
+
+def test_types_are_derived_only_for_bert_heads():
+    for spec in (XLMR_RERANKER, CrossSpec("roberta"), CrossSpec("mpnet"), CrossSpec("modernbert")):
+        body = load_sentence_encoder(tiny_cross_encoder(spec)).model.encoder
+        assert getattr(body.embeddings, "type_separator", None) is None, spec.label
+    embedder = load_sentence_encoder(tiny_model(TinySpec("bert", "mean")))
+    assert embedder.model.encoder.embeddings.type_separator is None
+    # A cross-encoder served as an embedder keeps every token type 0 too.
+    as_embedder = load_sentence_encoder(
+        tiny_cross_encoder(CrossSpec("bert", save="hf")), task="embed"
+    )
+    assert as_embedder.model.encoder.embeddings.type_separator is None
+
+
+def test_embedding_a_literal_separator_is_unchanged():
+    """Embedding models keep type 0 everywhere: a text holding [SEP] embeds as
+    sentence-transformers does."""
+    folder = tiny_model(TinySpec("bert", "mean"))
+    texts = ["hello [SEP] world", "a [SEP] b [SEP] c", *TEXTS[:3]]
+    ours = load_sentence_encoder(folder).embed(texts)
+    torch.testing.assert_close(ours, st_encode(folder, texts), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- task detection, override
+def test_task_is_read_from_the_directory():
+    assert load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)).task == "rerank"
+    assert load_sentence_encoder(tiny_cross_encoder(CrossSpec("bert", save="hf"))).task == "rerank"
+    assert load_sentence_encoder(tiny_cross_encoder(BERT_CLASSIFIER)).task == "classify"
+    embedder = load_sentence_encoder(tiny_model(TinySpec("xlm-roberta", "mean")))
+    assert (embedder.task, embedder.labels) == ("embed", ())
+
+
+def test_id2label_of_one_label_is_a_reranker(copy_of):
+    folder = copy_of(CrossSpec("bert", save="hf"))
+    _edit_json(folder / "config.json", id2label={"0": "relevance"}, label2id={"relevance": 0})
+    enc = load_sentence_encoder(folder)
+    assert (enc.task, enc.labels) == ("rerank", ("relevance",))
+
+
+def test_classify_of_a_reranker_is_served():
+    folder = tiny_cross_encoder(BERT_RERANKER)
+    enc = load_sentence_encoder(folder, task="classify")
+    assert (enc.task, enc.labels, enc.dimensions) == ("classify", ("LABEL_0",), 1)
+    torch.testing.assert_close(
+        torch.sigmoid(enc.score(PAIRS)[:, 0]), ce_predict(folder, PAIRS), atol=1e-4, rtol=0
+    )
+
+
+def test_embed_of_a_plain_classifier_directory_mean_pools_the_body():
+    """A Hugging Face *ForSequenceClassification directory asked to embed: what
+    sentence-transformers makes of a plain directory (mean pooling), the head unused."""
+    folder = tiny_cross_encoder(CrossSpec("bert", save="hf"))
+    enc = load_sentence_encoder(folder, task="embed")
+    assert (enc.task, enc.labels, enc.dimensions, enc.pooling) == ("embed", (), 32, "mean")
+    assert enc.embed(["hello"]).shape == (1, 32)
+
+
+def test_rerank_of_a_classifier_is_refused():
+    folder = tiny_cross_encoder(BERT_CLASSIFIER)
+    with pytest.raises(ModelLoadError, match="3 labels.*serve this model as classify") as ei:
+        load_sentence_encoder(folder, task="rerank")
+    assert ei.value.file == folder / "config.json"
+
+
+@pytest.mark.parametrize("task", ["rerank", "classify"])
+def test_a_head_task_of_an_embedder_is_refused(task):
+    folder = tiny_model(TinySpec("bert", "mean"))
+    with pytest.raises(ModelLoadError, match=f"no sequence-classification head to {task}") as ei:
+        load_sentence_encoder(folder, task=task)
+    assert ei.value.file == folder / "config.json"
+
+
+def test_embed_of_a_cross_encoder_is_refused():
+    folder = tiny_cross_encoder(BERT_RERANKER)
+    with pytest.raises(ModelLoadError, match="cross-encoder .* cannot embed") as ei:
+        load_sentence_encoder(folder, task="embed")
+    assert ei.value.file == folder / "sentence_bert_config.json"
+
+
+def test_an_unknown_task_is_a_value_error():
+    with pytest.raises(ValueError, match="task must be one of embed, rerank, classify"):
+        load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER), task="score")
+
+
+# ---------------------------------------------------------------- refusals
+def test_cross_encoder_without_a_head_is_refused(copy_of):
+    folder = copy_of(BERT_RERANKER)
+    _edit_json(folder / "config.json", architectures=["BertModel"])
+    with pytest.raises(ModelLoadError, match="a cross-encoder needs a") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "config.json"
+
+
+def test_cross_encoder_model_type_on_an_embedding_pipeline_is_refused(copy_of):
+    folder = copy_of(TinySpec("bert", "mean"))
+    _edit_json(folder / "config_sentence_transformers.json", model_type="CrossEncoder")
+    with pytest.raises(ModelLoadError, match="model_type 'CrossEncoder', but") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "config_sentence_transformers.json"
+
+
+def test_modules_after_a_sequence_classification_transformer_are_refused(copy_of):
+    folder = copy_of(BERT_RERANKER)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append(
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        }
+    )
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelLoadError, match="sequence-classification Transformer") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "modules.json"
+
+
+def test_cross_encoder_prompts_are_refused(copy_of):
+    folder = copy_of(BERT_RERANKER)
+    _edit_json(
+        folder / "config_sentence_transformers.json",
+        prompts={"query": "query: "},
+        default_prompt_name="query",
+    )
+    with pytest.raises(ModelLoadError, match="prompts are not applied") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "config_sentence_transformers.json"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"architectures": ["RobertaForSequenceClassification"]}, "this head is not served"),
+        ({"architectures": ["BertForSequenceClassification"], "model_type": "mpnet"}, "mpnet"),
+        ({"id2label": {"0": "a", "2": "b"}}, "id2label"),
+        ({"id2label": {"zero": "a"}}, "id2label keys"),
+        ({"id2label": {"0": "a"}, "num_labels": 2}, "num_labels 2 but id2label has 1"),
+    ],
+)
+def test_bad_head_config_is_refused(copy_of, changes, message):
+    folder = copy_of(CrossSpec("bert", save="hf"))
+    _edit_json(folder / "config.json", **changes)
+    with pytest.raises(ModelLoadError, match=message) as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "config.json"
+
+
+def test_missing_or_extra_head_weights_are_refused(copy_of):
+    folder = copy_of(BERT_RERANKER)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    missing = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
+    save_file(missing, weights)
+    with pytest.raises(ModelLoadError, match=r"missing tensors pooler\.dense\.bias") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == weights
+    save_file({**tensors, "classifier.extra": torch.zeros(2)}, weights)
+    with pytest.raises(ModelLoadError, match=r"unexpected tensors classifier\.extra"):
+        load_sentence_encoder(folder)
+
+
+def test_a_labels_mismatch_with_the_weights_is_refused(copy_of):
+    folder = copy_of(CrossSpec("bert", save="hf"))
+    _edit_json(folder / "config.json", id2label={"0": "a", "1": "b"}, label2id={"a": 0, "b": 1})
+    with pytest.raises(ModelLoadError, match=r"wrong shapes classifier\.weight") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == folder / "model.safetensors"
+
+
+def test_a_pair_template_that_cannot_be_derived_is_refused(copy_of):
+    """Type 1 from the query on ([CLS] A:1 ...): the ids cannot tell the model that."""
+    folder = copy_of(BERT_RERANKER)
+    file = folder / "tokenizer.json"
+    tok = json.loads(file.read_text())
+    for item in tok["post_processor"]["pair"]:
+        if "Sequence" in item and item["Sequence"]["id"] == "A":
+            item["Sequence"]["type_id"] = 1
+    file.write_text(json.dumps(tok))
+    with pytest.raises(ModelLoadError, match="does not switch to type 1 after a separator") as ei:
+        load_sentence_encoder(folder)
+    assert ei.value.file == file

@@ -18,6 +18,7 @@ from app.api.admin import build_admin_router
 from app.api.health import build_health_router
 from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from app.api.rerank import build_rerank_router
 from app.api.schemas import Limits, build_request_models
 from app.api.tei import build_tei_router
 from app.engine.engine import Engine, EngineConfigError
@@ -27,7 +28,9 @@ from app.settings import Settings, SettingsError, engine_error_message, load_set
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_ROUTES = frozenset({"/infer", "/v1/embeddings", "/embed", "/"})
+INFERENCE_ROUTES = frozenset(
+    {"/infer", "/v1/embeddings", "/embed", "/", "/v1/rerank", "/v2/rerank", "/rerank", "/predict"}
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     limits = Limits(
         max_inputs=settings.max_inputs_per_request,
+        # A call's pairs must fit the queue, which counts pairs.
+        max_documents=min(settings.max_documents, settings.max_queue),
         max_text_chars=settings.max_text_chars,
         max_batch_size=settings.max_batch_size,
         max_seq_len=settings.max_seq_len or 8192,
@@ -78,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [
         build_inference_router(models),
         build_tei_router(models),
+        build_rerank_router(models),
         build_admin_router(models),
         build_health_router(),
     ]

@@ -180,6 +180,12 @@ class ServiceMetrics:
             buckets=QUEUE_WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.request_items = Histogram(
+            "sidecar_request_items",
+            "Texts (or rerank pairs) per inference request.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
         self.padding_ratio = Histogram(
             "sidecar_padding_ratio",
             "Share of the tokens computed per batch that were padding (0 = none).",
@@ -221,6 +227,9 @@ class ServiceMetrics:
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
+
+    def on_request(self, items: int) -> None:
+        self.request_items.observe(items)
 
     def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
         if padded_tokens > 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +37,8 @@ from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.devices import device_name, resolve_device, resolve_dtype, resolve_graph_mode
 from app.engine.engine import TOY_MODEL, EngineConfig
 from app.engine.runner import RunnerConfig
+from models import TASKS
+from models.hub import is_hub_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,8 +47,6 @@ else:  # pragma: no cover - Python 3.10 has no tomllib (install tomli there)
 
 ENV_PREFIX = "SIDECAR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-# A Hugging Face repository id: "name" or "org/name" of letters, digits, "-", "_" and ".".
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 GraphModeName = Literal["AUTO", "NONE", "PIECEWISE", "FULL"]
 # The engine's frozen configs hold the defaults; the settings take theirs from them.
@@ -178,6 +177,8 @@ class Settings(BaseSettings):
     model: str | None = None
     model_path: str | None = None  # the former name of `model`, still accepted
     model_revision: str | None = Field(default=None, min_length=1, max_length=256)
+    # auto: from the model's config.json (an embedder, a reranker with one label, a classifier)
+    task: str = "auto"
     device: str = "auto"
     dtype: DtypeName = "auto"
     max_seq_len: int | None = Field(default=None, ge=2, le=8192)
@@ -206,12 +207,13 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=RunnerConfig.max_batch_size, ge=1, le=4096)
     max_batch_tokens: int = Field(default=RunnerConfig.max_num_tokens, ge=1)
     max_batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
-    max_queue: int = Field(default=1024, ge=1)
+    max_queue: int = Field(default=1024, ge=1)  # texts (or pairs) waiting at most
     request_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=1, ge=0, le=3600)
 
     # --- request limits ---
     max_inputs_per_request: int = Field(default=256, ge=1)
+    max_documents: int = Field(default=1000, ge=1)  # per rerank call
     max_text_chars: int = Field(default=8192, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=64)
 
@@ -228,6 +230,15 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in ("auto", *TASKS):
+                raise ValueError(f"must be auto or one of {', '.join(TASKS)}")
+        return value
 
     @field_validator("device", mode="before")
     @classmethod
@@ -264,7 +275,7 @@ class Settings(BaseSettings):
                 return TOY_MODEL
             if Path(value).expanduser().is_dir():
                 return str(Path(value).expanduser())
-            if not _HUB_ID.fullmatch(value):
+            if not is_hub_id(value):
                 raise ValueError(
                     f"{value!r} is neither a directory nor a hub id like 'org/name' "
                     "(nor 'toy' or 'default')"
@@ -365,6 +376,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             model=self.model_ref,
             model_revision=self.model_revision,
+            task=None if self.task == "auto" else self.task,
             device=device,
             dtype=dtype,
             max_seq_len=self.max_seq_len,

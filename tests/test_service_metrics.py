@@ -36,6 +36,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "sidecar_requests": ("counter", {"route", "status"}),
     "sidecar_request_seconds": ("histogram", set()),
     "sidecar_batch_size": ("histogram", set()),
+    "sidecar_request_items": ("histogram", set()),
     "sidecar_queue_depth": ("gauge", set()),
     "sidecar_queue_wait_seconds": ("histogram", set()),
     "sidecar_padding_ratio": ("histogram", set()),
@@ -117,6 +118,7 @@ def test_values_move_with_traffic(client: TestClient) -> None:
     assert delta("sidecar_requests_total", route="/infer", status="422") == 1
     assert delta("sidecar_request_seconds_count") == 5
     assert delta("sidecar_batch_size_count") == 4 and delta("sidecar_batch_size_sum") == 4
+    assert delta("sidecar_request_items_count") == 4 and delta("sidecar_request_items_sum") == 4
     assert delta("sidecar_queue_wait_seconds_count") == 4
     assert delta("sidecar_padding_ratio_count") == 4
     assert value(after, "sidecar_queue_depth") == 0

@@ -260,3 +260,11 @@ def test_the_model_by_its_name_or_its_former_name(
     monkeypatch.delenv("SIDECAR_MODEL")
     with pytest.raises(SettingsError, match="name different models"):
         load_settings(model="toy", model_path=str(tmp_path))
+
+
+def test_the_task_is_auto_or_one_the_models_know(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().engine_config().task is None  # auto: from the model's config.json
+    assert load_settings(task="Rerank").engine_config().task == "rerank"
+    monkeypatch.setenv("SIDECAR_TASK", "summarize")
+    with pytest.raises(SettingsError, match="SIDECAR_TASK: must be auto or one of embed"):
+        load_settings()

@@ -1,5 +1,6 @@
-"""What every embedding route does with a request's texts: the model's prompt, tokenizing,
-queueing while the client is still there, and Matryoshka dimensions."""
+"""What the model routes do with a request: check the model serves the route's task, prompt
+and tokenize texts (or pairs), queue them while the client is still there, and Matryoshka
+dimensions."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from app.errors import ApiError, error_response
 
 # nginx's "client closed request": counted in sidecar_requests_total, never received by anyone.
 CLIENT_GONE = 499
+
+# What each task is served by (for the 400 a route of another task answers).
+TASK_ROUTES = {
+    "embed": "POST /infer, /v1/embeddings or /embed",
+    "rerank": "POST /v1/rerank, /v2/rerank, /rerank or /predict",
+    "classify": "POST /predict",
+}
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,46 @@ def resized(
     return list(matrix.unbind(0))
 
 
+def require_task(engine: Engine, *tasks: str) -> None:
+    """400 unless the loaded model serves one of `tasks`, naming the task it does serve."""
+    served = engine.encoder.task
+    if served not in tasks:
+        raise ApiError(
+            400,
+            "wrong_task",
+            f"this server's model is a {served} model ({TASK_ROUTES[served]}), not "
+            f"{' or '.join(tasks)}",
+        )
+
+
 async def embed_texts(
     request: Request, engine: Engine, texts: list[str], prompt_name: str | None
 ) -> Embedded | None:
     """Prompt, tokenize and embed `texts`; None when the client left before the answer."""
+    require_task(engine, "embed")
     engine.check_ready(len(texts))  # refuse before tokenizing when it cannot be served
     token_ids = await engine.tokenize(prompted(engine, texts, prompt_name))
+    rows = await _embed_while_connected(request, engine, token_ids)
+    if rows is None:
+        return None
+    return Embedded(rows, sum(map(len, token_ids)))
+
+
+async def score_pairs(
+    request: Request, engine: Engine, pairs: list[tuple[str, str | None]]
+) -> Embedded | None:
+    """Tokenize (text, text pair) inputs (a None pair: the text alone) and run them; each row
+    holds the model's logits. None when the client left before the answer."""
+    engine.check_ready(len(pairs))  # the queue bound counts pairs
+    alone = {i: a for i, (a, b) in enumerate(pairs) if b is None}
+    both = {i: (a, b) for i, (a, b) in enumerate(pairs) if b is not None}
+    token_ids: list[list[int]] = [[] for _ in pairs]
+    if alone:
+        for i, ids in zip(alone, await engine.tokenize(list(alone.values())), strict=True):
+            token_ids[i] = ids
+    if both:
+        for i, ids in zip(both, await engine.tokenize_pairs(list(both.values())), strict=True):
+            token_ids[i] = ids
     rows = await _embed_while_connected(request, engine, token_ids)
     if rows is None:
         return None

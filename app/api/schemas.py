@@ -218,6 +218,7 @@ class ClearResponse(_Out):
 @dataclass(frozen=True)
 class Limits:
     max_inputs: int
+    max_documents: int
     max_text_chars: int
     max_batch_size: int
     max_seq_len: int
@@ -231,6 +232,9 @@ class RequestModels:
     infer: type[BaseModel]
     embeddings: type[BaseModel]
     embed: type[BaseModel]
+    rerank: type[BaseModel]
+    tei_rerank: type[BaseModel]
+    predict: type[BaseModel]
     prewarm: type[BaseModel]
 
 
@@ -273,6 +277,54 @@ def build_request_models(limits: Limits) -> RequestModels:
         prompt_name: PromptName | None = None
         dimensions: Dimensions | None = None
 
+    Documents = Annotated[list[Text], Field(min_length=1, max_length=limits.max_documents)]
+
+    class RerankDocument(_Strict):
+        text: Text
+
+    class RerankRequest(_Strict):
+        """Cohere's and Jina's rerank request. `model` is accepted and ignored (one model is
+        served); documents are not chunked, so `max_chunks_per_doc` and `max_tokens_per_doc`
+        change nothing (a document is truncated to the model's maximum); `priority` is
+        accepted and ignored."""
+
+        query: Text
+        documents: Annotated[
+            list[Text | RerankDocument], Field(min_length=1, max_length=limits.max_documents)
+        ]
+        model: Annotated[str, StringConstraints(max_length=256)] | None = None
+        top_n: Annotated[StrictInt, Field(ge=1)] | None = None
+        return_documents: StrictBool = False
+        rank_fields: list[Literal["text"]] | None = None
+        max_chunks_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+        max_tokens_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+        priority: StrictInt | None = None
+
+    class TeiRerankRequest(_Strict):
+        """text-embeddings-inference's rerank request (documents longer than the model's
+        maximum are truncated, as with --auto-truncate)."""
+
+        query: Text
+        texts: Documents
+        raw_scores: StrictBool = False
+        return_text: StrictBool = False
+        truncate: StrictBool | None = None
+
+    class PredictRequest(_Strict):
+        """text-embeddings-inference's predict request: one input (a text, `[text]` or
+        `[text, text_pair]`) or a batch of them (`[[text], [text, text_pair], ...]`)."""
+
+        inputs: (
+            Text
+            | Annotated[list[Text], Field(min_length=1, max_length=2)]
+            | Annotated[
+                list[Annotated[list[Text], Field(min_length=1, max_length=2)]],
+                Field(min_length=1, max_length=limits.max_inputs),
+            ]
+        )
+        raw_scores: StrictBool = False
+        truncate: StrictBool | None = None
+
     class PrewarmShape(_Strict):
         batch_size: Annotated[StrictInt, Field(ge=1, le=limits.max_batch_size)]
         seq_len: Annotated[StrictInt, Field(ge=1, le=limits.max_seq_len)]
@@ -305,5 +357,11 @@ def build_request_models(limits: Limits) -> RequestModels:
             return self
 
     return RequestModels(
-        infer=InferRequest, embeddings=EmbeddingsRequest, embed=EmbedRequest, prewarm=PrewarmRequest
+        infer=InferRequest,
+        embeddings=EmbeddingsRequest,
+        embed=EmbedRequest,
+        rerank=RerankRequest,
+        tei_rerank=TeiRerankRequest,
+        predict=PredictRequest,
+        prewarm=PrewarmRequest,
     )

@@ -76,6 +76,8 @@ class EngineConfigError(ValueError):
 class EngineObserver(BatchObserver, Protocol):
     def on_padding(self, real_tokens: int, padded_tokens: int) -> None: ...
 
+    def on_request(self, items: int) -> None: ...
+
 
 class _NullObserver:
     def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
@@ -87,6 +89,9 @@ class _NullObserver:
     def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
         pass
 
+    def on_request(self, items: int) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -95,6 +100,7 @@ class EngineConfig:
 
     model: str | None  # a directory or hub id; None: the bundled all-MiniLM-L6-v2; "toy"
     model_revision: str | None  # of a hub id
+    task: str | None  # embed, rerank or classify; None: what the model's config says
     device: str
     dtype: torch.dtype
     max_seq_len: int | None  # None: the model's own
@@ -253,9 +259,20 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, tokenizer.encode, texts)
 
+    async def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
+        """Token ids per (query, document) pair, as the model was trained on pairs (the
+        document truncated first)."""
+        tokenizer = self.encoder.tokenizer
+        if sum(len(q) + len(d) for q, d in pairs) <= TOKENIZE_INLINE_CHARS:
+            return tokenizer.encode_pairs(pairs).ids
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(None, tokenizer.encode_pairs, pairs)
+        return encoded.ids
+
     async def embed(self, token_ids: list[list[int]]) -> list[torch.Tensor]:
         """One (dimensions,) float32 CPU row per text, in order, batched with other requests."""
         self.check_ready()
+        self._observer.on_request(len(token_ids))
         assert self._batcher is not None
         return await self._batcher.submit(token_ids)
 
@@ -309,6 +326,7 @@ class Engine:
             encoder = load_sentence_encoder(
                 cfg.model,
                 revision=cfg.model_revision,
+                task=cfg.task,
                 device=cfg.device,
                 dtype=cfg.dtype,
                 max_seq_len=cfg.max_seq_len,
@@ -332,10 +350,11 @@ class Engine:
             ) from exc
         cache = cfg.runner.cache
         logger.info(
-            "loaded %s (%s, %s pooling%s, %d dims, max %d tokens) on %s/%s in %.2f s; "
+            "loaded %s (%s %s, %s pooling%s, %d dims, max %d tokens) on %s/%s in %.2f s; "
             "graph mode %s (up to %d graphs, captured after %d lookups)",
             encoder.name,
             encoder.family,
+            encoder.task,
             encoder.pooling,
             ", normalised" if encoder.normalized else "",
             encoder.dimensions,

@@ -76,6 +76,17 @@ class SentenceModel(nn.Module):
     def forward_packed(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
     ) -> torch.Tensor:
-        """Eager packed forward: input_ids, 0-based position_ids (T,) -> (B, D) float32."""
-        hidden = self.encoder.forward_packed_hidden(input_ids, position_ids, layout)  # (T, H)
-        return self.pool_packed(hidden, layout)
+        """Eager packed forward: input_ids, 0-based position_ids (T,) -> (B, D) float32.
+
+        The reference composition of the pieces; the runner does the same with static buffers.
+        """
+        T, H = input_ids.shape[0], self.config.hidden_size
+        dtype = next(self.encoder.parameters()).dtype
+        bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
+        attn = torch.empty_like(bufs[0])
+        pieces = self.packed_pieces()
+        qkv = pieces[0](input_ids, position_ids, bufs[0])
+        for i, piece in enumerate(pieces[1:]):
+            self.attend_packed(qkv, layout, attn, i)
+            qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
+        return self.pool_packed(qkv, layout)  # qkv: the last piece's hidden state (T, H)

@@ -178,18 +178,3 @@ class ModernBertEncoder(nn.Module):
         rotated = rotate_qkv(qkv[:T], cos, sin, block.num_heads)  # (T, 3H)
         extra = self.window if block.sliding else None
         attend_groups(rotated, layout, out, block.num_heads, extra)
-
-    def forward_packed_hidden(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
-    ) -> torch.Tensor:
-        """Eager packed forward: input_ids, position_ids (T,) -> last hidden state (T, H)."""
-        T, H = input_ids.shape[0], self.config.hidden_size
-        dtype = self.embeddings.tok_embeddings.weight.dtype
-        bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
-        attn = torch.empty_like(bufs[0])
-        pieces = self.packed_pieces()
-        qkv = pieces[0](input_ids, position_ids, bufs[0])
-        for i, piece in enumerate(pieces[1:]):
-            self.attend_packed(qkv, layout, attn, i)
-            qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
-        return qkv

@@ -85,21 +85,3 @@ class TransformerEncoder(nn.Module):
         bias = self.relative_bias
         extra = None if bias is None else (lambda S: bias(S).to(qkv.dtype))  # (1, nh, S, S)
         attend_groups(qkv, layout, out, self.config.num_attention_heads, extra)
-
-    def forward_packed_hidden(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout
-    ) -> torch.Tensor:
-        """Eager packed forward: input_ids, position_ids (T,) -> last hidden state (T, H).
-
-        The reference composition of the pieces; the runner does the same with static buffers.
-        """
-        T, H = input_ids.shape[0], self.config.hidden_size
-        dtype = self.embeddings.LayerNorm.weight.dtype
-        bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
-        attn = torch.empty_like(bufs[0])
-        pieces = self.packed_pieces()
-        qkv = pieces[0](input_ids, position_ids, bufs[0])
-        for i, piece in enumerate(pieces[1:]):
-            self.attend_packed(qkv, layout, attn, i)
-            qkv = piece(bufs[i % 2], attn, bufs[(i + 1) % 2])
-        return qkv

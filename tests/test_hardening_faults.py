@@ -1,7 +1,7 @@
 """Faults inside the service: a model that raises, captures that run out of memory, a memory
 budget that cannot hold the graphs, clients that leave in the middle of a batch.
 
-Faults are real faults of the loaded model: forward hooks registered on the BertEncoder the
+Faults are real faults of the loaded model: forward hooks registered on the SentenceModel the
 engine loaded (reached through the app's engine), which raise (or block) in the worker thread
 exactly where a broken kernel or an out-of-memory would. Nothing of the project is mocked.
 The app runs in-process over ASGI with its lifespan (toy model); the disconnect check also runs

@@ -49,7 +49,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def the_model(app: FastAPI) -> torch.nn.Module:
-    """The BertEncoder the engine loaded (the one its runner and graphs call)."""
+    """The SentenceModel the engine loaded (the one its runner and graphs call)."""
     model: torch.nn.Module = app.state.engine.encoder.model
     return model
 

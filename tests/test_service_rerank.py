@@ -98,6 +98,12 @@ def test_predict_on_a_classifier(classifier: TestClient) -> None:
     pairs = [("a cuda graph replays kernels", "it does"), ("hello there", "general kenobi")]
     probs = torch.softmax(hf_logits(tiny_classifier(), pairs), dim=-1)  # (2, 3)
     names = ["positive", "negative", "neutral"]
+    assert classifier.get("/info").json()["model_type"] == {
+        "classifier": {
+            "id2label": {"0": "positive", "1": "negative", "2": "neutral"},
+            "label2id": {"positive": 0, "negative": 1, "neutral": 2},
+        }
+    }
     batch = classifier.post("/predict", json={"inputs": [list(p) for p in pairs]})
     assert batch.status_code == 200, batch.text
     for got, expected in zip(batch.json(), probs, strict=True):

@@ -117,8 +117,17 @@ class EmbeddingModelType(_Out):
     pooling: str
 
 
+class ClassifierModelType(_Out):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
 class InfoModelType(_Out):
-    embedding: EmbeddingModelType
+    """One of the three, as text-embeddings-inference names them."""
+
+    embedding: EmbeddingModelType | None = None
+    reranker: ClassifierModelType | None = None
+    classifier: ClassifierModelType | None = None
 
 
 class InfoResponse(_Out):

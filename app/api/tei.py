@@ -19,6 +19,17 @@ from app.errors import error_responses
 VERSION = "0.1.0"
 
 
+def _model_type(task: str, pooling: str, labels: tuple[str, ...]) -> dict[str, Any]:
+    """TEI's model_type: {"embedding": {"pooling"}}, or {"reranker" | "classifier": labels}."""
+    if task == "embed":
+        return {"embedding": {"pooling": pooling}}
+    heads = {
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    return {"reranker" if task == "rerank" else "classifier": heads}
+
+
 def build_tei_router(models: RequestModels) -> APIRouter:
     router = APIRouter(tags=["text-embeddings-inference"])
 
@@ -50,7 +61,11 @@ def build_tei_router(models: RequestModels) -> APIRouter:
         )
 
     @router.get(
-        "/info", response_model=InfoResponse, responses=error_responses(503), summary="Model info"
+        "/info",
+        response_model=InfoResponse,
+        response_model_exclude_unset=True,  # model_type holds only the served task's key
+        responses=error_responses(503),
+        summary="Model info",
     )
     async def info(request: Request) -> dict[str, Any]:
         """What is served: text-embeddings-inference's fields, plus the family, pooling,
@@ -62,7 +77,7 @@ def build_tei_router(models: RequestModels) -> APIRouter:
             "model_id": encoder.name,
             "model_sha": settings.model_revision,
             "model_dtype": str(encoder.dtype).removeprefix("torch."),
-            "model_type": {"embedding": {"pooling": encoder.pooling}},
+            "model_type": _model_type(encoder.task, encoder.pooling, encoder.labels),
             "max_concurrent_requests": settings.max_queue,
             "max_input_length": encoder.max_seq_len,
             "max_batch_tokens": settings.max_batch_tokens,

@@ -77,6 +77,35 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     a = add("adaptive", "adaptive capture against capturing the whole ladder")
     add("overhead", "hit-path overhead of the graph wrapper over a direct call")
     every = add("all", "engine, service, adaptive and overhead")
+    r = add("rerank", "the sidecar's /rerank against a CrossEncoder.predict server (8 clients)")
+    r.add_argument("--threads", type=int, default=2, help="torch threads in both servers")
+    r.add_argument("--requests", type=int, help="measured requests per server and round")
+    r.add_argument("--rounds", type=int, help="rounds per server, pooled (full preset: 2)")
+    r.add_argument(
+        "--model",
+        default=None,
+        help="cross-encoder dir (default: an ms-marco-MiniLM-L-6-v2-sized one, built once)",
+    )
+    r.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="the sidecar's SIDECAR_DTYPE (auto: as the sidecar resolves it)",
+    )
+    r.add_argument(
+        "--ce-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="the CrossEncoder server's dtype (default: float32, as users first run it)",
+    )
+    r.add_argument(
+        "--sidecar-env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="SIDECAR_X=V",
+        help="extra sidecar setting for the run (repeatable)",
+    )
     for p in (s, every):
         p.add_argument("--threads", type=int, default=2, help="torch threads in every server")
         p.add_argument(
@@ -264,6 +293,25 @@ def run_service(args: argparse.Namespace, results: ResultsDir) -> None:
     service.run_service_bench(opts, results)
 
 
+def run_rerank(args: argparse.Namespace, results: ResultsDir) -> None:
+    from bench import rerank
+
+    preset = rerank.RERANK_QUICK if args.quick else rerank.RERANK_FULL
+    if args.requests:
+        preset = replace(preset, requests=args.requests)
+    if args.rounds:
+        preset = replace(preset, rounds=args.rounds)
+    opts = rerank.RerankOptions(
+        preset=preset,
+        model=args.model,
+        threads=args.threads,
+        dtype=args.dtype,
+        ce_dtype=args.ce_dtype,
+        sidecar_env=dict(args.sidecar_env),
+    )
+    rerank.run_rerank_bench(opts, results)
+
+
 def run_adaptive(args: argparse.Namespace, results: ResultsDir) -> None:
     from bench import adaptive
 
@@ -342,6 +390,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {
     "service": run_service,
     "adaptive": run_adaptive,
     "overhead": run_overhead,
+    "rerank": run_rerank,  # on its own: not part of `all`
 }
 
 

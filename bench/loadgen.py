@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -68,6 +69,26 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
+# The rerank load: one query against RERANK_DOCS documents per request (the documents drawn from
+# the same length mix as the texts above), POST /rerank in text-embeddings-inference's shape.
+RERANK_DOCS = (20, 100)
+LOADS = ("infer", "rerank")
+
+
+def make_rerank_requests(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` rerank requests `{"query", "texts"}` with a fixed seed: a short query (3 to 12 words)
+    and 20 to 100 documents of mixed length each; the same list on every machine."""
+    if n < 1:
+        raise ValueError(f"need at least one request, got n={n}")
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        docs = make_texts(rng.randint(*RERANK_DOCS), seed=seed * 1_000_003 + i + 1)
+        query = " ".join(rng.choices(_WORDS, k=rng.randint(3, 12))).capitalize() + "?"
+        out.append({"query": query, "texts": docs})
+    return out
+
+
 def texts_sent(texts: Sequence[str], count: int, start_index: int = 0) -> list[str]:
     """The texts `count` requests carry: request i sends texts[(start_index + i) % len(texts)],
     so every server (and the raw runner) gets the same sequence."""
@@ -109,6 +130,10 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     # Every successful request's latency (ms, in completion order), so runs can be pooled.
     latencies_ms: list[float] = field(default_factory=list)
+    # Units answered by the successful requests (texts; for the rerank load, documents scored,
+    # i.e. query-document pairs) and their rate over the wall time.
+    items: int = 0
+    items_per_s: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -121,15 +146,18 @@ def summarise(
     statuses: Sequence[str],
     wall_seconds: float,
     error_samples: Sequence[str] = (),
+    items: int | None = None,
 ) -> LoadResult:
     """Build a LoadResult from raw per-request observations. `statuses` has one entry per request
     sent: "ok" for a success, else the HTTP status as a string, "bad_body" for a 200 whose body is
-    not one embedding, or the exception's class name."""
+    not one embedding, or the exception's class name. `items`: units the successes answered
+    (default: one per success)."""
     counts = Counter(statuses)
     ok = counts.get("ok", 0)
     if ok != len(latencies_ok_s):
         raise ValueError(f"{ok} successes but {len(latencies_ok_s)} latencies")
     ms = [1000.0 * x for x in latencies_ok_s]
+    items = ok if items is None else items
     return LoadResult(
         url=url,
         concurrency=concurrency,
@@ -146,6 +174,8 @@ def summarise(
         status_counts=dict(sorted(counts.items())),
         error_samples=list(error_samples)[:5],
         latencies_ms=ms,
+        items=items,
+        items_per_s=items / wall_seconds if wall_seconds > 0 else 0.0,
     )
 
 
@@ -164,7 +194,10 @@ def pool(results: Sequence[LoadResult]) -> LoadResult:
             statuses += [status] * count
     samples = [e for r in results for e in r.error_samples]
     wall = sum(r.wall_seconds for r in results)
-    return summarise(results[0].url, results[0].concurrency, latencies, statuses, wall, samples)
+    items = sum(r.items for r in results)
+    return summarise(
+        results[0].url, results[0].concurrency, latencies, statuses, wall, samples, items
+    )
 
 
 def check_answer(status: int, body: bytes) -> str | None:
@@ -181,6 +214,28 @@ def check_answer(status: int, body: bytes) -> str | None:
         return f"bad body ({type(exc).__name__}): {body[:200]!r}"
     if not isinstance(embeddings, list) or len(embeddings) != 1 or not embeddings[0]:
         return f"expected one embedding, got {str(embeddings)[:200]}"
+    return None
+
+
+def check_rerank_answer(status: int, body: bytes, documents: int) -> str | None:
+    """None when the answer is a 200 with text-embeddings-inference's rerank shape: a list of
+    `documents` items, each with an `index` (every document's exactly once) and a numeric
+    `score`; else why not."""
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        answer = orjson.loads(body)
+    except ValueError as exc:
+        return f"bad body ({type(exc).__name__}): {body[:200]!r}"
+    if not isinstance(answer, list) or len(answer) != documents:
+        return f"expected a list of {documents} results, got {str(answer)[:200]}"
+    try:
+        indices = sorted(item["index"] for item in answer)
+        scores_ok = all(isinstance(item["score"], int | float) for item in answer)
+    except (KeyError, TypeError) as exc:
+        return f"bad result ({type(exc).__name__}): {str(answer)[:200]}"
+    if indices != list(range(documents)) or not scores_ok:
+        return f"results are not one index and score per document: {str(answer)[:200]}"
     return None
 
 
@@ -218,6 +273,21 @@ class RawHTTPConnection:
             raise
 
     async def _post(self, body: bytes) -> tuple[int, bytes]:
+        if self._writer is not None:
+            try:
+                return await self._exchange(body)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    raise
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            # A kept-alive connection the server closed while it sat idle (uvicorn's keep-alive
+            # timeout is 5 s; a client idles that long between a slow warm-up and the run):
+            # nothing was answered, so resend once on a new connection, as HTTP clients do.
+            await self.close()
+        return await self._exchange(body)
+
+    async def _exchange(self, body: bytes) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader = self._reader
@@ -307,7 +377,7 @@ class LoadClient:
 
 async def run_load(
     url: str,
-    texts: Sequence[str],
+    texts: Sequence[Any],
     *,
     concurrency: int,
     num_requests: int,
@@ -315,6 +385,7 @@ async def run_load(
     start_index: int = 0,
     transport: str = "raw",
     client: LoadClient | None = None,
+    load: str = "infer",
 ) -> LoadResult:
     """Send `num_requests` POSTs of `{"inputs": [text]}` to `url` from `concurrency` clients.
 
@@ -322,11 +393,17 @@ async def run_load(
     sequence of texts. The bodies are encoded before the clock starts to keep the client's own
     CPU use out of the measurement as far as possible. Pass `client` to reuse its open
     connections (warm-up, then the measured run).
+
+    `load="rerank"`: `texts` holds rerank requests (`make_rerank_requests`), each posted as is
+    (`{"query", "texts"}`) and answered with one index and score per document; `items` counts
+    the documents (pairs) scored.
     """
     if concurrency < 1 or num_requests < 1:
         raise ValueError("concurrency and num_requests must be >= 1")
     if not texts:
         raise ValueError("no texts to send")
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {LOADS}, got {load!r}")
     if client is None:
         async with LoadClient(url, concurrency, transport) as own:
             return await run_load(
@@ -337,22 +414,27 @@ async def run_load(
                 timeout_s=timeout_s,
                 start_index=start_index,
                 client=own,
+                load=load,
             )
     if client.concurrency != concurrency:
         raise ValueError(f"client has {client.concurrency} connections, asked for {concurrency}")
-    bodies = [
-        json.dumps({"inputs": [text]}).encode()
-        for text in texts_sent(texts, num_requests, start_index)
-    ]
+    sent = [texts[(start_index + i) % len(texts)] for i in range(num_requests)]
+    if load == "rerank":
+        bodies = [json.dumps(req).encode() for req in sent]
+        units = [len(req["texts"]) for req in sent]
+    else:
+        bodies = [json.dumps({"inputs": [text]}).encode() for text in sent]
+        units = [1] * num_requests
     latencies: list[float] = []
+    items = 0
     statuses: list[str] = []
     samples: list[str] = []
     next_index = 0
 
     async def client_loop(send: Sender) -> None:
-        nonlocal next_index
+        nonlocal next_index, items
         while next_index < num_requests:
-            body = bodies[next_index]
+            body, count = bodies[next_index], units[next_index]
             next_index += 1  # single-threaded event loop: no lock needed between awaits
             t0 = time.perf_counter()
             try:
@@ -367,8 +449,12 @@ async def run_load(
                 problem: str | None = f"{type(exc).__name__}: {exc}"
                 statuses.append(type(exc).__name__)
             else:
-                problem = check_answer(status, data)
+                if load == "rerank":
+                    problem = check_rerank_answer(status, data, count)
+                else:
+                    problem = check_answer(status, data)
                 if problem is None:
+                    items += count
                     statuses.append("ok")
                 elif status == 200:
                     statuses.append("bad_body")
@@ -382,7 +468,7 @@ async def run_load(
     t_start = time.perf_counter()
     await asyncio.gather(*(client_loop(send) for send in client.senders()))
     wall = time.perf_counter() - t_start
-    return summarise(url, concurrency, latencies, statuses, wall, samples)
+    return summarise(url, concurrency, latencies, statuses, wall, samples, items)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -394,7 +480,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--warmup", type=int, default=0, help="requests sent first, not counted")
-    parser.add_argument("--texts-file", type=Path, help="JSON list of texts (default: the mix)")
+    parser.add_argument(
+        "--texts-file",
+        type=Path,
+        help="JSON list of texts, or of rerank requests with --load rerank (default: the mix)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=LOADS,
+        default="infer",
+        help="infer: one text per request; rerank: one query and its documents per request",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the default text mix")
     parser.add_argument("--start-index", type=int, default=0, help="first text sent")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
@@ -406,8 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    texts: list[Any]
     if args.texts_file is not None:
         texts = json.loads(args.texts_file.read_text())
+    elif args.load == "rerank":
+        texts = make_rerank_requests(max(args.requests, 16), seed=args.seed)
     else:
         texts = make_texts(max(args.requests, 64), seed=args.seed)
 
@@ -424,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     timeout_s=args.timeout,
                     start_index=len(texts) // 2,
                     client=client,
+                    load=args.load,
                 )
             return await run_load(
                 args.url,
@@ -433,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 start_index=args.start_index,
                 client=client,
+                load=args.load,
             )
 
     result = asyncio.run(go())

@@ -264,9 +264,12 @@ def run_loadgen(
     transport: str = "raw",
     start_index: int = 0,
     warmup: int = 0,
+    load: str = "infer",
+    timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """One load run, in its own process; returns the LoadResult as a dict. `warmup` requests go
-    first on the same connections, uncounted."""
+    first on the same connections, uncounted. `load`: bench.loadgen's (infer or rerank);
+    `timeout_s`: per request."""
     cmd = [
         sys.executable,
         "-m",
@@ -285,6 +288,10 @@ def run_loadgen(
         transport,
         "--warmup",
         str(warmup),
+        "--load",
+        load,
+        "--timeout",
+        str(timeout_s),
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:

@@ -1,21 +1,12 @@
-"""Capturing one graph: warm-up, capture, memory measurement (CUDA) or the mock on CPU.
+"""Capturing one graph (``capture_piece``, by the device of the inputs): CUDA or the mock.
 
-On CUDA, following PyTorch's and vLLM's recipe:
-1. warm-up runs on a side stream (lazy inits, cuBLAS workspaces, allocator growth happen outside
-   the graph);
-2. synchronise and ``empty_cache`` so the "before" figure holds no cached free blocks;
-3. capture on one process-wide capture stream per device (the same stream for every capture, so
-   graphs sharing a pool can really share its memory), into the pool the policy chose;
-4. ``memory_bytes`` = increase of ``torch.cuda.memory_reserved()`` across the capture: the device
-   segments the graph's pool took, i.e. what evicting it (per-graph pool) gives back. The
-   ``memory_allocated()`` delta (live tensors left behind: the outputs) is logged for debugging.
-The capture block uses ``capture_begin``/``capture_end`` directly so that a failing capture always
-restores the current stream, hands its memory pool back and drops the half-built graph.
-
-On CPU a ``MockCUDAGraph`` records the function; its ``memory_bytes`` is the byte size of the
-output storage, the least a real graph would pin.
-
-``capture_piece`` picks one of the two by the device of the inputs and returns a ``PieceGraph``.
+On CUDA, PyTorch's and vLLM's recipe: warm-up on a side stream (lazy inits happen outside the
+graph); synchronise and ``empty_cache``; capture on one capture stream per device (graphs sharing
+a pool really share its memory) into the pool given; ``memory_bytes`` = the increase of
+``memory_reserved()`` across the capture, what evicting the graph (own pool) gives back.
+``capture_begin``/``capture_end`` are called directly so a failing capture always restores the
+stream, hands its pool back and drops the half-built graph. On CPU a ``MockCUDAGraph`` records the
+function; its ``memory_bytes`` is the byte size of the output, the least a real graph would pin.
 """
 
 from __future__ import annotations

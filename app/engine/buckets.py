@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from app.cudagraph import BatchDescriptor, CUDAGraphMode, get_cudagraph_sizes, pad_to_size
 
-DEFAULT_SEQ_BUCKETS = (16, 32, 64, 128, 256)
+SMALLEST_SEQ_BUCKET = 16
 
 
 def _check_ladder(name: str, sizes: Sequence[int]) -> list[int]:
@@ -32,8 +32,11 @@ def _check_ladder(name: str, sizes: Sequence[int]) -> list[int]:
 
 
 def seq_ladder(buckets: Sequence[int] | None, max_seq_len: int) -> list[int]:
-    """Sequence buckets capped at max_seq_len, which is always the top rung (every request fits)."""
-    sizes = _check_ladder("seq_buckets", DEFAULT_SEQ_BUCKETS if buckets is None else buckets)
+    """Sequence buckets capped at max_seq_len, which is always the top rung (every request fits).
+    None: powers of two from 16 (a long-context model's short texts never pad to its maximum)."""
+    if buckets is None:
+        buckets = [SMALLEST_SEQ_BUCKET << i for i in range(max(1, max_seq_len.bit_length()))]
+    sizes = _check_ladder("seq_buckets", buckets)
     return sorted({s for s in sizes if s < max_seq_len} | {max_seq_len})
 
 

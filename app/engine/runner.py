@@ -61,7 +61,7 @@ class RunnerConfig:
     """How the runner pads, splits and caches graphs (mode already resolved: no "auto").
 
     capture_sizes: FULL batch-size ladder (None: `get_cudagraph_sizes` default up to
-        max_batch_size). seq_buckets: FULL sequence buckets (None: 16, 32, 64, 128, 256), capped
+        max_batch_size). seq_buckets: FULL sequence buckets (None: powers of two from 16), capped
         at the encoder's max_seq_len, which is always the top one. token_buckets: PIECEWISE token
         ladder (None: `buckets.default_token_ladder` up to max_num_tokens).
     max_num_tokens: tokens in one forward (FULL: padded B*S; PIECEWISE: the token bucket).

@@ -22,7 +22,8 @@ VERSION = "0.1.0"
 def _model_type(task: str, pooling: str, labels: tuple[str, ...]) -> dict[str, Any]:
     """TEI's model_type: {"embedding": {"pooling"}}, or {"reranker" | "classifier": labels}."""
     if task == "embed":
-        return {"embedding": {"pooling": pooling}}
+        # TEI's spelling where it has the mode; sentence-transformers' for the others.
+        return {"embedding": {"pooling": "last_token" if pooling == "lasttoken" else pooling}}
     heads = {
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},

@@ -35,6 +35,8 @@ class SentenceEncoder:
     default_prompt_name: str | None = None
     task: str = "embed"
     labels: tuple[str, ...] = ()
+    # A reranker's score from its logit: "sigmoid" (sentence-transformers' default) or "identity".
+    score_activation: str = "sigmoid"
 
     @property
     def dimensions(self) -> int:

@@ -35,6 +35,7 @@ from models.st_modules import (
     read_json_object,
     read_modules,
     read_prompts,
+    score_activation,
 )
 from models.task import check_task, pair_type_separator, read_head, resolve_task
 from models.tokenizer import TextTokenizer
@@ -240,4 +241,11 @@ def load_sentence_encoder(
         default_prompt_name=prompts.default_prompt_name,
         task=task,
         labels=pipeline.labels if isinstance(pipeline, ClassificationHead) else (),
+        # Where the CrossEncoder declared it: its own config (newer), or config.json (older).
+        score_activation=prompts.activation
+        or score_activation(
+            folder / "config.json",
+            (raw_config.get("sentence_transformers") or {}).get("activation_fn"),
+        )
+        or "sigmoid",
     )

@@ -63,6 +63,11 @@ _TASK_OUTPUTS = {
     FEATURE_EXTRACTION: ("token_embeddings", "last_hidden_state"),
     SEQUENCE_CLASSIFICATION: ("scores", "logits"),
 }
+# A CrossEncoder's activation_fn -> the name the service applies to a reranker's logit.
+SCORE_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+}
 # config_sentence_transformers.json model_type values served.
 ST_MODEL_TYPES = ("SentenceTransformer", "CrossEncoder")
 _DENSE_TANH = "torch.nn.modules.activation.Tanh"  # Dense's default activation
@@ -90,6 +95,7 @@ class Prompts:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     model_type: str = "SentenceTransformer"
+    activation: str | None = None  # a CrossEncoder's score activation (see SCORE_ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -327,4 +333,17 @@ def read_prompts(file: Path) -> Prompts:
         raise ModelLoadError(
             file, f"default_prompt_name {default!r} is not one of the prompts {sorted(prompts)}"
         )
-    return Prompts(dict(prompts), default, kind)
+    return Prompts(dict(prompts), default, kind, score_activation(file, raw.get("activation_fn")))
+
+
+def score_activation(file: Path, activation_fn: object) -> str | None:
+    """A CrossEncoder's declared activation_fn as SCORE_ACTIVATIONS names it (None: not set)."""
+    if activation_fn is None:
+        return None
+    if activation_fn not in SCORE_ACTIVATIONS:
+        raise ModelLoadError(
+            file,
+            f"activation_fn {activation_fn!r} is not supported "
+            f"(one of {sorted(SCORE_ACTIVATIONS)})",
+        )
+    return SCORE_ACTIVATIONS[str(activation_fn)]

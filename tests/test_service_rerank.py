@@ -197,3 +197,30 @@ def test_nan_and_a_megabyte_answer_4xx(reranker: TestClient) -> None:
     assert resp.status_code == 422
     big = reranker.post("/v1/rerank", json={"query": "q", "documents": ["x" * (1 << 20)]})
     assert big.status_code in (413, 422)
+
+
+def test_a_cross_encoder_that_declares_identity_scores_with_logits(tmp_path: Any) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "identity-reranker"
+    shutil.copytree(tiny_reranker(), folder)
+    config = folder / "config_sentence_transformers.json"
+    raw = json.loads(config.read_text())
+    raw["activation_fn"] = "torch.nn.modules.linear.Identity"
+    config.write_text(json.dumps(raw))
+    logits = hf_logits(tiny_reranker(), [(QUERY, d) for d in DOCS])[:, 0]
+    with serve(str(folder)) as c:
+        wait_ready(c)
+        answer = c.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
+    got = {a["index"]: a["score"] for a in answer}
+    torch.testing.assert_close(
+        torch.tensor([got[i] for i in range(len(DOCS))]), logits, atol=1e-4, rtol=0
+    )
+    # an activation the service does not know refuses the model at start-up, naming the file
+    raw["activation_fn"] = "torch.nn.modules.activation.Softplus"
+    config.write_text(json.dumps(raw))
+    from models import ModelLoadError, load_sentence_encoder
+
+    with pytest.raises(ModelLoadError, match="config_sentence_transformers.json.*Softplus"):
+        load_sentence_encoder(folder)

@@ -23,11 +23,11 @@ from app.errors import error_responses
 _ERRORS = error_responses(400, 413, 422, 500, 503)
 
 
-def _scores(rows: list[torch.Tensor], raw: bool) -> list[float]:
-    """A reranker's score per pair: the sigmoid of its one logit (CrossEncoder's default), or
-    the logit itself."""
+def _scores(rows: list[torch.Tensor], activation: str, raw: bool) -> list[float]:
+    """A reranker's score per pair from its one logit: the model's declared activation (the
+    sigmoid unless its CrossEncoder config says identity), or the logit itself when `raw`."""
     logits = torch.stack(rows)[:, 0]  # (n,)
-    return (logits if raw else torch.sigmoid(logits)).tolist()
+    return (logits if raw or activation == "identity" else torch.sigmoid(logits)).tolist()
 
 
 def _ranked(scores: list[float], top_n: int | None) -> list[int]:
@@ -63,7 +63,7 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         done = await score_pairs(request, engine, [(body.query, d) for d in docs])
         if done is None:
             return gone_response()
-        scores = _scores(done.rows, raw=False)
+        scores = _scores(done.rows, engine.encoder.score_activation, raw=False)
         results = []
         for i in _ranked(scores, body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
@@ -86,7 +86,7 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         done = await score_pairs(request, engine, [(body.query, t) for t in body.texts])
         if done is None:
             return gone_response()
-        scores = _scores(done.rows, raw=body.raw_scores)
+        scores = _scores(done.rows, engine.encoder.score_activation, raw=body.raw_scores)
         answer = []
         for i in _ranked(scores, None):
             item: dict[str, Any] = {"index": i, "score": scores[i]}

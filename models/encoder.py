@@ -37,6 +37,9 @@ class SentenceEncoder:
     labels: tuple[str, ...] = ()
     # A reranker's score from its logit: "sigmoid" (sentence-transformers' default) or "identity".
     score_activation: str = "sigmoid"
+    # A classifier whose config.json problem_type is multi_label_classification: each label is
+    # scored on its own (sigmoid), not as one softmax over the labels.
+    multi_label: bool = False
 
     @property
     def dimensions(self) -> int:

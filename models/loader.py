@@ -248,4 +248,6 @@ def load_sentence_encoder(
             (raw_config.get("sentence_transformers") or {}).get("activation_fn"),
         )
         or "sigmoid",
+        multi_label=task == "classify"
+        and raw_config.get("problem_type") == "multi_label_classification",
     )

@@ -224,3 +224,24 @@ def test_a_cross_encoder_that_declares_identity_scores_with_logits(tmp_path: Any
 
     with pytest.raises(ModelLoadError, match="config_sentence_transformers.json.*Softplus"):
         load_sentence_encoder(folder)
+
+
+def test_a_multi_label_classifier_scores_each_label_on_its_own(tmp_path: Any) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "multi-label"
+    shutil.copytree(tiny_classifier(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["problem_type"] = "multi_label_classification"
+    (folder / "config.json").write_text(json.dumps(config))
+    pair = ("a cuda graph replays kernels", "it does")
+    expected = torch.sigmoid(hf_logits(tiny_classifier(), [pair]))[0]  # (3,), not summing to 1
+    with serve(str(folder)) as c:
+        wait_ready(c)
+        got = c.post("/predict", json={"inputs": list(pair)}).json()
+    by_label = {x["label"]: x["score"] for x in got}
+    names = ["positive", "negative", "neutral"]
+    torch.testing.assert_close(
+        torch.tensor([by_label[n] for n in names]), expected, atol=1e-4, rtol=0
+    )

@@ -37,12 +37,15 @@ def _ranked(scores: list[float], top_n: int | None) -> list[int]:
     return order if top_n is None else order[:top_n]
 
 
-def _labels(row: torch.Tensor, names: tuple[str, ...], raw: bool) -> list[dict[str, Any]]:
+def _labels(
+    row: torch.Tensor, names: tuple[str, ...], raw: bool, multi_label: bool
+) -> list[dict[str, Any]]:
     """TEI's predict answer for one input: every label with its score, best first. Scores are
-    the softmax over the labels (sigmoid for a one-label model) unless `raw`."""
+    the softmax over the labels (the sigmoid of each for a one-label or a multi-label model)
+    unless `raw`."""
     if raw:
         probs = row
-    elif row.numel() == 1:
+    elif row.numel() == 1 or multi_label:
         probs = torch.sigmoid(row)
     else:
         probs = torch.softmax(row, dim=-1)
@@ -109,7 +112,8 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         if done is None:
             return gone_response()
         names = engine.encoder.labels
-        answer = [_labels(row, names, body.raw_scores) for row in done.rows]
+        multi = engine.encoder.multi_label
+        answer = [_labels(row, names, body.raw_scores, multi) for row in done.rows]
         return RawJSONResponse(orjson.dumps(answer[0] if single else answer))
 
     for path in ("/v1/rerank", "/v2/rerank"):

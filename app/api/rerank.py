@@ -116,29 +116,19 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         answer = [_labels(row, names, body.raw_scores, multi) for row in done.rows]
         return RawJSONResponse(orjson.dumps(answer[0] if single else answer))
 
-    for path in ("/v1/rerank", "/v2/rerank"):
+    routes = [
+        ("/v1/rerank", rerank, models.rerank, "Rerank documents (Cohere and Jina compatible)"),
+        ("/v2/rerank", rerank, models.rerank, "Rerank documents (Cohere and Jina compatible)"),
+        ("/rerank", tei_rerank, models.tei_rerank, "Rerank texts (TEI compatible)"),
+        ("/predict", predict, models.predict, "Classify texts or pairs (TEI compatible)"),
+    ]
+    for path, endpoint, model, summary in routes:
         router.add_api_route(
             path,
-            bind_body(rerank, models.rerank),
+            bind_body(endpoint, model),
             methods=["POST"],
             response_model=None,
             responses=_ERRORS,
-            summary="Rerank documents (Cohere and Jina compatible)",
+            summary=summary,
         )
-    router.add_api_route(
-        "/rerank",
-        bind_body(tei_rerank, models.tei_rerank),
-        methods=["POST"],
-        response_model=None,
-        responses=_ERRORS,
-        summary="Rerank texts (text-embeddings-inference compatible)",
-    )
-    router.add_api_route(
-        "/predict",
-        bind_body(predict, models.predict),
-        methods=["POST"],
-        response_model=None,
-        responses=_ERRORS,
-        summary="Classify texts or pairs (text-embeddings-inference compatible)",
-    )
     return router

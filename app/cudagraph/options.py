@@ -14,7 +14,7 @@ POOL_POLICIES: tuple[PoolPolicy, ...] = ("per_graph", "shared")
 Eviction = Literal["lru", "hotness"]
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
+def check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
@@ -95,15 +95,15 @@ class CacheConfig:
     idle_prewarm_top_k: int = 4
 
     def __post_init__(self) -> None:
-        _check_int("max_cached_graphs", self.max_cached_graphs, 0)
+        check_int("max_cached_graphs", self.max_cached_graphs, 0)
         if self.memory_budget_bytes is not None:
-            _check_int("memory_budget_bytes", self.memory_budget_bytes, 1)
-        _check_int("capture_threshold", self.capture_threshold, 1)
-        _check_int("min_replays_to_keep", self.min_replays_to_keep, 0)
-        _check_int("young_lookups", self.young_lookups, 0)
-        _check_int("half_life_lookups", self.half_life_lookups, 1)
-        _check_int("max_tracked_shapes", self.max_tracked_shapes, 1)
-        _check_int("idle_prewarm_top_k", self.idle_prewarm_top_k, 0)
+            check_int("memory_budget_bytes", self.memory_budget_bytes, 1)
+        check_int("capture_threshold", self.capture_threshold, 1)
+        check_int("min_replays_to_keep", self.min_replays_to_keep, 0)
+        check_int("young_lookups", self.young_lookups, 0)
+        check_int("half_life_lookups", self.half_life_lookups, 1)
+        check_int("max_tracked_shapes", self.max_tracked_shapes, 1)
+        check_int("idle_prewarm_top_k", self.idle_prewarm_top_k, 0)
         if self.eviction not in ("lru", "hotness"):
             raise ValueError(f"eviction must be 'lru' or 'hotness', got {self.eviction!r}")
         if not self.max_capture_delay_s >= 0:

@@ -21,20 +21,11 @@ from app.cudagraph.context import _FORWARD_CONTEXT
 from app.cudagraph.descriptor import BatchDescriptor
 from app.cudagraph.executor import GraphForward
 from app.cudagraph.modes import CUDAGraphMode
-from app.cudagraph.options import CacheConfig, CUDAGraphOptions
+from app.cudagraph.options import CacheConfig, CUDAGraphOptions, check_int
 from app.cudagraph.view import HotShape, PrewarmReport
 
 DummyFn = Callable[[BatchDescriptor], tuple[tuple[Any, ...], dict[str, Any]]]
 _DEFAULTS = CacheConfig()
-
-
-def _check_limit(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}"
-        )
 
 
 class CUDAGraphWrapper:
@@ -54,8 +45,9 @@ class CUDAGraphWrapper:
         memory_budget_bytes: int | None = None,
         name: str | None = None,
     ) -> None:
-        _check_limit("max_cached_graphs", max_cached_graphs)
-        _check_limit("memory_budget_bytes", memory_budget_bytes, allow_none=True)
+        # The seed's wrappers always keep graphs (0 is the service's "none"); the rest is
+        # CacheConfig's to check.
+        check_int("max_cached_graphs", max_cached_graphs, 1)
         config = CacheConfig(
             max_cached_graphs=max_cached_graphs,
             memory_budget_bytes=memory_budget_bytes,
@@ -172,7 +164,7 @@ class AdaptiveCUDAGraphWrapper(CUDAGraphWrapper):
         max_tracked_shapes: int = _DEFAULTS.max_tracked_shapes,
         name: str | None = None,
     ) -> None:
-        _check_limit("max_cached_graphs", max_cached_graphs)
+        check_int("max_cached_graphs", max_cached_graphs, 1)
         config = CacheConfig(
             max_cached_graphs=max_cached_graphs,
             memory_budget_bytes=memory_budget_bytes,

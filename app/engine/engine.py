@@ -253,20 +253,14 @@ class Engine:
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated to the model's max length)."""
-        tokenizer = self.encoder.tokenizer
-        if sum(len(t) for t in texts) <= TOKENIZE_INLINE_CHARS:
-            return tokenizer.encode(texts)  # microseconds: not worth a thread hop
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, tokenizer.encode, texts)
+        chars = sum(map(len, texts))
+        return await _off_loop_if_long(self.encoder.tokenizer.encode, texts, chars)
 
     async def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
         """Token ids per (query, document) pair, as the model was trained on pairs (the
         document truncated first)."""
-        tokenizer = self.encoder.tokenizer
-        if sum(len(q) + len(d) for q, d in pairs) <= TOKENIZE_INLINE_CHARS:
-            return tokenizer.encode_pairs(pairs).ids
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(None, tokenizer.encode_pairs, pairs)
+        chars = sum(len(q) + len(d) for q, d in pairs)
+        encoded = await _off_loop_if_long(self.encoder.tokenizer.encode_pairs, pairs, chars)
         return encoded.ids
 
     async def embed(self, token_ids: list[list[int]]) -> list[torch.Tensor]:
@@ -461,6 +455,13 @@ class Engine:
 
     def _prewarm_all(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
         return self.runner.prewarm(_unique(descriptors))
+
+
+async def _off_loop_if_long(fn: Callable[[Any], T], items: Any, chars: int) -> T:
+    """`fn(items)` inline when short (microseconds: not worth a thread hop), else off the loop."""
+    if chars <= TOKENIZE_INLINE_CHARS:
+        return fn(items)
+    return await asyncio.get_running_loop().run_in_executor(None, fn, items)
 
 
 def _unique(descriptors: list[BatchDescriptor]) -> list[BatchDescriptor]:

@@ -295,11 +295,11 @@ class EmbeddingRunner:
         """Capture `descriptors` now, largest first (`GraphCache.prewarm`). A descriptor that is
         not a shape of this runner's ladder (PIECEWISE: relaxed to its token count, as lookups
         are) is reported failed. NONE: all skipped."""
-        wanted = list(descriptors)
-        off = [d for d in wanted if self.graphs.key_for(d) not in self._ladder_keys]
-        report = self.graphs.prewarm(
-            [d for d in wanted if d not in off], self._dummy_forward, on_progress=on_progress
-        )
+        on: list[BatchDescriptor] = []
+        off: list[BatchDescriptor] = []
+        for d in descriptors:
+            (on if self.graphs.key_for(d) in self._ladder_keys else off).append(d)
+        report = self.graphs.prewarm(on, self._dummy_forward, on_progress=on_progress)
         if self.mode.has_graphs():
             report.failed.extend(
                 (d, f"{d.label()} is not a shape of this runner's ladder") for d in off

@@ -10,9 +10,7 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
 logger = logging.getLogger("app")
@@ -21,7 +19,7 @@ logger = logging.getLogger("app")
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve the model over HTTP (one uvicorn worker)",
+        help="serve the model over HTTP",
         description="Serve the model. Every setting can also come from its environment "
         "variable or a TOML file (see docs/service.md); flags win over both.",
     )
@@ -31,21 +29,27 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-level", help="critical|error|warning|info|debug")
 
 
+def _add_internal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The processes `serve` starts with several front ends (not for direct use)."""
+    for name in ("engine", "front-end"):
+        p = sub.add_parser(name)
+        p.add_argument("--address", required=True)
+        if name == "front-end":
+            p.add_argument("--socket-fd", type=int, required=True)
+            p.add_argument("--alive-fd", type=int, required=True)
+        for flag in ("--host", "--config", "--log-level"):
+            p.add_argument(flag)
+        p.add_argument("--port", type=int)
+
+
 # A sidecar shares its host with the application it serves: OpenMP threads that spin while
 # waiting for work take CPU the neighbours need. Set before torch (and its OpenMP) loads; an
 # operator's own value wins.
 NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    if rest:
-        print(f"error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
-        return 2
-    for name, value in NO_SPIN_ENV.items():
-        os.environ.setdefault(name, value)
-    import uvicorn
-
-    from app.main import create_app
+def _load(args: argparse.Namespace) -> Any:
+    """The settings (flags over environment over file), logging set up; None if invalid."""
     from app.settings import SettingsError, load_settings, unknown_env_vars
 
     try:
@@ -54,68 +58,86 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
         )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
     for name in unknown_env_vars():
         logger.warning("ignoring %s: no such setting (typo?)", name)
+    return settings
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    """The flags `serve` got, for its child processes (which read the same environment)."""
+    out: list[str] = []
+    for flag in ("host", "port", "config", "log_level"):
+        value = getattr(args, flag)
+        if value is not None:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    return out
+
+
+def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    if rest:
+        print(f"error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
+    for name, value in NO_SPIN_ENV.items():
+        os.environ.setdefault(name, value)
+    settings = _load(args)
+    if settings is None:
+        return 2
     logger.info("OpenMP threads wait %s", os.environ.get("OMP_WAIT_POLICY", "as OpenMP chooses"))
+    workers = settings.resolved_workers()
+    if workers > 1:
+        from app.serving.supervisor import Supervisor
+
+        return Supervisor(settings, workers, _passthrough(args)).run()
+    return _serve_in_process(settings)
+
+
+def _serve_in_process(settings: Any) -> int:
+    from app.main import create_app
+    from app.serving.front_end import make_server, uvicorn_config
+    from app.settings import SettingsError
+
     try:
         app = create_app(settings)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,  # one process owns the model (and the GPU); scale with replicas
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.graceful_timeout_s,
-    )
-    server = _make_server(config, app.state.engine.begin_drain, settings.drain_delay_s)
+    config = uvicorn_config(app, settings, host=settings.host, port=settings.port)
+    server = make_server(config, app.state.engine.begin_drain, settings.drain_delay_s)
     server.run()
     if not server.started:
         return 3  # start-up failed (the reason is in the log above)
     return 0
 
 
-def _make_server(config: Any, begin_drain: Callable[[], None], delay_s: float) -> Any:
-    """A uvicorn.Server that reports not-ready on the first SIGTERM/SIGINT, optionally keeps
-    serving for `delay_s` (so load balancers see /readyz fail first), then shuts down as uvicorn
-    does: stop accepting, wait for in-flight requests; the lifespan then drains the queue."""
-    import uvicorn
+def engine(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """Internal: the engine process the supervisor starts."""
+    settings = _load(args)
+    if settings is None:
+        return 2
+    from app.serving.engine_process import run_engine
 
-    class DrainingServer(uvicorn.Server):
-        _drain_timer: threading.Timer | None = None
+    return run_engine(settings, args.address)
 
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            begin_drain()
-            if delay_s <= 0 or self._drain_timer is not None:
-                self._shut_down(sig, frame)  # a second signal shuts down at once
-                return
-            logger.info("draining: not ready; shutting down in %.1f s", delay_s)
-            self._drain_timer = threading.Timer(delay_s, self._shut_down, args=(sig, frame))
-            self._drain_timer.daemon = True
-            self._drain_timer.start()
 
-        def _shut_down(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises the signal once it has shut down, so the process would end
-            # "killed by SIGTERM" (143) even after a complete drain; this CLI exits 0 instead.
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
+def front_end(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """Internal: one front-end process the supervisor starts."""
+    settings = _load(args)
+    if settings is None:
+        return 2
+    from app.serving.front_end import run_front_end
 
-    return DrainingServer(config)
+    return run_front_end(settings, args.socket_fd, args.address, args.alive_fd)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
     "serve": serve,
+    "engine": engine,
+    "front-end": front_end,
 }
 
 
@@ -125,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
+    _add_internal(sub)
     return parser
 
 

@@ -57,3 +57,18 @@ def resolve_graph_mode(name: str, device: str) -> str:
     if name == "AUTO":
         return "FULL" if device.startswith("cuda") else "NONE"
     return name
+
+
+# Front ends on a GPU host: enough to keep the engine fed, each with a core to itself, leaving
+# cores to the engine and the application next door.
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_workers(setting: int | None, device: str, cpu_count: int | None) -> int:
+    """HTTP front-end processes: the setting, or for auto (None) one on a CPU host (its cores
+    run the model) and on CUDA half the cores, 2 to MAX_AUTO_WORKERS."""
+    if setting is not None:
+        return setting
+    if not device.startswith("cuda"):
+        return 1
+    return max(2, min(MAX_AUTO_WORKERS, (cpu_count or 2) // 2))

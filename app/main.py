@@ -1,8 +1,9 @@
 """The app factory: `create_app(settings)` wires settings, engine, routes, errors and metrics.
 
-Nothing is loaded at import time: the lifespan loads the model (on the worker thread) when the
-server starts, warms up in the background, and on shutdown drains the queue and saves the
-hot-shape profile.
+Two shapes, same routes: by default the engine lives in this process (the lifespan loads the
+model on the worker thread, warms up in the background, and on shutdown drains the queue and
+saves the hot-shape profile); with `engine_address` the app is one front end of several and the
+engine is the engine process at that address (`app.serving`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.admin import build_admin_router
+from app.api.fast_path import FastPathMiddleware, direct_routes
 from app.api.health import build_health_router
 from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
@@ -23,7 +25,8 @@ from app.api.schemas import Limits, build_request_models
 from app.api.tei import build_tei_router
 from app.engine.engine import Engine, EngineConfigError
 from app.errors import install_error_handlers
-from app.metrics import GraphCacheCollector, ServiceMetrics
+from app.metrics import FrontEndExposition, GraphCacheCollector, ServiceMetrics
+from app.serving.client import EngineClient
 from app.settings import Settings, SettingsError, engine_error_message, load_settings
 
 logger = logging.getLogger(__name__)
@@ -33,11 +36,30 @@ INFERENCE_ROUTES = frozenset(
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine_address: str | None = None,
+    engine_alive_fd: int | None = None,
+) -> FastAPI:
+    """The app; with `engine_address`, a front end of the engine process there (whose death
+    the pipe `engine_alive_fd` reports, see `app.serving.client`)."""
     if settings is None:
         settings = load_settings()
-    metrics = ServiceMetrics()
-    engine = Engine(settings.engine_config(), observer=metrics)
+    metrics: ServiceMetrics | FrontEndExposition
+    engine: Engine | EngineClient
+    if engine_address is None:
+        metrics = ServiceMetrics()
+        local = Engine(settings.engine_config(), observer=metrics)
+        metrics.watch_queue(lambda: local.queue_depth)
+        metrics.add_graph_collector(
+            GraphCacheCollector(lambda: local.graphs, settings.metrics_hot_shapes)
+        )
+        engine = local
+    else:
+        client_metrics = FrontEndExposition(lambda: client.engine_metrics())
+        client = EngineClient(engine_address, client_metrics, engine_alive_fd)
+        metrics, engine = client_metrics, client
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            logger.info("shutting down: draining %d queued texts", engine.queue_depth)
+            logger.info("shutting down")
             await engine.stop()
             logger.info("stopped")
 
@@ -94,10 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Route templates are the only path label values (anything else counts as "other").
     paths = [r.path for router in routers for r in router.routes if isinstance(r, APIRoute)]
     metrics.set_routes(paths + ["/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"])
-    metrics.watch_queue(lambda: engine.queue_depth)
-    metrics.add_graph_collector(
-        GraphCacheCollector(lambda: engine.graphs, settings.metrics_hot_shapes)
-    )
 
     # Added last = outermost: the metrics middleware also counts the 413s of the size limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -106,5 +124,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         route_label=metrics.route_label,
         observe=metrics.observe_request,
         timed_routes=INFERENCE_ROUTES,
+    )
+    # Outermost: the inference routes' common case skips the stack above (counted by itself).
+    app.add_middleware(
+        FastPathMiddleware,
+        routes=direct_routes(routers),
+        max_bytes=settings.max_body_bytes,
+        observe=metrics.observe_request,
     )
     return app

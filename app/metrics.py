@@ -9,7 +9,8 @@ _total) so PromQL can take rates; label values come only from the bounded cache 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -18,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -145,58 +147,37 @@ class GraphCacheCollector(Collector):
         yield hot
 
 
-class ServiceMetrics:
-    """sidecar_* metrics in a per-app registry; also the batcher's observer."""
+class FrontEndMetrics:
+    """What the HTTP side measures: requests by route and status, inference latency, texts per
+    request, refusals. With several front ends each writes prometheus_client's multiprocess
+    files (PROMETHEUS_MULTIPROC_DIR) and any of them exposes the sum."""
 
-    def __init__(self, routes: Sequence[str] = ()) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: CollectorRegistry, routes: Sequence[str] = ()) -> None:
+        self._own = registry
         self._routes = frozenset(routes)
         self.requests = Counter(
             "sidecar_requests",
             "HTTP requests answered, by route template and status code.",
             ["route", "status"],
-            registry=self.registry,
+            registry=registry,
         )
         self.request_seconds = Histogram(
             "sidecar_request_seconds",
             "Time to answer an inference request (/infer, /v1/embeddings), queueing included.",
             buckets=REQUEST_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_size = Histogram(
-            "sidecar_batch_size",
-            "Texts per model batch (before padding to the ladder).",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
-        )
-        self.queue_depth = Gauge(
-            "sidecar_queue_depth",
-            "Texts waiting in the batcher queue.",
-            registry=self.registry,
-        )
-        self.queue_wait_seconds = Histogram(
-            "sidecar_queue_wait_seconds",
-            "Time a request waited in the queue before its first text went into a batch.",
-            buckets=QUEUE_WAIT_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.request_items = Histogram(
             "sidecar_request_items",
             "Texts (or rerank pairs) per inference request.",
             buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
-        )
-        self.padding_ratio = Histogram(
-            "sidecar_padding_ratio",
-            "Share of the tokens computed per batch that were padding (0 = none).",
-            buckets=PADDING_RATIO_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.rejected = Counter(
             "sidecar_rejected",
             "Inference requests refused with 503, by reason.",
             ["reason"],
-            registry=self.registry,
+            registry=registry,
         )
         for reason in REJECT_REASONS:  # every reason visible at 0 from the start
             self.rejected.labels(reason=reason)
@@ -208,22 +189,11 @@ class ServiceMetrics:
     def set_routes(self, routes: Sequence[str]) -> None:
         self._routes = frozenset(routes)
 
-    def watch_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
-
-    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
-        self.registry.register(collector)
-
     # --- observers (event loop and worker thread; prometheus_client is thread-safe) ---
     def observe_request(self, route: str, status: int, seconds: float | None) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
         if seconds is not None:
             self.request_seconds.observe(seconds)
-
-    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
-        self.batch_size.observe(size)
-        for wait in queue_waits:
-            self.queue_wait_seconds.observe(wait)
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
@@ -231,9 +201,107 @@ class ServiceMetrics:
     def on_request(self, items: int) -> None:
         self.request_items.observe(items)
 
+
+class EngineMetrics:
+    """What the engine measures: batches, queue, padding, and the graph cache (read at scrape
+    time). Refusals are counted by the front end that answers them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.batch_size = Histogram(
+            "sidecar_batch_size",
+            "Texts per model batch (before padding to the ladder).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "sidecar_queue_depth",
+            "Texts waiting in the batcher queue.",
+            registry=registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "sidecar_queue_wait_seconds",
+            "Time a request waited in the queue before its first text went into a batch.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.padding_ratio = Histogram(
+            "sidecar_padding_ratio",
+            "Share of the tokens computed per batch that were padding (0 = none).",
+            buckets=PADDING_RATIO_BUCKETS,
+            registry=registry,
+        )
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
+        self.registry.register(collector)
+
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
+        self.batch_size.observe(size)
+        for wait in queue_waits:
+            self.queue_wait_seconds.observe(wait)
+
     def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
         if padded_tokens > 0:
             self.padding_ratio.observe(max(0.0, 1.0 - real_tokens / padded_tokens))
 
+    def on_reject(self, reason: str) -> None:
+        pass  # the front end that answers the refusal counts it
+
+    def on_request(self, items: int) -> None:
+        pass  # counted by the front end
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ServiceMetrics(FrontEndMetrics):
+    """One process serving everything: the front end's and the engine's metrics in one per-app
+    registry (never the global one, so several apps in one process never clash); also the
+    engine's observer."""
+
+    def __init__(self, routes: Sequence[str] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__(self.registry, routes)
+        self.engine = EngineMetrics(self.registry)
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        self.engine.watch_queue(depth)
+
+    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
+        self.engine.add_graph_collector(collector)
+
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
+        self.engine.on_batch(size, queue_waits)
+
+    def on_padding(self, real_tokens: int, padded_tokens: int) -> None:
+        self.engine.on_padding(real_tokens, padded_tokens)
+
+    async def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class FrontEndExposition(FrontEndMetrics):
+    """A front end among several: its own metrics go to prometheus_client's multiprocess files
+    (PROMETHEUS_MULTIPROC_DIR, set by the supervisor), and a scrape shows the sum over every
+    front end that ever ran (a restarted one's counts stay), then the engine's metrics, read
+    from the engine process at scrape time."""
+
+    def __init__(self, engine_text: Callable[[], Awaitable[bytes]]) -> None:
+        super().__init__(CollectorRegistry(auto_describe=True))
+        self._engine_text = engine_text
+        self._exposed = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            MultiProcessCollector(self._exposed)
+        else:  # one front end alone (tests): its own registry is the whole story
+            self._exposed = self._own
+
+    async def render(self) -> bytes:
+        own = generate_latest(self._exposed)
+        try:
+            engine = await self._engine_text()
+        except Exception:  # the engine is gone or busy: still show what the front ends know
+            return own
+        return own + engine

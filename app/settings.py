@@ -34,7 +34,13 @@ from pydantic_settings import (
 )
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
-from app.devices import device_name, resolve_device, resolve_dtype, resolve_graph_mode
+from app.devices import (
+    device_name,
+    resolve_device,
+    resolve_dtype,
+    resolve_graph_mode,
+    resolve_workers,
+)
 from app.engine.engine import TOY_MODEL, EngineConfig
 from app.engine.runner import RunnerConfig
 from models import TASKS
@@ -171,6 +177,9 @@ class Settings(BaseSettings):
     access_log: bool = False
     graceful_timeout_s: int = Field(default=30, ge=1, le=86400)
     drain_delay_s: float = Field(default=0.0, ge=0)
+    # HTTP front-end processes around the one engine process; auto: 1 on a CPU host (one
+    # process does everything), several on CUDA (app.devices.resolve_workers).
+    workers: int | None = Field(default=None, ge=1, le=256)
 
     # --- model ---
     # A directory, a Hugging Face hub id, "toy" (the test model) or unset (the bundled MiniLM).
@@ -220,6 +229,13 @@ class Settings(BaseSettings):
     # --- admin and metrics ---
     admin_token: SecretStr | None = None
     metrics_hot_shapes: int = Field(default=10, ge=0, le=1000)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", ""):
+            return None
+        return value
 
     @field_validator("graph_mode", mode="before")
     @classmethod
@@ -341,6 +357,10 @@ class Settings(BaseSettings):
     def model_ref(self) -> str | None:
         """The model to serve, whichever of its two names was set."""
         return self.model or self.model_path
+
+    def resolved_workers(self) -> int:
+        """Front-end processes `serve` starts (1: no separate engine process)."""
+        return resolve_workers(self.workers, resolve_device(self.device), os.cpu_count())
 
     @property
     def admin_enabled(self) -> bool:

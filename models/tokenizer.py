@@ -61,6 +61,15 @@ class TextTokenizer:
     ) -> TextTokenizer:
         return cls(Tokenizer.from_file(str(path)), max_seq_len, pad_id=pad_id, lowercase=lowercase)
 
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json text (lower-casing included): `from_json` rebuilds
+        it in another process."""
+        return str(self._tok.to_str())
+
+    @classmethod
+    def from_json(cls, text: str, max_seq_len: int, *, pad_id: int) -> TextTokenizer:
+        return cls(Tokenizer.from_str(text), max_seq_len, pad_id=pad_id)
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

@@ -110,7 +110,7 @@ class ServerProcess:
         self.stop()
 
 
-_LISTENING = re.compile(rb"Uvicorn running on http://[^:\s]+:(\d+)")
+_LISTENING = re.compile(rb"(?:Uvicorn running|serving) on http://[^:\s]+:(\d+)")
 
 
 def read_rss_bytes(pid: int) -> int:
@@ -129,14 +129,20 @@ class SidecarProcess(ServerProcess):
     """`python -m app serve` on 127.0.0.1 with an OS-chosen port, output to a log file.
 
     `env` holds SIDECAR_* settings on top of this process's environment (whose own SIDECAR_*
-    variables are dropped); `args` are more command-line arguments (e.g. `--config FILE`). The
-    log level must stay info or debug: the port is read from uvicorn's "Uvicorn running on" line.
+    variables are dropped, except SIDECAR_WORKERS: `SIDECAR_WORKERS=2 pytest` runs every server
+    process test with two front ends and an engine process); `args` are more command-line
+    arguments (e.g. `--config FILE`). The log level must stay info or debug: the port is read
+    from uvicorn's "Uvicorn running on" line.
     """
 
     name = "sidecar"
 
     def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SIDECAR_") or k == "SIDECAR_WORKERS"
+        }
         full_env.setdefault("SIDECAR_LOG_LEVEL", "info")
         full_env.update(env)
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -159,4 +165,31 @@ class SidecarProcess(ServerProcess):
         return self.url + "/readyz"
 
     def rss_bytes(self) -> int:
-        return read_rss_bytes(self.pid)
+        """Resident memory of the server: its processes together (front ends and engine)."""
+        return sum(read_rss_bytes(pid) for pid in [self.pid, *child_pids(self.pid)])
+
+    def children(self) -> dict[str, list[int]]:
+        """With several front ends: {"engine": [pid], "front-end": [pids]} (else empty)."""
+        roles: dict[str, list[int]] = {}
+        for pid in child_pids(self.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for role in ("engine", "front-end"):
+                if role.encode() in argv:
+                    roles.setdefault(role, []).append(pid)
+        return roles
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out

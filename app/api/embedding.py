@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
-from app.engine.engine import Engine
+from app.api.deps import ServingEngine
 from app.errors import ApiError, error_response
 
 # nginx's "client closed request": counted in sidecar_requests_total, never received by anyone.
@@ -28,11 +27,11 @@ TASK_ROUTES = {
 
 @dataclass(frozen=True)
 class Embedded:
-    rows: list[torch.Tensor]  # one (dimensions,) float32 row per text, in order
+    rows: np.ndarray  # (n, dimensions) float32, one row per text, in order
     tokens: int  # tokens the model read, prompts included
 
 
-def prompted(engine: Engine, texts: list[str], prompt_name: str | None) -> list[str]:
+def prompted(engine: ServingEngine, texts: list[str], prompt_name: str | None) -> list[str]:
     """The texts with the model's prompt in front, as sentence-transformers does: the named
     prompt, else the model's default one; an unknown name is a 400 listing the known ones."""
     encoder = engine.encoder
@@ -48,7 +47,7 @@ def prompted(engine: Engine, texts: list[str], prompt_name: str | None) -> list[
     return [prompt + text for text in texts] if prompt else texts
 
 
-def check_dimensions(engine: Engine, dimensions: int | None) -> None:
+def check_dimensions(engine: ServingEngine, dimensions: int | None) -> None:
     """Refuse (400) more dimensions than the model gives; fewer are a truncation."""
     if dimensions is not None and dimensions > engine.encoder.dimensions:
         raise ApiError(
@@ -59,19 +58,18 @@ def check_dimensions(engine: Engine, dimensions: int | None) -> None:
         )
 
 
-def resized(
-    rows: list[torch.Tensor], dimensions: int | None, normalize: bool
-) -> list[torch.Tensor]:
+def resized(rows: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
     """The first `dimensions` values of each row (all when None), L2-normalised if `normalize`."""
-    if not rows or (dimensions is None and not normalize):
+    if len(rows) == 0 or (dimensions is None and not normalize):
         return rows
-    matrix = torch.stack(rows)[:, :dimensions]  # (n, d)
+    matrix = rows[:, :dimensions]
     if normalize:
-        matrix = F.normalize(matrix, p=2.0, dim=-1)
-    return list(matrix.unbind(0))
+        norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+        matrix = matrix / np.maximum(norms, 1e-12)  # as torch's F.normalize
+    return matrix
 
 
-def require_task(engine: Engine, *tasks: str) -> None:
+def require_task(engine: ServingEngine, *tasks: str) -> None:
     """400 unless the loaded model serves one of `tasks`, naming the task it does serve."""
     served = engine.encoder.task
     if served not in tasks:
@@ -84,7 +82,7 @@ def require_task(engine: Engine, *tasks: str) -> None:
 
 
 async def embed_texts(
-    request: Request, engine: Engine, texts: list[str], prompt_name: str | None
+    request: Request, engine: ServingEngine, texts: list[str], prompt_name: str | None
 ) -> Embedded | None:
     """Prompt, tokenize and embed `texts`; None when the client left before the answer."""
     require_task(engine, "embed")
@@ -97,7 +95,7 @@ async def embed_texts(
 
 
 async def score_pairs(
-    request: Request, engine: Engine, pairs: list[tuple[str, str | None]]
+    request: Request, engine: ServingEngine, pairs: list[tuple[str, str | None]]
 ) -> Embedded | None:
     """Tokenize (text, text pair) inputs (a None pair: the text alone) and run them; each row
     holds the model's logits. None when the client left before the answer."""
@@ -125,8 +123,8 @@ async def _client_gone(request: Request) -> None:
 
 
 async def _embed_while_connected(
-    request: Request, engine: Engine, token_ids: list[list[int]]
-) -> list[torch.Tensor] | None:
+    request: Request, engine: ServingEngine, token_ids: list[list[int]]
+) -> np.ndarray | None:
     """`engine.embed(token_ids)`, abandoned as soon as the client disconnects (None then).
 
     uvicorn does not cancel a handler whose client went away: without this, a gone client's

@@ -5,19 +5,28 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.deps import ServingEngine, engine_of
 from app.api.schemas import HealthResponse, ReadyResponse
-from app.engine.engine import Engine, EngineState
+from app.engine.engine import EngineState
 from app.errors import error_response, error_responses
-from app.metrics import CONTENT_TYPE, ServiceMetrics
+from app.metrics import CONTENT_TYPE
 
 
 def build_health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
-    async def healthz() -> dict[str, str]:
-        """The process is up and its event loop answers (says nothing about the model)."""
-        return {"status": "ok"}
+    @router.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses=error_responses(503),
+        summary="Liveness",
+    )
+    async def healthz(request: Request) -> Response:
+        """The process is up and its event loop answers, and the engine process (where there is
+        one) is alive; says nothing about the model being loaded."""
+        if not engine_of(request).alive:
+            return error_response(503, "engine_down", "the engine process has stopped")
+        return JSONResponse({"status": "ok"})
 
     @router.get(
         "/readyz",
@@ -29,7 +38,7 @@ def build_health_router() -> APIRouter:
         """200 once the model is loaded and the start-up prewarm has run (a shape that failed
         to capture is served eagerly: see GET /admin/stats); 503 while starting, warming up
         or draining (with the reason)."""
-        engine: Engine = request.app.state.engine
+        engine: ServingEngine = engine_of(request)
         state = engine.state
         if state is EngineState.READY:
             return JSONResponse(
@@ -39,11 +48,13 @@ def build_health_router() -> APIRouter:
                     # what the device and dtype settings (auto) resolved to on this machine
                     "device": str(engine.encoder.device),
                     "dtype": str(engine.encoder.dtype).removeprefix("torch."),
-                    "mode": engine.config.runner.mode.name,
+                    "mode": engine.mode_name,
                     "prewarm": {"done": engine.prewarm_done, "total": engine.prewarm_total},
                 }
             )
-        if state is EngineState.WARMING:
+        if not engine.alive:
+            detail = "the engine process has stopped"
+        elif state is EngineState.WARMING:
             detail = f"warming up: {engine.prewarm_done}/{engine.prewarm_total} shapes prewarmed"
         elif state is EngineState.STARTING:
             detail = "starting: loading the model"
@@ -58,7 +69,6 @@ def build_health_router() -> APIRouter:
         summary="Prometheus metrics",
     )
     async def metrics(request: Request) -> Response:
-        registry: ServiceMetrics = request.app.state.metrics
-        return Response(registry.render(), media_type=CONTENT_TYPE)
+        return Response(await request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
     return router

@@ -8,8 +8,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
 import orjson
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -23,11 +23,16 @@ from app.errors import error_responses
 _ERRORS = error_responses(400, 413, 422, 500, 503)
 
 
-def _scores(rows: list[torch.Tensor], activation: str, raw: bool) -> list[float]:
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _scores(rows: np.ndarray, activation: str, raw: bool) -> list[float]:
     """A reranker's score per pair from its one logit: the model's declared activation (the
     sigmoid unless its CrossEncoder config says identity), or the logit itself when `raw`."""
-    logits = torch.stack(rows)[:, 0]  # (n,)
-    return (logits if raw or activation == "identity" else torch.sigmoid(logits)).tolist()
+    logits = rows[:, 0]  # (n,)
+    scores = logits if raw or activation == "identity" else _sigmoid(logits)
+    return [float(x) for x in scores.astype(np.float32)]
 
 
 def _ranked(scores: list[float], top_n: int | None) -> list[int]:
@@ -38,20 +43,20 @@ def _ranked(scores: list[float], top_n: int | None) -> list[int]:
 
 
 def _labels(
-    row: torch.Tensor, names: tuple[str, ...], raw: bool, multi_label: bool
+    row: np.ndarray, names: tuple[str, ...], raw: bool, multi_label: bool
 ) -> list[dict[str, Any]]:
     """TEI's predict answer for one input: every label with its score, best first. Scores are
     the softmax over the labels (the sigmoid of each for a one-label or a multi-label model)
     unless `raw`."""
     if raw:
         probs = row
-    elif row.numel() == 1 or multi_label:
-        probs = torch.sigmoid(row)
+    elif row.size == 1 or multi_label:
+        probs = _sigmoid(row)
     else:
-        probs = torch.softmax(row, dim=-1)
-    out = [
-        {"label": name, "score": score} for name, score in zip(names, probs.tolist(), strict=True)
-    ]
+        shifted = np.exp(row.astype(np.float64) - row.max())
+        probs = shifted / shifted.sum()
+    scores = [float(x) for x in probs.astype(np.float32)]
+    out = [{"label": name, "score": score} for name, score in zip(names, scores, strict=True)]
     return sorted(out, key=lambda item: -item["score"])
 
 

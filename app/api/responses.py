@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 
+import numpy as np
 import orjson
-import torch
 from starlette.responses import Response
 
 
@@ -22,30 +22,23 @@ class RawJSONResponse(Response):
     media_type = "application/json"
 
 
-def float_rows(rows: list[torch.Tensor]) -> list[bytes]:
-    """Each (dims,) float32 row as a JSON array of numbers."""
-    if not rows:
-        return []
-    matrix = rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)  # (n, dims)
-    return [
-        orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
-        for values in matrix.to(torch.float32).numpy()
-    ]
+def float_rows(rows: np.ndarray) -> list[bytes]:
+    """Each row of an (n, dims) float32 matrix as a JSON array of numbers."""
+    return [orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY) for values in rows]
 
 
-def base64_row(row: torch.Tensor) -> bytes:
+def base64_row(row: np.ndarray) -> bytes:
     """OpenAI's base64 encoding: the little-endian float32 bytes of the vector."""
-    data = row.to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
-    return base64.b64encode(data)
+    return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes())
 
 
-def infer_body(model: str, dims: int, rows: list[torch.Tensor], tokens: int) -> bytes:
+def infer_body(model: str, dims: int, rows: np.ndarray, tokens: int) -> bytes:
     head = f'{{"model":{json.dumps(model)},"dimensions":{dims:d},"embeddings":['.encode()
     tail = f'],"usage":{{"tokens":{tokens:d}}}}}'.encode()
     return head + b",".join(float_rows(rows)) + tail
 
 
-def embeddings_body(model: str, rows: list[torch.Tensor], tokens: int, encoding: str) -> bytes:
+def embeddings_body(model: str, rows: np.ndarray, tokens: int, encoding: str) -> bytes:
     if encoding == "base64":
         values = [b'"' + base64_row(row) + b'"' for row in rows]
     else:

@@ -71,7 +71,7 @@ class StrictJSONRoute(APIRoute):
         return strict_handler
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     """FastAPI's rule for parsing a body as JSON: application/json or application/*+json."""
     if not content_type:
         return False
@@ -116,7 +116,7 @@ class DirectBodyRoute(APIRoute):
 
         async def direct_handler(request: Request) -> Response:
             strict = StrictJSONRequest(request.scope, request.receive)
-            if _is_json(strict.headers.get("content-type")):
+            if is_json(strict.headers.get("content-type")):
                 try:
                     body = validate(await strict.json())
                 except Exception:

@@ -91,7 +91,7 @@ def build_tei_router(models: RequestModels) -> APIRouter:
             "prompts": sorted(encoder.prompts),
             "default_prompt_name": encoder.default_prompt_name,
             "device": str(encoder.device),
-            "graph_mode": engine.config.runner.mode.name,
+            "graph_mode": engine.mode_name,
         }
 
     return router

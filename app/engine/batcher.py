@@ -190,33 +190,42 @@ class Batcher(Generic[R]):
             )
 
     async def submit(self, items: list[list[int]]) -> list[R]:
-        """Queue the token ids of one request's texts; returns one result per text, in order."""
+        """Queue the token ids of one request's texts; returns one result per text, in order.
+        Cancelling the wait (the caller went away) drops what is still queued of it."""
+        if not items:
+            self.enqueue(items)  # refusals still apply
+            return []
+        return await self.enqueue(items)
+
+    def enqueue(self, items: list[list[int]]) -> asyncio.Future[list[R]]:
+        """`submit` without the coroutine: the future of one result per text. Raises at once
+        when refused; cancelling the future drops what is still queued of the request (a batch
+        already holding its items finishes normally for the others)."""
         if self._closed:
             self._observer.on_reject(REASON_DRAINING)
             raise BatcherClosed("the server is shutting down; retry on another instance")
         loop = self._loop
         if loop is None or self._wakeup is None:
             raise RuntimeError("batcher not started")
+        fut: asyncio.Future[list[R]] = loop.create_future()
         n = len(items)
         if n == 0:
-            return []
+            fut.set_result([])
+            return fut
         self.check_room(n)
-        fut: asyncio.Future[list[R]] = loop.create_future()
         req: _Request[R] = _Request(items, fut, loop.time())
         req.timer = loop.call_at(req.enqueued + self.timeout_s, self._expire, req)
+        fut.add_done_callback(lambda f: self._finished(req, f))
         self._queue.append(req)
         self._depth += n
         self._wakeup.set()
-        try:
-            results = await fut
-        except asyncio.CancelledError:
-            # The caller went away (client disconnect, server cancel): drop what is left of it;
-            # a batch already holding its items finishes normally for the others.
+        return fut
+
+    def _finished(self, req: _Request[R], fut: asyncio.Future[list[R]]) -> None:
+        assert req.timer is not None
+        req.timer.cancel()
+        if fut.cancelled():
             self._kill(req)
-            raise
-        finally:
-            req.timer.cancel()
-        return results
 
     def _expire(self, req: _Request[R]) -> None:
         if req.future.done():

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 
 from app.cudagraph import BatchDescriptor, GraphCache, PrewarmProgress, PrewarmReport
@@ -40,8 +41,9 @@ from app.engine.batcher import (
     BatcherError,
     BatchObserver,
 )
+from app.engine.operations import OPERATIONS
 from app.engine.runner import EmbeddingRunner, RunnerConfig
-from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
+from models import SentenceEncoder, TextTokenizer, load_sentence_encoder, make_toy_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class Engine:
         self._state = EngineState.STARTING
         self._encoder: SentenceEncoder | None = None
         self._runner: EmbeddingRunner | None = None
-        self._batcher: Batcher[torch.Tensor] | None = None
+        self._batcher: Batcher[np.ndarray] | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._froze_heap = False  # gc.freeze() after warm-up; undone by stop()
         self._startup_descriptors: list[BatchDescriptor] = []
@@ -141,6 +143,16 @@ class Engine:
     @property
     def ready(self) -> bool:
         return self._state is EngineState.READY
+
+    @property
+    def alive(self) -> bool:
+        """The engine can answer (always, in this process)."""
+        return True
+
+    @property
+    def mode_name(self) -> str:
+        """The graph mode in use (FULL, PIECEWISE or NONE)."""
+        return self.config.runner.mode.name
 
     @property
     def loaded(self) -> bool:
@@ -213,6 +225,7 @@ class Engine:
         """Stop admitting, answer every queued request, save the profile, free the worker."""
         if self._state is EngineState.STOPPED:
             return
+        logger.info("draining %d queued texts", self.queue_depth)
         self._state = EngineState.DRAINING
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
@@ -253,31 +266,39 @@ class Engine:
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated to the model's max length)."""
-        chars = sum(map(len, texts))
-        return await _off_loop_if_long(self.encoder.tokenizer.encode, texts, chars)
+        return await tokenize_off_loop_if_long(self.encoder.tokenizer, texts)
 
     async def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
         """Token ids per (query, document) pair, as the model was trained on pairs (the
         document truncated first)."""
-        chars = sum(len(q) + len(d) for q, d in pairs)
-        encoded = await _off_loop_if_long(self.encoder.tokenizer.encode_pairs, pairs, chars)
-        return encoded.ids
+        return await tokenize_off_loop_if_long(self.encoder.tokenizer, pairs, pairs=True)
 
-    async def embed(self, token_ids: list[list[int]]) -> list[torch.Tensor]:
-        """One (dimensions,) float32 CPU row per text, in order, batched with other requests."""
+    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        """The (n, dimensions) float32 rows of the texts, in order, batched with other
+        requests."""
         self.check_ready()
         self._observer.on_request(len(token_ids))
         assert self._batcher is not None
-        return await self._batcher.submit(token_ids)
+        rows = await self._batcher.enqueue(token_ids)
+        if len(rows) == 1:
+            return rows[0].reshape(1, -1)
+        return np.stack(rows) if rows else np.empty((0, self.encoder.dimensions), np.float32)
 
-    def _run_batch(self, batch: list[list[int]]) -> Sequence[torch.Tensor]:
+    def enqueue(self, token_ids: list[list[int]]) -> asyncio.Future[list[np.ndarray]]:
+        """Queue the texts (raises at once when refused): the future of one row per text.
+        Cancelling it drops what is still queued."""
+        self.check_ready()
+        assert self._batcher is not None
+        return self._batcher.enqueue(token_ids)
+
+    def _run_batch(self, batch: list[list[int]]) -> Sequence[np.ndarray]:
         # Worker thread. (n, dim) float32 on CPU, copied out of graph memory by the runner.
         result = self.runner.run(batch)
         self._observer.on_padding(result.real_tokens, result.padded_tokens)
         emb = result.embeddings
         if not bool(torch.isfinite(emb).all()):
             raise FloatingPointError("the model produced non-finite embeddings")
-        return emb.unbind(0)
+        return list(emb.numpy())
 
     # ------------------------------------------------------- between batches
     def background_due(self, idle: bool) -> bool:
@@ -292,6 +313,10 @@ class Engine:
         self.runner.idle_capture(idle)
 
     # ------------------------------------------------------------------ admin
+    async def operate(self, method: str, args: dict[str, Any]) -> Any:
+        """An admin operation by name (`app.engine.operations`)."""
+        return await OPERATIONS[method](self, args)
+
     async def prewarm(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
         return await self._on_worker(self._prewarm_all, descriptors)
 
@@ -457,11 +482,26 @@ class Engine:
         return self.runner.prewarm(_unique(descriptors))
 
 
-async def _off_loop_if_long(fn: Callable[[Any], T], items: Any, chars: int) -> T:
-    """`fn(items)` inline when short (microseconds: not worth a thread hop), else off the loop."""
+async def tokenize_off_loop_if_long(
+    tokenizer: TextTokenizer, items: list[Any], pairs: bool = False
+) -> list[list[int]]:
+    """Token ids of texts (or of (query, document) pairs when `pairs`): inline when short
+    (microseconds: not worth a thread hop), else off the event loop."""
+    if pairs:
+        chars = sum(len(q) + len(d) for q, d in items)
+
+        def run() -> list[list[int]]:
+            return tokenizer.encode_pairs(items).ids
+
+    else:
+        chars = sum(map(len, items))
+
+        def run() -> list[list[int]]:
+            return tokenizer.encode(items)
+
     if chars <= TOKENIZE_INLINE_CHARS:
-        return fn(items)
-    return await asyncio.get_running_loop().run_in_executor(None, fn, items)
+        return run()
+    return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 def _unique(descriptors: list[BatchDescriptor]) -> list[BatchDescriptor]:

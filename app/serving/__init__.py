@@ -1,0 +1,1 @@
+"""Serving processes: HTTP front ends around one engine process (see docs/service.md)."""

@@ -64,6 +64,24 @@ def resolve_graph_mode(name: str, device: str) -> str:
 MAX_AUTO_WORKERS = 8
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
+    limit; os.cpu_count() reports the whole host)."""
+    import math
+    import os
+    from pathlib import Path
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def resolve_workers(setting: int | None, device: str, cpu_count: int | None) -> int:
     """HTTP front-end processes: the setting, or for auto (None) one on a CPU host (its cores
     run the model) and on CUDA half the cores, 2 to MAX_AUTO_WORKERS."""

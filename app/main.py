@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.admin import build_admin_router
-from app.api.fast_path import FastPathMiddleware, direct_routes
+from app.api.fast_path import FastPath, SidecarApp, direct_routes
 from app.api.health import build_health_router
 from app.api.inference import build_inference_router
 from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
@@ -82,7 +82,7 @@ def create_app(
             await engine.stop()
             logger.info("stopped")
 
-    app = FastAPI(
+    app = SidecarApp(
         title="cudagraph-sidecar",
         version="0.1.0",
         summary="Batched sentence embeddings served through an adaptive CUDA-graph cache.",
@@ -125,11 +125,9 @@ def create_app(
         observe=metrics.observe_request,
         timed_routes=INFERENCE_ROUTES,
     )
-    # Outermost: the inference routes' common case skips the stack above (counted by itself).
-    app.add_middleware(
-        FastPathMiddleware,
-        routes=direct_routes(routers),
-        max_bytes=settings.max_body_bytes,
-        observe=metrics.observe_request,
+    # In front of everything: the inference routes' common case skips the stack above (and
+    # counts itself in the metrics).
+    app.fast_path = FastPath(
+        direct_routes(routers), settings.max_body_bytes, metrics.observe_request
     )
     return app

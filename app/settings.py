@@ -35,6 +35,7 @@ from pydantic_settings import (
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.devices import (
+    available_cpus,
     device_name,
     resolve_device,
     resolve_dtype,
@@ -360,7 +361,7 @@ class Settings(BaseSettings):
 
     def resolved_workers(self) -> int:
         """Front-end processes `serve` starts (1: no separate engine process)."""
-        return resolve_workers(self.workers, resolve_device(self.device), os.cpu_count())
+        return resolve_workers(self.workers, resolve_device(self.device), available_cpus())
 
     @property
     def admin_enabled(self) -> bool:

@@ -77,6 +77,10 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     a = add("adaptive", "adaptive capture against capturing the whole ladder")
     add("overhead", "hit-path overhead of the graph wrapper over a direct call")
     every = add("all", "engine, service, adaptive and overhead")
+    w = add("workers", "CPU per request with 1, 2, ... front-end processes (toy model, 32 clients)")
+    w.add_argument("--sweep", default="1,2", help="SIDECAR_WORKERS values (default: %(default)s)")
+    w.add_argument("--model", default="toy", help="model dir, or 'toy' (the default)")
+    w.add_argument("--requests", type=int, help="measured requests per value (default 3000)")
     r = add("rerank", "the sidecar's /rerank against a CrossEncoder.predict server (8 clients)")
     r.add_argument("--threads", type=int, default=2, help="torch threads in both servers")
     r.add_argument("--requests", type=int, help="measured requests per server and round")
@@ -385,12 +389,22 @@ def _replay_table(m: dict[str, Any], extra_rows: Sequence[list[Any]] = ()) -> st
     return markdown_table(["measure", "us", "ratio", "target", "met"], rows)
 
 
+def run_workers(args: argparse.Namespace, results: ResultsDir) -> None:
+    from bench.workers import markdown, run_workers_bench
+
+    sweep = [int(x) for x in args.sweep.split(",")]
+    requests = args.requests or (1000 if args.quick else 3000)
+    rows = run_workers_bench(sweep, model=args.model, requests=requests)
+    results.write_section("workers", markdown(rows, args.model), {"rows": rows})
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {
     "engine": run_engine,
     "service": run_service,
     "adaptive": run_adaptive,
     "overhead": run_overhead,
     "rerank": run_rerank,  # on its own: not part of `all`
+    "workers": run_workers,  # on its own: not part of `all`
 }
 
 

@@ -124,8 +124,11 @@ def measure_raw_runner(
         device=device,
         dtype=dtype,
     )
+    cpu0 = time.process_time()  # every thread of this process: the model's CPU cost
     passes = [raw.timed_pass() for _ in range(repeats)]
+    cpu_s = time.process_time() - cpu0
     return {
+        "cpu_us_per_text": 1e6 * cpu_s / (raw.texts * repeats),
         **raw.info,
         "repeats": repeats,
         "texts_per_s_median": raw.texts / statistics.median(passes),

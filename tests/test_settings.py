@@ -268,3 +268,25 @@ def test_the_task_is_auto_or_one_the_models_know(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SIDECAR_TASK", "summarize")
     with pytest.raises(SettingsError, match="SIDECAR_TASK: must be auto or one of embed"):
         load_settings()
+
+
+def test_workers_auto_is_one_front_end_on_a_cpu_and_several_on_cuda() -> None:
+    from app.devices import MAX_AUTO_WORKERS, available_cpus, resolve_workers
+
+    assert load_settings(workers="auto").workers is None
+    assert load_settings(workers="3").workers == 3
+    assert load_settings(device="cpu").resolved_workers() == 1
+    assert resolve_workers(None, "cpu", 64) == 1
+    assert resolve_workers(None, "cuda", 2) == 2  # never fewer than two on CUDA
+    assert resolve_workers(None, "cuda:0", 12) == 6  # half the cores
+    assert resolve_workers(None, "cuda", 256) == MAX_AUTO_WORKERS
+    assert resolve_workers(4, "cpu", 2) == 4  # a number is taken as given
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_workers_below_one_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SIDECAR_WORKERS", "0")
+    with pytest.raises(SettingsError, match="SIDECAR_WORKERS"):
+        load_settings()

@@ -132,20 +132,30 @@ async def _embed_while_connected(
     clients need. Cancelling the wait makes the batcher drop the texts still queued; a batch
     already running finishes normally for the other requests in it.
     """
-    work = asyncio.ensure_future(engine.embed(token_ids))
-    gone = asyncio.ensure_future(_client_gone(request))
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = finished = False
+
+    def on_disconnect(watch: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if not finished and not watch.cancelled() and watch.exception() is None:
+            gone = True
+            handler.cancel()
+
+    # One watcher task per request; the wait itself stays in this task.
+    watcher = asyncio.get_running_loop().create_task(_client_gone(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this handler cancelled (server shutdown, in-process client)
-        work.cancel()
-        gone.cancel()
-        raise
-    gone.cancel()
-    if work.done():
-        return work.result()  # the answer, or the batcher's refusal/failure (raised)
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-    return None
+        return await engine.embed(token_ids)  # the answer, or a refusal/failure (raised)
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # this handler cancelled (server shutdown, in-process client)
+        if hasattr(handler, "uncancel"):  # Python 3.11+: the cancel was ours, consumed here
+            handler.uncancel()
+        return None
+    finally:
+        finished = True
+        watcher.cancel()
 
 
 def gone_response() -> Response:

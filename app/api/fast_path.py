@@ -1,8 +1,8 @@
 """The hot inference routes without the framework around them.
 
 A POST to an inference route with a JSON body that the route's model accepts is validated here
-and handed to the route's endpoint, outside Starlette's routing, FastAPI's request handling and
-the middlewares (each a few layers of coroutines per request: most of the event loop's time per
+and handed to the route's endpoint, before FastAPI's and Starlette's middlewares, routing and
+request handling (each a few layers of coroutines per request: most of the event loop's time per
 request once the model is fast). The answer, its metrics and its errors are the same: errors go
 through the app's own exception handlers, and everything else (another method or content type,
 a body over the limit, malformed or refused JSON, any other route) goes to the full app
@@ -39,20 +39,17 @@ def direct_routes(routers: list[APIRouter]) -> Direct:
     return table
 
 
-class FastPathMiddleware:
-    def __init__(self, app: ASGIApp, routes: Direct, max_bytes: int, observe: Observe) -> None:
-        self.app = app
+class FastPath:
+    def __init__(self, routes: Direct, max_bytes: int, observe: Observe) -> None:
         self.routes = routes
         self.max_bytes = max_bytes
         self.observe = observe
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        entry = self.routes.get(scope["path"])
-        if entry is None or not _json_within(scope, self.max_bytes):
-            await self.app(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Serve a POST to one of `routes`; `app` (the full app) answers what is not for here."""
+        entry = self.routes[scope["path"]]
+        if not _json_within(scope, self.max_bytes):
+            await app(scope, receive, send)
             return
         start = time.perf_counter()
         chunks: list[bytes] = []
@@ -60,13 +57,13 @@ class FastPathMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay(b"".join(chunks), True, receive, message), send)
+                await app(scope, _replay(b"".join(chunks), True, receive, message), send)
                 return
             chunk = message.get("body", b"")
             total += len(chunk)
             chunks.append(chunk)
             if total > self.max_bytes:
-                await self.app(scope, _replay(b"".join(chunks), True, receive, None), send)
+                await app(scope, _replay(b"".join(chunks), True, receive, None), send)
                 return
             if not message.get("more_body", False):
                 break
@@ -75,7 +72,7 @@ class FastPathMiddleware:
         try:
             parsed = validate(strict_loads(body))
         except Exception:  # malformed, not strict JSON or refused: the app answers as it does
-            await self.app(scope, _replay(body, False, receive, None), send)
+            await app(scope, _replay(body, False, receive, None), send)
             return
         request = Request(scope, receive)
         try:
@@ -125,3 +122,23 @@ async def _handled(app: FastAPI, request: Request, exc: Exception) -> Response:
             response = handler(request, exc)
             return response if isinstance(response, Response) else await response
     raise exc
+
+
+class SidecarApp(FastAPI):
+    """FastAPI with the inference routes' fast path in front (`fast_path`, set once the routes
+    exist)."""
+
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_path
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in fast.routes
+        ):
+            scope["app"] = self  # as Starlette sets it: request.app, exception handlers
+            await fast(scope, receive, send, super().__call__)
+            return
+        await super().__call__(scope, receive, send)

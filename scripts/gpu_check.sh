@@ -211,6 +211,15 @@ else
     step bench-service 240 "$PYTHON" -m bench service "${PRESET[@]}" --rounds 1 \
         --servers sidecar,naive --out "$OUT"
 fi
+# Front-end processes sweep (issue 17): requests/s and CPU per request with 1 to 8 front ends at
+# 128 clients, MiniLM, where the web stack and the IPC libraries import.
+if "$PYTHON" -c 'import fastapi, uvicorn, zmq, msgspec, app.serving.supervisor' >/dev/null 2>&1
+then
+    step bench-workers 150 "$PYTHON" -m bench workers --sweep 1,2,4,8 --clients 128 \
+        --model default --requests 4000 --out "$OUT"
+else
+    log "bench-workers: not run, the web stack or pyzmq/msgspec do not import here"
+fi
 
 log "done in $(($(date +%s) - START))s; CUDA=$CUDA; results: $OUT/results.md"
 if ((FAILED)); then

@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.main import create_app
 from app.settings import load_settings
+from tests.front_end_support import make_app
 
 TOKEN = "fuzz-admin-token-0123456789"
 AUTHS: dict[str, dict[str, str]] = {"token": {"Authorization": f"Bearer {TOKEN}"}, "none": {}}
@@ -80,7 +80,7 @@ def api_schema() -> Iterator[Any]:
         capture_threshold=2,
         prewarm_ladder=False,
     )
-    app: Any = create_app(settings)
+    app: Any = make_app(settings)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
     client = asgi.get_client(app)
     wait_ready(client)

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from test_hardening_support import assert_envelope
 from test_hardening_support import reference as eager_reference
 
-from app.main import create_app
 from app.settings import load_settings
+from tests.front_end_support import make_app
 
 TOKEN = "catalogue-admin-token"
 JSON = {"content-type": "application/json"}
@@ -356,7 +356,7 @@ def client() -> Iterator[TestClient]:
         max_queue=64,
         max_batch_size=MAX_INPUTS,
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(make_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c)
         yield c
 

@@ -44,9 +44,9 @@ from server_process import SidecarProcess
 from test_hardening_support import assert_envelope
 
 import app.api.auth as auth_module
-from app.main import create_app
 from app.settings import load_settings
 from models import default_model_path
+from tests.front_end_support import make_app
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-" + secrets.token_hex(12)
@@ -74,7 +74,7 @@ WRONG_AUTHORIZATIONS = [
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     settings = load_settings(model_path="toy", admin_token=SECRET)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(make_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c)
         yield c
 
@@ -125,7 +125,7 @@ def test_auth_is_decided_before_the_body_is_parsed(client: TestClient, body: byt
     assert_envelope(
         client.post("/admin/prewarm", content=body, headers=headers), 401, "unauthorized"
     )
-    with TestClient(create_app(load_settings(model_path="toy"))) as disabled:
+    with TestClient(make_app(load_settings(model_path="toy"))) as disabled:
         resp = disabled.post("/admin/prewarm", content=body, headers={**headers, **AUTH})
         assert_envelope(resp, 403, "admin_disabled")
 
@@ -134,7 +134,7 @@ def test_auth_is_decided_before_the_body_is_parsed(client: TestClient, body: byt
 @pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
 def test_admin_disabled_without_a_token(configured: str | None, method: str, path: str) -> None:
     overrides: dict[str, Any] = {} if configured is None else {"admin_token": configured}
-    with TestClient(create_app(load_settings(model_path="toy", **overrides))) as c:
+    with TestClient(make_app(load_settings(model_path="toy", **overrides))) as c:
         for headers in ({}, AUTH, {"Authorization": "Bearer "}):
             message = assert_envelope(
                 c.request(method, path, headers=headers), 403, "admin_disabled"
@@ -389,7 +389,7 @@ def test_a_booby_trapped_checkpoint_is_never_unpickled(tmp_path: Path, as_name: 
     shutil.copytree(default_model_path(), model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
     marker = tmp_path / "pwned"
     (model_dir / as_name).write_bytes(pickle.dumps({"weights": _Trap(marker)}))
-    app = create_app(load_settings(model_path=str(model_dir)))
+    app = make_app(load_settings(model_path=str(model_dir)))
 
     async def start() -> None:
         async with app.router.lifespan_context(app):
@@ -405,7 +405,7 @@ def test_a_booby_trapped_profile_is_never_unpickled(tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
     profile.write_bytes(pickle.dumps(_Trap(marker)))
     settings = load_settings(model_path="toy", profile_path=str(profile))
-    with TestClient(create_app(settings)) as c:
+    with TestClient(make_app(settings)) as c:
         wait_ready(c)  # the bad profile is ignored, not fatal
         assert c.post("/infer", json={"inputs": ["ok"]}).status_code == 200
     assert not marker.exists(), "the profile was unpickled"

@@ -13,9 +13,9 @@ import torch
 from app_support import ADMIN_CALLS, wait_captured, wait_ready
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.settings import load_settings
 from models import cpu_has_native_bf16, make_toy_encoder
+from tests.front_end_support import make_app
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -26,7 +26,7 @@ def make_client(**overrides: Any) -> TestClient:
     # bfloat16 on a CPU with native bfloat16; test_service_api covers that default)
     overrides.setdefault("dtype", "float32")
     settings = load_settings(model_path="toy", **overrides)
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    return TestClient(make_app(settings), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +94,7 @@ def test_auto_dtype_serves_what_the_cpu_multiplies_natively() -> None:
     """SIDECAR_DTYPE=auto (the default): bfloat16 on a CPU with native bfloat16, else float32;
     /readyz says which, and the answers stay within cosine 0.995 of the float32 reference."""
     want = "bfloat16" if cpu_has_native_bf16() else "float32"
-    with TestClient(
-        create_app(load_settings(model_path="toy")), raise_server_exceptions=False
-    ) as c:
+    with TestClient(make_app(load_settings(model_path="toy")), raise_server_exceptions=False) as c:
         wait_ready(c)
         assert c.get("/readyz").json()["dtype"] == want
         resp = c.post("/infer", json={"inputs": TEXTS})

@@ -13,8 +13,8 @@ from app_support import wait_captured, wait_ready
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.main import create_app
 from app.settings import load_settings
+from tests.front_end_support import make_app
 
 # family name (as the parser reports it) -> (type, label names)
 EXPECTED: dict[str, tuple[str, set[str]]] = {
@@ -77,7 +77,7 @@ def client() -> Iterator[TestClient]:
         capture_threshold=2,
         idle_prewarm_top_k=0,
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(make_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c, timeout_s=30)
         yield c
 
@@ -176,7 +176,7 @@ def test_label_values_never_come_from_requests(client: TestClient) -> None:
 
 def test_each_app_has_its_own_registry() -> None:
     s = load_settings(model_path="toy")
-    with TestClient(create_app(s)) as a, TestClient(create_app(s)) as b:
+    with TestClient(make_app(s)) as a, TestClient(make_app(s)) as b:
         for c in (a, b):
             wait_ready(c)
         a.post("/infer", json={"inputs": ["only a"]})
@@ -185,7 +185,7 @@ def test_each_app_has_its_own_registry() -> None:
 
 
 def test_metrics_before_the_model_is_loaded_are_zeros() -> None:
-    app = create_app(load_settings(model_path="toy"))
+    app = make_app(load_settings(model_path="toy"))
     client = TestClient(app)  # no lifespan: nothing loaded
     families = scrape(client)
     assert value(families, "cudagraph_hits_total") == 0

@@ -13,8 +13,8 @@ from app_support import wait_ready
 from fastapi.testclient import TestClient
 from model_builders import ce_predict, hf_logits, tiny_classifier, tiny_reranker
 
-from app.main import create_app
 from app.settings import load_settings
+from tests.front_end_support import make_app
 
 QUERY = "what is a cuda graph"
 DOCS = [
@@ -29,7 +29,7 @@ def serve(model: str, **overrides: Any) -> TestClient:
     settings = load_settings(
         model=model, dtype="float32", graph_mode="FULL", capture_threshold=1, **overrides
     )
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    return TestClient(make_app(settings), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,10 @@ class Channel:
                 logger.debug("could not send %d messages: %s", len(messages), exc)
         self._readable()
 
+    def drain(self) -> None:
+        """Handle every frame already received (normally done when the socket signals)."""
+        self._readable()
+
     def _readable(self) -> None:
         sock = self._sock
         while not self._closed and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:

@@ -48,6 +48,10 @@ from models import TextTokenizer
 
 logger = logging.getLogger(__name__)
 
+# A scrape waits this long for the engine's part (Prometheus' own default timeout is 10 s).
+METRICS_TIMEOUT_S = 5.0
+STARTUP_FAILURE_GRACE_S = 0.5
+
 
 class EngineUnavailable(BatcherError):
     """The engine process has stopped: nothing can be answered (503; the service restarts)."""
@@ -227,7 +231,9 @@ class EngineClient:
         return reply.value
 
     async def engine_metrics(self) -> bytes:
-        value = await self.operate("metrics", {})
+        """The engine's metrics text; TimeoutError if it does not answer within a scrape's
+        patience."""
+        value = await asyncio.wait_for(self.operate("metrics", {}), METRICS_TIMEOUT_S)
         return bytes(value)
 
     # --------------------------------------------------------------- internals
@@ -255,6 +261,12 @@ class EngineClient:
                 fut.set_result(message)
 
     def _on_status(self, status: Status) -> None:
+        if status.error is not None and self._described is not None:
+            if not self._described.done():
+                self._described.set_exception(
+                    RuntimeError(f"the engine could not start: {status.error}")
+                )
+            return
         if status.model is not None:
             self._model = ModelInfo.from_description(status.model)
             if self._described is not None and not self._described.done():
@@ -271,6 +283,13 @@ class EngineClient:
         logger.error("the engine process has stopped: answering 503 until replaced")
         gone = EngineUnavailable("the engine process has stopped; retry on another instance")
         self._fail_all(gone)
+        if self._described is not None and not self._described.done():
+            # It may have said why on its way out: give its last frame a moment to arrive.
+            asyncio.get_running_loop().call_later(STARTUP_FAILURE_GRACE_S, self._failed_to_start)
+
+    def _failed_to_start(self) -> None:
+        if self._channel is not None:
+            self._channel.drain()
         if self._described is not None and not self._described.done():
             self._described.set_exception(RuntimeError("the engine process stopped while starting"))
 

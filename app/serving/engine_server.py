@@ -16,7 +16,7 @@ import numpy as np
 import zmq
 
 from app.engine.batcher import BatcherError
-from app.engine.engine import Engine
+from app.engine.engine import Engine, EngineState
 from app.engine.operations import OPERATIONS, InvalidOperation
 from app.metrics import EngineMetrics
 from app.serving.channel import Channel, Peer
@@ -35,6 +35,8 @@ from app.serving.messages import (
 logger = logging.getLogger(__name__)
 
 STATUS_POLL_S = 0.05
+# After a failed start, front ends that connect this soon still learn why.
+STARTUP_FAILURE_LINGER_S = 1.0
 
 
 def model_description(engine: Engine) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class EngineServer:
         self._pending: dict[tuple[Peer, int], asyncio.Future[list[np.ndarray]]] = {}
         self._sent_status: tuple[str, int, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failure: str | None = None  # why the engine could not start
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Bind, load the model, answer until `stop` is set, then drain and stop the engine."""
@@ -93,7 +96,13 @@ class EngineServer:
         self._channel = Channel(sock, loop, self._on_frame, routed=True)
         watcher = loop.create_task(self._watch_status(), name="engine-status")
         try:
-            await self.engine.start()
+            try:
+                await self.engine.start()
+            except Exception as exc:  # tell the front ends why (those that connect meanwhile
+                self._failure = str(exc)  # too), then fail as before
+                self._answer_hellos()
+                await asyncio.sleep(STARTUP_FAILURE_LINGER_S)
+                raise
             self._answer_hellos()
             await stop.wait()
             logger.info("engine: stopping (%d texts queued)", self.engine.queue_depth)
@@ -173,6 +182,12 @@ class EngineServer:
         return Status(engine.state.value, engine.prewarm_done, engine.prewarm_total, described)
 
     def _answer_hellos(self) -> None:
+        if self._failure is not None and self._channel is not None:
+            failed = Status(EngineState.STOPPED.value, 0, 0, error=self._failure)
+            for peer in self._waiting_hello:
+                self._send(peer, failed)
+            self._waiting_hello.clear()
+            return
         if not self.engine.loaded or self._channel is None:
             return  # answered once the model is loaded
         for peer in self._waiting_hello:

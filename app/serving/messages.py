@@ -69,6 +69,7 @@ class Status(msgspec.Struct, tag="status", array_like=True):
     prewarm_done: int
     prewarm_total: int
     model: dict[str, Any] | None = None  # the model's description, in answer to Hello only
+    error: str | None = None  # why the engine could not start (it exits next)
 
 
 ToEngine = Embed | Cancel | Call | Hello

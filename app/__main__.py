@@ -35,7 +35,6 @@ def _add_internal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         p = sub.add_parser(name)
         p.add_argument("--address", required=True)
         if name == "front-end":
-            p.add_argument("--socket-fd", type=int, required=True)
             p.add_argument("--alive-fd", type=int, required=True)
         for flag in ("--host", "--config", "--log-level"):
             p.add_argument(flag)
@@ -131,7 +130,7 @@ def front_end(args: argparse.Namespace, rest: Sequence[str]) -> int:
         return 2
     from app.serving.front_end import run_front_end
 
-    return run_front_end(settings, args.socket_fd, args.address, args.alive_fd)
+    return run_front_end(settings, args.address, args.alive_fd)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {

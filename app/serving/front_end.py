@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -58,15 +57,18 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> Any:
     )
 
 
-def run_front_end(settings: Settings, socket_fd: int, address: str, alive_fd: int) -> int:
-    """One front end: HTTP on the listening socket the supervisor shares with every front end,
-    the engine process at `address`. Exit status as `serve`'s: 0, or 3 if it never started."""
+def run_front_end(settings: Settings, address: str, alive_fd: int) -> int:
+    """One front end: HTTP on the supervisor's port (its own SO_REUSEPORT listener), the engine
+    process at `address`. Exit status as `serve`'s: 0, or 3 if it never started."""
     from app.main import create_app
+    from app.serving.supervisor import listening_socket
 
     die_with_parent()
     app = create_app(settings, engine_address=address, engine_alive_fd=alive_fd)
     server = make_server(
         uvicorn_config(app, settings), app.state.engine.begin_drain, settings.drain_delay_s
     )
-    server.run(sockets=[socket.socket(fileno=socket_fd)])
+    # Listening only once the engine has answered (uvicorn listens after the lifespan): until
+    # then the port's connections go to the front ends that are ready.
+    server.run(sockets=[listening_socket(settings.host, settings.port)])
     return 0 if server.started else 3

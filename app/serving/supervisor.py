@@ -1,7 +1,8 @@
 """`python -m app serve` with several front ends: the supervisor process.
 
-It binds the listening socket once, starts the engine process and `workers` front-end
-processes that share the socket (the kernel hands each connection to one of them), and then:
+It reserves the port, starts the engine process and `workers` front-end processes, each
+listening on that port with SO_REUSEPORT (the kernel spreads new connections evenly over the
+front ends that listen; a front end that stops listening takes no more), and then:
 - a front end that dies is replaced (its request counts stay: prometheus_client's multiprocess
   files of dead processes are still summed);
 - if the engine process dies, the front ends answer 503 and /healthz fails (they see it at
@@ -54,10 +55,8 @@ class Supervisor:
 
     def _run(self, runtime: Path) -> int:
         settings = self.settings
-        listener = socket.create_server(
-            (settings.host, settings.port), backlog=2048, reuse_port=False
-        )
-        listener.set_inheritable(True)
+        reserved = reserve_port(settings.host, settings.port)
+        port = reserved.getsockname()[1]
         address = f"ipc://{runtime / 'engine.sock'}"
         metrics_dir = runtime / "metrics"
         metrics_dir.mkdir()
@@ -72,22 +71,18 @@ class Supervisor:
         )
         os.close(alive_w)  # the engine holds the only write end: EOF means it has ended
         front_env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        front_cmd = [
-            sys.executable, "-m", "app", "front-end",
-            "--address", address,
-            "--socket-fd", str(listener.fileno()),
-            "--alive-fd", str(alive_r),
-            *self.passthrough,
-        ]  # fmt: skip
+        front_cmd = [sys.executable, "-m", "app", "front-end", "--address", address]
+        front_cmd += ["--alive-fd", str(alive_r), *self.passthrough]
+        front_cmd += ["--port", str(port)]  # the one reserved (the flag may have said 0: any)
 
         def start_front_end() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(front_cmd, env=front_env, pass_fds=(listener.fileno(), alive_r))
+            return subprocess.Popen(front_cmd, env=front_env, pass_fds=(alive_r,))
 
         front_ends = {i: (start_front_end(), time.monotonic()) for i in range(self.workers)}
         logger.info(
             "serving on http://%s:%d: %d front ends (pids %s), engine pid %d",
             settings.host,
-            listener.getsockname()[1],
+            port,
             self.workers,
             ", ".join(str(p.pid) for p, _ in front_ends.values()),
             engine.pid,
@@ -116,8 +111,8 @@ class Supervisor:
                 time.sleep(POLL_S)
                 continue
             break
-        listener.close()  # the front ends' copies close as they stop accepting
         self._stop_front_ends([p for p, _ in front_ends.values()])
+        reserved.close()
         os.close(alive_r)
         if engine.poll() is None:
             engine.send_signal(signal.SIGTERM)
@@ -156,6 +151,25 @@ class Supervisor:
                 logger.error("front end %d did not stop in time; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT: several processes listen on one
+    port and the kernel spreads connections over them. Listening only when `listen` is called:
+    a socket that only holds the port takes no connections."""
+    family, kind, proto, _, where = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(where)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold (host, port) for the front ends (port 0: one the kernel picks), not listening."""
+    return listening_socket(host, port)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:

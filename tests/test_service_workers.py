@@ -168,3 +168,14 @@ def test_sigterm_drains_every_process_and_saves_the_profile_once(tmp_path: Path)
     log = server.log_text()
     assert log.count("saved the hot-shape profile") == 1
     assert profile.is_file()
+
+
+def test_a_port_in_use_is_refused_with_its_reason(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = SidecarProcess(ENV, tmp_path / "server.log", args=("--port", str(port)))
+        with server:
+            assert server.wait(60) == 3
+        assert f"cannot listen on 127.0.0.1:{port}" in server.log_text()

@@ -66,6 +66,18 @@ class NotReady(BatcherError):
     reason = REASON_NOT_READY
 
 
+def admit(state: EngineState, queue_open: bool, on_reject: Callable[[str], None]) -> None:
+    """The admission rule, wherever the engine runs: ready admits, draining admits while the
+    queue is still open; otherwise a refusal, counted by `on_reject(reason)`."""
+    if state is EngineState.READY or (state is EngineState.DRAINING and queue_open):
+        return
+    if state in (EngineState.DRAINING, EngineState.STOPPED):
+        on_reject(REASON_DRAINING)
+        raise BatcherClosed("the server is shutting down; retry on another instance")
+    on_reject(REASON_NOT_READY)
+    raise NotReady(f"not ready ({state.value}); retry shortly")
+
+
 class EngineConfigError(ValueError):
     """Settings the engine cannot work with, found once the model is known. ``settings`` names
     the settings fields involved (the settings layer turns them into variable names)."""
@@ -249,20 +261,12 @@ class Engine:
 
     # ---------------------------------------------------------------- serving
     def check_ready(self, texts: int = 0) -> None:
-        """Raise unless inference is admitted (ready, or draining with the queue still open) and
-        `texts` more texts fit in the queue. Cheap: routes call it before tokenizing."""
-        state = self._state
-        if state is EngineState.READY:
-            if texts and self._batcher is not None:
-                self._batcher.check_room(texts)
-            return
-        if state in (EngineState.DRAINING, EngineState.STOPPED):
-            if state is EngineState.DRAINING and self._batcher and not self._batcher.closed:
-                return
-            self._observer.on_reject(REASON_DRAINING)
-            raise BatcherClosed("the server is shutting down; retry on another instance")
-        self._observer.on_reject(REASON_NOT_READY)
-        raise NotReady(f"not ready ({state.value}); retry shortly")
+        """Raise unless inference is admitted (`admit`) and `texts` more texts fit in the queue.
+        Cheap: routes call it before tokenizing."""
+        queue_open = self._batcher is not None and not self._batcher.closed
+        admit(self._state, queue_open, self._observer.on_reject)
+        if texts and self._state is EngineState.READY and self._batcher is not None:
+            self._batcher.check_room(texts)
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated to the model's max length)."""

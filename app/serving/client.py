@@ -20,7 +20,6 @@ import numpy as np
 import zmq
 
 from app.engine.batcher import (
-    REASON_DRAINING,
     REASON_NOT_READY,
     REJECT_REASONS,
     BatcherClosed,
@@ -29,7 +28,7 @@ from app.engine.batcher import (
     QueueFull,
     RequestTimedOut,
 )
-from app.engine.engine import EngineState, NotReady, tokenize_off_loop_if_long
+from app.engine.engine import EngineState, NotReady, admit, tokenize_off_loop_if_long
 from app.engine.operations import InvalidOperation
 from app.metrics import FrontEndMetrics
 from app.serving.channel import Channel
@@ -191,14 +190,8 @@ class EngineClient:
         if not self._alive:
             self._observer.on_reject(REASON_NOT_READY)
             raise EngineUnavailable("the engine process has stopped; retry on another instance")
-        state = EngineState(self._status.state)
-        if state in (EngineState.READY, EngineState.DRAINING):
-            return
-        if state is EngineState.STOPPED:
-            self._observer.on_reject(REASON_DRAINING)
-            raise BatcherClosed("the server is shutting down; retry on another instance")
-        self._observer.on_reject(REASON_NOT_READY)
-        raise NotReady(f"not ready ({state.value}); retry shortly")
+        # A draining engine's queue may still be open: the engine itself refuses once it closes.
+        admit(EngineState(self._status.state), True, self._observer.on_reject)
 
     async def tokenize(self, texts: list[str]) -> list[list[int]]:
         return await tokenize_off_loop_if_long(self.encoder.tokenizer, texts)

@@ -55,7 +55,11 @@ class Supervisor:
 
     def _run(self, runtime: Path) -> int:
         settings = self.settings
-        reserved = reserve_port(settings.host, settings.port)
+        try:
+            reserved = reserve_port(settings.host, settings.port)
+        except OSError as exc:
+            logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            return 3
         port = reserved.getsockname()[1]
         address = f"ipc://{runtime / 'engine.sock'}"
         metrics_dir = runtime / "metrics"
@@ -98,6 +102,8 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
+                if self._signals:  # a Ctrl-C reached it too: shutting down, not replacing
+                    break
                 quick = time.monotonic() - started < QUICK_EXIT_S
                 self._quick_exits = self._quick_exits + 1 if quick else 0
                 if code == 3 or self._quick_exits >= MAX_QUICK_EXITS:

@@ -64,7 +64,7 @@ def model_description(engine: Engine) -> dict[str, Any]:
 
 
 def failure_kind(exc: BaseException) -> str:
-    """The name a front end maps back to the same exception (see client.raise_failure)."""
+    """The name a front end maps back to the same exception (client.failure_exception)."""
     if isinstance(exc, BatcherError):
         return exc.reason
     if isinstance(exc, InvalidOperation):
@@ -154,8 +154,8 @@ class EngineServer:
             self._send(peer, Failed(request_id, failure_kind(exc), str(exc)))
             return
         rows = fut.result()
-        matrix = rows[0] if len(rows) == 1 else np.stack(rows)
-        self._send(peer, Rows(request_id, len(rows), matrix.tobytes()))
+        data = b"".join(row.tobytes() for row in rows)  # C-order (n, dims) float32
+        self._send(peer, Rows(request_id, len(rows), data))
 
     async def _call(self, peer: Peer, message: Call) -> None:
         try:

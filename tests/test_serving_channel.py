@@ -1,0 +1,116 @@
+"""The engine server and a front end's client in one event loop, over a real zmq ipc socket:
+what crosses, and how refusals and failures come back as the in-process engine's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.engine.batcher import QueueFull
+from app.engine.engine import Engine, EngineState
+from app.engine.operations import InvalidOperation
+from app.metrics import EngineMetrics, FrontEndMetrics
+from app.serving.client import EngineClient, EngineUnavailable
+from app.serving.engine_server import EngineServer
+from app.settings import load_settings
+
+
+def _run(
+    tmp_path: Path, body: Callable[[EngineClient, Engine], Awaitable[Any]], **settings: Any
+) -> Any:
+    """Start an engine server and a client at an ipc address under `tmp_path`, run `body`."""
+    config = load_settings(model="toy", device="cpu", **settings).engine_config()
+
+    async def main() -> Any:
+        engine = Engine(config, observer=EngineMetrics(CollectorRegistry()))
+        server = EngineServer(engine, EngineMetrics(CollectorRegistry()), f"ipc://{tmp_path}/e")
+        stop = asyncio.Event()
+        serving = asyncio.create_task(server.serve(stop))
+        alive_r, alive_w = os.pipe()
+        client = EngineClient(f"ipc://{tmp_path}/e", FrontEndMetrics(CollectorRegistry()), alive_r)
+        try:
+            await client.start()
+            await engine.wait_ready()
+            while client.state is not EngineState.READY:
+                await asyncio.sleep(0.01)
+            return await body(client, engine)
+        finally:
+            await client.stop()
+            stop.set()
+            await serving
+            os.close(alive_w)
+            os.close(alive_r)
+
+    return asyncio.run(main())
+
+
+def test_rows_cross_as_the_engine_computed_them(tmp_path: Path) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        ids = await client.tokenize(["a first text", "and a second, longer one"])
+        assert ids == await engine.tokenize(["a first text", "and a second, longer one"])
+        remote = await client.embed(ids)
+        local = await engine.embed(ids)
+        assert remote.dtype == np.float32 and remote.shape == (2, client.encoder.dimensions)
+        np.testing.assert_array_equal(remote, local)
+        assert (await client.embed([])).shape == (0, client.encoder.dimensions)
+        assert client.encoder.name == engine.encoder.name
+        assert client.mode_name == engine.mode_name
+
+    _run(tmp_path, body)
+
+
+def test_refusals_and_admin_errors_come_back_as_the_same_exceptions(tmp_path: Path) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        with pytest.raises(QueueFull):
+            await client.embed((await client.tokenize(["x"])) * 9)  # more than the queue holds
+        with pytest.raises(InvalidOperation) as invalid:
+            await client.operate("prewarm", {"shapes": [[10**6, 16]]})
+        assert invalid.value.code == "invalid_shape"
+        with pytest.raises(InvalidOperation, match="no operation"):
+            await client.operate("no-such-thing", {})
+        stats = await client.operate("stats", {})
+        assert stats["texts"] == 0 and stats == await engine.operate("stats", {})
+
+    _run(tmp_path, body, max_queue=8, max_inputs_per_request=8)
+
+
+def test_a_cancelled_request_leaves_the_engine_queue(tmp_path: Path) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        # A slow batch holds the worker; a request queued behind it is then walked away from.
+        handle = engine.encoder.model.register_forward_pre_hook(lambda *_: time.sleep(0.3))
+        try:
+            ids = await client.tokenize(["one text"])
+            first = asyncio.create_task(client.embed(ids))
+            while engine.batches == 0:
+                await asyncio.sleep(0.001)
+            waiting = asyncio.create_task(client.embed(ids * 4))
+            while engine.queue_depth < 4:
+                await asyncio.sleep(0.001)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            while engine.queue_depth:  # the Cancel message reaches the engine
+                await asyncio.sleep(0.001)
+            assert (await first).shape == (1, client.encoder.dimensions)
+            assert engine.texts == 1  # the cancelled texts never ran
+        finally:
+            handle.remove()
+
+    _run(tmp_path, body)
+
+
+def test_a_stopped_client_refuses_as_unavailable(tmp_path: Path) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        await client.stop()
+        with pytest.raises(EngineUnavailable):
+            await client.embed([[0, 1]])
+
+    _run(tmp_path, body)

@@ -31,6 +31,8 @@ from app.settings import Settings, SettingsError, engine_error_message, load_set
 
 logger = logging.getLogger(__name__)
 
+ENGINE_ANSWER_SLACK_S = 5.0
+
 INFERENCE_ROUTES = frozenset(
     {"/infer", "/v1/embeddings", "/embed", "/", "/v1/rerank", "/v2/rerank", "/rerank", "/predict"}
 )
@@ -58,7 +60,10 @@ def create_app(
         engine = local
     else:
         client_metrics = FrontEndExposition(lambda: client.engine_metrics())
-        client = EngineClient(engine_address, client_metrics, engine_alive_fd)
+        # Past the engine's own request timeout (which answers 503 timeout itself), slack for
+        # the answer to arrive; only an engine answering nothing at all gets there.
+        answer_timeout_s = settings.request_timeout_s + ENGINE_ANSWER_SLACK_S
+        client = EngineClient(engine_address, client_metrics, engine_alive_fd, answer_timeout_s)
         metrics, engine = client_metrics, client
 
     @asynccontextmanager

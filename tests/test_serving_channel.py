@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.engine.batcher import QueueFull
+from app.engine.batcher import QueueFull, RequestTimedOut
 from app.engine.engine import Engine, EngineState
 from app.engine.operations import InvalidOperation
 from app.metrics import EngineMetrics, FrontEndMetrics
@@ -24,7 +24,10 @@ from app.settings import load_settings
 
 
 def _run(
-    tmp_path: Path, body: Callable[[EngineClient, Engine], Awaitable[Any]], **settings: Any
+    tmp_path: Path,
+    body: Callable[[EngineClient, Engine], Awaitable[Any]],
+    answer_timeout_s: float = 60.0,
+    **settings: Any,
 ) -> Any:
     """Start an engine server and a client at an ipc address under `tmp_path`, run `body`."""
     config = load_settings(model="toy", device="cpu", **settings).engine_config()
@@ -35,7 +38,8 @@ def _run(
         stop = asyncio.Event()
         serving = asyncio.create_task(server.serve(stop))
         alive_r, alive_w = os.pipe()
-        client = EngineClient(f"ipc://{tmp_path}/e", FrontEndMetrics(CollectorRegistry()), alive_r)
+        metrics = FrontEndMetrics(CollectorRegistry())
+        client = EngineClient(f"ipc://{tmp_path}/e", metrics, alive_r, answer_timeout_s)
         try:
             await client.start()
             await engine.wait_ready()
@@ -114,3 +118,15 @@ def test_a_stopped_client_refuses_as_unavailable(tmp_path: Path) -> None:
             await client.embed([[0, 1]])
 
     _run(tmp_path, body)
+
+
+def test_an_engine_that_does_not_answer_is_a_timeout_not_a_hang(tmp_path: Path) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        handle = engine.encoder.model.register_forward_pre_hook(lambda *_: time.sleep(0.5))
+        try:
+            with pytest.raises(RequestTimedOut, match="did not answer within 0.1 s"):
+                await client.embed(await client.tokenize(["slow"]))
+        finally:
+            handle.remove()
+
+    _run(tmp_path, body, answer_timeout_s=0.1)

@@ -107,10 +107,19 @@ class ModelInfo:
 
 
 class EngineClient:
+    """`answer_timeout_s`: how long an inference request waits for the engine's answer before
+    it is refused as timed out (the engine's own request timeout, plus slack: only an engine
+    that answers nothing at all, e.g. stopped by a debugger or hung, gets there)."""
+
     def __init__(
-        self, address: str, observer: FrontEndMetrics, alive_fd: int | None = None
+        self,
+        address: str,
+        observer: FrontEndMetrics,
+        alive_fd: int | None = None,
+        answer_timeout_s: float = 60.0,
     ) -> None:
         self.address = address
+        self.answer_timeout_s = answer_timeout_s
         self._observer = observer
         self._alive_fd = alive_fd
         self._alive = True
@@ -203,8 +212,12 @@ class EngineClient:
         self.check_ready()
         self._observer.on_request(len(token_ids))
         request_id = next(self._ids)
+        fut = self._ask(request_id, Embed(request_id, token_ids))
+        timer = asyncio.get_running_loop().call_later(
+            self.answer_timeout_s, self._no_answer, request_id, fut
+        )
         try:
-            answer: Rows = await self._ask(request_id, Embed(request_id, token_ids))
+            answer: Rows = await fut
         except asyncio.CancelledError:
             if self._channel is not None:
                 self._channel.send(b"", Cancel(request_id))
@@ -213,6 +226,8 @@ class EngineClient:
             if exc.reason in REJECT_REASONS and not isinstance(exc, EngineUnavailable):
                 self._observer.on_reject(exc.reason)
             raise
+        finally:
+            timer.cancel()
         matrix = np.frombuffer(answer.data, dtype=np.float32)
         return (
             matrix.reshape(answer.n, -1) if answer.n else matrix.reshape(0, self.encoder.dimensions)
@@ -239,6 +254,17 @@ class EngineClient:
         fut.add_done_callback(lambda _: self._waiting.pop(request_id, None))
         self._channel.send(b"", message)
         return fut
+
+    def _no_answer(self, request_id: int, fut: asyncio.Future[Any]) -> None:
+        if fut.done():
+            return
+        if self._channel is not None:
+            self._channel.send(b"", Cancel(request_id))
+        fut.set_exception(
+            RequestTimedOut(
+                f"the engine did not answer within {self.answer_timeout_s:g} s; retry later"
+            )
+        )
 
     def _on_frame(self, _peer: bytes, payload: bytes) -> None:
         for message in decode_from_engine(payload):

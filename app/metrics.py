@@ -319,8 +319,8 @@ class FrontEndExposition(FrontEndMetrics):
         self._engine_text = engine_text
         self._not_reached = CollectorRegistry(auto_describe=False)
         self._not_reached.register(EngineNotReached())
-        self._exposed = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._exposed = CollectorRegistry()
             MultiProcessCollector(self._exposed)
         else:  # one front end alone (tests): its own registry is the whole story
             self._exposed = self._own

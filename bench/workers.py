@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from bench.loadgen import make_texts
+from bench.service import run_loadgen
 from tests.server_process import ROOT, SidecarProcess, child_pids
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,31 +57,6 @@ def _delta(
     return {t: (n, s - before.get(t, (n, 0.0))[1]) for t, (n, s) in after.items()}
 
 
-def _loadgen(url: str, clients: int, requests: int, texts_file: Path, warmup: int = 0) -> Any:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "--url",
-            url + "/infer",
-            "--concurrency",
-            str(clients),
-            "--requests",
-            str(requests),
-            "--warmup",
-            str(warmup),
-            "--texts-file",
-            str(texts_file),
-        ],  # fmt: skip
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    return json.loads(out.stdout)
-
-
 def measure(
     workers: int, model: str, clients: int, requests: int, texts_file: Path, log: Path
 ) -> dict[str, Any]:
@@ -90,12 +66,13 @@ def measure(
     server = SidecarProcess(env, log)
     with server:
         server.wait_ready(300)
-        _loadgen(server.url, clients, requests // 2, texts_file)  # captures, first sight
+        url = server.url + "/infer"
+        run_loadgen(url, texts_file, clients, requests // 2)  # captures, first sight
         pids = [server.pid, *child_pids(server.pid)]
         model_pid = server.children().get("engine", [server.pid])[0]
         stats0 = httpx.get(server.url + "/admin/stats", headers=auth).json()
         cpu0 = {pid: thread_cpu(pid) for pid in pids}
-        load = _loadgen(server.url, clients, requests, texts_file)
+        load = run_loadgen(url, texts_file, clients, requests)
         cpu1 = {pid: thread_cpu(pid) for pid in pids}
         stats1 = httpx.get(server.url + "/admin/stats", headers=auth).json()
     texts = stats1["texts"] - stats0["texts"]

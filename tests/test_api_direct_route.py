@@ -1,18 +1,19 @@
-"""DirectBodyRoute answers every body exactly as FastAPI's own handler (StrictJSONRoute) does:
-the same endpoint on both route classes, side by side, over a table of well- and ill-formed
-requests."""
+"""The fast path (a SidecarApp calling DirectBodyRoute endpoints itself) answers every body
+exactly as FastAPI's own handler (StrictJSONRoute) does: the same endpoint on both route
+classes, side by side, over a table of well- and ill-formed requests."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import get_engine
+from app.api.fast_path import FastPath, SidecarApp, direct_routes
 from app.api.routing import DirectBodyRoute, StrictJSONRoute, bind_body
 from app.errors import ApiError, install_error_handlers
 
@@ -32,14 +33,18 @@ async def echo(body: Any, request: Request) -> Response:
 
 
 def make_client() -> TestClient:
-    app = FastAPI()
+    app = SidecarApp()
     install_error_handlers(app)
+    routers = []
     for prefix, route_class in (("/direct", DirectBodyRoute), ("/standard", StrictJSONRoute)):
         router = APIRouter(route_class=route_class)
         router.add_api_route(
             f"{prefix}/echo", bind_body(echo, Echo), methods=["POST"], response_model=None
         )
         app.include_router(router)
+        routers.append(router)
+    app.fast_path = FastPath(direct_routes(routers), 1 << 30, lambda *_: None)
+    assert set(app.fast_path.routes) == {"/direct/echo"}
     return TestClient(app, raise_server_exceptions=False)
 
 

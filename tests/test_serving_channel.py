@@ -58,8 +58,9 @@ def _run(
 
 def test_rows_cross_as_the_engine_computed_them(tmp_path: Path) -> None:
     async def body(client: EngineClient, engine: Engine) -> None:
-        ids = await client.tokenize(["a first text", "and a second, longer one"])
-        assert ids == await engine.tokenize(["a first text", "and a second, longer one"])
+        texts = ["a first text", "and a second, longer one"]
+        ids = client.encoder.tokenizer.encode(texts)  # rebuilt from the engine's description
+        assert ids == engine.encoder.tokenizer.encode(texts)
         remote = await client.embed(ids)
         local = await engine.embed(ids)
         assert remote.dtype == np.float32 and remote.shape == (2, client.encoder.dimensions)
@@ -74,7 +75,9 @@ def test_rows_cross_as_the_engine_computed_them(tmp_path: Path) -> None:
 def test_refusals_and_admin_errors_come_back_as_the_same_exceptions(tmp_path: Path) -> None:
     async def body(client: EngineClient, engine: Engine) -> None:
         with pytest.raises(QueueFull):
-            await client.embed((await client.tokenize(["x"])) * 9)  # more than the queue holds
+            await client.embed(
+                client.encoder.tokenizer.encode(["x"]) * 9
+            )  # more than the queue holds
         with pytest.raises(InvalidOperation) as invalid:
             await client.operate("prewarm", {"shapes": [[10**6, 16]]})
         assert invalid.value.code == "invalid_shape"
@@ -91,7 +94,7 @@ def test_a_cancelled_request_leaves_the_engine_queue(tmp_path: Path) -> None:
         # A slow batch holds the worker; a request queued behind it is then walked away from.
         handle = engine.encoder.model.register_forward_pre_hook(lambda *_: time.sleep(0.3))
         try:
-            ids = await client.tokenize(["one text"])
+            ids = client.encoder.tokenizer.encode(["one text"])
             first = asyncio.create_task(client.embed(ids))
             while engine.batches == 0:
                 await asyncio.sleep(0.001)
@@ -125,7 +128,7 @@ def test_an_engine_that_does_not_answer_is_a_timeout_not_a_hang(tmp_path: Path) 
         handle = engine.encoder.model.register_forward_pre_hook(lambda *_: time.sleep(0.5))
         try:
             with pytest.raises(RequestTimedOut, match="did not answer within 0.1 s"):
-                await client.embed(await client.tokenize(["slow"]))
+                await client.embed(client.encoder.tokenizer.encode(["slow"]))
         finally:
             handle.remove()
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routing import DirectBodyRoute, is_json, strict_loads
+from app.api.routing import DirectBodyRoute, StrictJSONRequest, is_json, strict_loads
 
 Observe = Callable[[str, int, float | None], None]
 
@@ -74,7 +74,7 @@ class FastPath:
         except Exception:  # malformed, not strict JSON or refused: the app answers as it does
             await app(scope, _replay(body, False, receive, None), send)
             return
-        request = Request(scope, receive)
+        request = StrictJSONRequest(scope, receive)  # as the route itself would pass it
         try:
             response: Response = await endpoint(body=parsed, request=request)
         except Exception as exc:

@@ -80,16 +80,12 @@ def is_json(content_type: str | None) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-class DirectBodyRoute(APIRoute):
-    """A route for the hot inference endpoints: a JSON body the route's model accepts is
-    validated and handed straight to `endpoint(body, request)`, without FastAPI's dependency
-    solving around it. That saves event-loop time per request, which on a small CPU comes out
-    of the model's threads and elsewhere bounds requests/s when HTTP is the limit.
-
-    Anything else (no JSON content type, malformed or non-strict JSON, a body the model refuses)
-    goes to FastAPI's own handler with the same strict request, which answers exactly as on any
-    other route (422 in the error envelope). The OpenAPI schema is FastAPI's, unchanged.
-    Endpoints on this route take exactly `body` (the model) and `request`, and return a Response.
+class DirectBodyRoute(StrictJSONRoute):
+    """A route of a hot inference endpoint: `app.api.fast_path` calls its endpoint directly with
+    a JSON body the route's model accepts, before the framework's layers; whatever the fast path
+    passes on arrives here and is answered as on any StrictJSONRoute (422 in the error envelope).
+    The OpenAPI schema is FastAPI's, unchanged. Endpoints on this route take exactly `body` (the
+    model) and `request`, and return a Response: that is how the fast path calls them.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -110,25 +106,7 @@ class DirectBodyRoute(APIRoute):
                 f"and `request`, got body {params[0]} ({model!r}), dependencies {params[1]}, "
                 f"request {params[2]!r}"
             )
-        standard = super().get_route_handler()
-        validate = model.model_validate
-        endpoint = self.endpoint
-
-        async def direct_handler(request: Request) -> Response:
-            strict = StrictJSONRequest(request.scope, request.receive)
-            if is_json(strict.headers.get("content-type")):
-                try:
-                    body = validate(await strict.json())
-                except Exception:
-                    # Not JSON, not strict JSON, refused by the model, or the body could not be
-                    # read: FastAPI's handler meets the same (the body is cached on `strict`)
-                    # and answers as it does on every route.
-                    return await standard(strict)
-                response: Response = await endpoint(body=body, request=strict)
-                return response
-            return await standard(strict)
-
-        return direct_handler
+        return super().get_route_handler()
 
 
 class AdminRoute(StrictJSONRoute):

@@ -43,15 +43,13 @@ from app.engine.batcher import (
 )
 from app.engine.operations import OPERATIONS
 from app.engine.runner import EmbeddingRunner, RunnerConfig
-from models import SentenceEncoder, TextTokenizer, load_sentence_encoder, make_toy_encoder
+from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 TOY_MODEL = "toy"
-# Above this many characters in one request, tokenizing moves off the event loop.
-TOKENIZE_INLINE_CHARS = 32_768
 
 
 class EngineState(str, enum.Enum):
@@ -268,15 +266,6 @@ class Engine:
         if texts and self._state is EngineState.READY and self._batcher is not None:
             self._batcher.check_room(texts)
 
-    async def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text (special tokens added, truncated to the model's max length)."""
-        return await tokenize_off_loop_if_long(self.encoder.tokenizer, texts)
-
-    async def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
-        """Token ids per (query, document) pair, as the model was trained on pairs (the
-        document truncated first)."""
-        return await tokenize_off_loop_if_long(self.encoder.tokenizer, pairs, pairs=True)
-
     async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
         """The (n, dimensions) float32 rows of the texts, in order, batched with other
         requests."""
@@ -484,28 +473,6 @@ class Engine:
 
     def _prewarm_all(self, descriptors: list[BatchDescriptor]) -> PrewarmReport:
         return self.runner.prewarm(_unique(descriptors))
-
-
-async def tokenize_off_loop_if_long(
-    tokenizer: TextTokenizer, items: list[Any], pairs: bool = False
-) -> list[list[int]]:
-    """Token ids of texts (or of (query, document) pairs when `pairs`): inline when short
-    (microseconds: not worth a thread hop), else off the event loop."""
-    if pairs:
-        chars = sum(len(q) + len(d) for q, d in items)
-
-        def run() -> list[list[int]]:
-            return tokenizer.encode_pairs(items).ids
-
-    else:
-        chars = sum(map(len, items))
-
-        def run() -> list[list[int]]:
-            return tokenizer.encode(items)
-
-    if chars <= TOKENIZE_INLINE_CHARS:
-        return run()
-    return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 def _unique(descriptors: list[BatchDescriptor]) -> list[BatchDescriptor]:

@@ -41,8 +41,8 @@ class Channel:
         self._flush_scheduled = False
         self._closed = False
         self._fd: int = sock.FD
-        loop.add_reader(self._fd, self._readable)
-        loop.call_soon(self._readable)  # anything that arrived before the reader was added
+        loop.add_reader(self._fd, self.drain)
+        loop.call_soon(self.drain)  # anything that arrived before the reader was added
 
     def send(self, peer: Peer, message: Any) -> None:
         if self._closed:
@@ -68,13 +68,10 @@ class Channel:
                     self._sock.send(payload, zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY) or closing
                 logger.debug("could not send %d messages: %s", len(messages), exc)
-        self._readable()
+        self.drain()
 
     def drain(self) -> None:
-        """Handle every frame already received (normally done when the socket signals)."""
-        self._readable()
-
-    def _readable(self) -> None:
+        """Handle every frame received so far (run whenever the socket signals)."""
         sock = self._sock
         while not self._closed and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:

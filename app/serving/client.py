@@ -1,7 +1,8 @@
 """A front end's view of the engine process: the routes' `ServingEngine`, over zmq.
 
-Tokenizing happens here, in the front end (the fast tokenizer's work stays out of the engine
-process); token ids go to the engine and embeddings come back as raw float32 bytes. The engine's
+The routes tokenize here, in the front end, with the tokenizer the engine describes (the fast
+tokenizer's work stays out of the engine process); token ids go to the engine and embeddings
+come back as raw float32 bytes. The engine's
 state arrives whenever it changes. The engine's death is seen at once: the front end holds the
 read end of a pipe whose only write end the engine process holds, so the pipe reads EOF the
 moment that process ends; every request waiting on it is then answered 503 and /healthz fails.
@@ -28,7 +29,7 @@ from app.engine.batcher import (
     QueueFull,
     RequestTimedOut,
 )
-from app.engine.engine import EngineState, NotReady, admit, tokenize_off_loop_if_long
+from app.engine.engine import EngineState, NotReady, admit
 from app.engine.operations import InvalidOperation
 from app.metrics import FrontEndMetrics
 from app.serving.channel import Channel
@@ -201,12 +202,6 @@ class EngineClient:
             raise EngineUnavailable("the engine process has stopped; retry on another instance")
         # A draining engine's queue may still be open: the engine itself refuses once it closes.
         admit(EngineState(self._status.state), True, self._observer.on_reject)
-
-    async def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return await tokenize_off_loop_if_long(self.encoder.tokenizer, texts)
-
-    async def tokenize_pairs(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
-        return await tokenize_off_loop_if_long(self.encoder.tokenizer, pairs, pairs=True)
 
     async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
         self.check_ready()

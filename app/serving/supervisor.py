@@ -56,7 +56,8 @@ class Supervisor:
     def _run(self, runtime: Path) -> int:
         settings = self.settings
         try:
-            reserved = reserve_port(settings.host, settings.port)
+            # Held, not listening: the port is the front ends' (port 0: one the kernel picks).
+            reserved = listening_socket(settings.host, settings.port)
         except OSError as exc:
             logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             return 3
@@ -171,11 +172,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(where)
     return sock
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Hold (host, port) for the front ends (port 0: one the kernel picks), not listening."""
-    return listening_socket(host, port)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:

@@ -62,22 +62,26 @@ def venv_tool(name: str) -> str:
     return found
 
 
+def required_tool(name: str, why: str, ci_flag: str | None = None) -> str:
+    """The path of command `name`. Missing: a failure under CI (or where `ci_flag` is "1"), where
+    .ci/run installs it, else a skip saying `why` (what needs it and how to get it)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    message = f"{name} is not installed ({why})"
+    if os.environ.get("CI") or (ci_flag is not None and os.environ.get(ci_flag) == "1"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def prometheus_tool(name: str) -> str:
     """`prometheus` or `promtool` from Debian's prometheus package.
 
     Missing: a failure under CI (`.ci/run` installs the package, then sets
     CI_REQUIRE_PROMETHEUS=1), a skip that says how to install it on a developer machine.
     """
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    message = (
-        f"{name} is not installed (Debian/Ubuntu: apt-get install --no-install-recommends "
-        "prometheus; .ci/run installs it)"
-    )
-    if os.environ.get(PROMETHEUS_TOOLS_REQUIRED_ENV) == "1" or os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    why = "Debian/Ubuntu: apt-get install --no-install-recommends prometheus; .ci/run installs it"
+    return required_tool(name, why, PROMETHEUS_TOOLS_REQUIRED_ENV)
 
 
 # --- compose files -----------------------------------------------------------------------------

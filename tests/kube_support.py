@@ -13,7 +13,6 @@ import copy
 import functools
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_support import DOCKERFILE, REPO
+from deploy_support import DOCKERFILE, REPO, required_tool
 
 KUBE_DIR = REPO / "deploy" / "kubernetes"
 OVERLAYS_DIR = KUBE_DIR / "overlays"
@@ -40,18 +39,13 @@ MIN_KUBERNETES = "1.29"
 
 
 def kubectl() -> str:
-    """The kubectl client (Kustomize is built in). Missing: a failure under CI, where .ci/run
-    installs it, a skip that says how to get it on a developer machine."""
-    found = shutil.which("kubectl")
-    if found is not None:
-        return found
-    message = (
-        "kubectl is not installed (needed for `kubectl kustomize`; .ci/run installs it, "
-        "see docs/kubernetes.md#how-the-manifests-are-checked)"
+    """The kubectl client (Kustomize is built in): a failure under CI, where .ci/run installs
+    it, a skip that says how to get it on a developer machine."""
+    why = (
+        "needed for `kubectl kustomize`; .ci/run installs it, "
+        "see docs/kubernetes.md#how-the-manifests-are-checked"
     )
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return required_tool("kubectl", why)
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:

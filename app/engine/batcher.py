@@ -192,9 +192,6 @@ class Batcher(Generic[R]):
     async def submit(self, items: list[list[int]]) -> list[R]:
         """Queue the token ids of one request's texts; returns one result per text, in order.
         Cancelling the wait (the caller went away) drops what is still queued of it."""
-        if not items:
-            self.enqueue(items)  # refusals still apply
-            return []
         return await self.enqueue(items)
 
     def enqueue(self, items: list[list[int]]) -> asyncio.Future[list[R]]:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -134,9 +135,20 @@ class LoadResult:
     # i.e. query-document pairs) and their rate over the wall time.
     items: int = 0
     items_per_s: float = 0.0
+    # CPU seconds the load generator used during the run (all its threads, every process of
+    # it). Near `wall_seconds` per process it was busy all the time and may be what limited the
+    # throughput (`busy`).
+    client_cpu_s: float = 0.0
+    client_processes: int = 1
+
+    @property
+    def busy(self) -> float:
+        """The load generator's CPU over its processes' wall time (1.0: always busy)."""
+        spent = self.wall_seconds * self.client_processes
+        return self.client_cpu_s / spent if spent > 0 else 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "client_busy": self.busy}
 
 
 def summarise(
@@ -147,11 +159,13 @@ def summarise(
     wall_seconds: float,
     error_samples: Sequence[str] = (),
     items: int | None = None,
+    client_cpu_s: float = 0.0,
+    client_processes: int = 1,
 ) -> LoadResult:
     """Build a LoadResult from raw per-request observations. `statuses` has one entry per request
     sent: "ok" for a success, else the HTTP status as a string, "bad_body" for a 200 whose body is
     not one embedding, or the exception's class name. `items`: units the successes answered
-    (default: one per success)."""
+    (default: one per success); `client_cpu_s`: the load generator's own CPU seconds."""
     counts = Counter(statuses)
     ok = counts.get("ok", 0)
     if ok != len(latencies_ok_s):
@@ -176,28 +190,66 @@ def summarise(
         latencies_ms=ms,
         items=items,
         items_per_s=items / wall_seconds if wall_seconds > 0 else 0.0,
+        client_cpu_s=client_cpu_s,
+        client_processes=client_processes,
     )
 
 
 def pool(results: Sequence[LoadResult]) -> LoadResult:
-    """One result from several runs of the same load (e.g. rounds against restarted servers):
-    counts and wall time add up, percentiles come from all latencies together. The url is the
-    first run's (a restarted server may listen on another port)."""
+    """One result from several runs of the same load one after another (e.g. rounds against
+    restarted servers): counts and wall time add up, percentiles come from all latencies
+    together. The url is the first run's (a restarted server may listen on another port)."""
     if not results:
         raise ValueError("nothing to pool")
     if len({r.concurrency for r in results}) != 1:
         raise ValueError("pooled runs must share their concurrency")
+    wall = sum(r.wall_seconds for r in results)
+    return _combine(results, results[0].concurrency, wall, results[0].client_processes)
+
+
+def merge_concurrent(results: Sequence[LoadResult]) -> LoadResult:
+    """One result from runs that went at the same time, the processes of one load: clients,
+    counts and CPU add up, the wall time is the longest run's, percentiles come from all
+    latencies together."""
+    if not results:
+        raise ValueError("nothing to merge")
+    concurrency = sum(r.concurrency for r in results)
+    wall = max(r.wall_seconds for r in results)
+    processes = sum(r.client_processes for r in results)
+    return _combine(results, concurrency, wall, processes)
+
+
+def _combine(
+    results: Sequence[LoadResult], concurrency: int, wall: float, processes: int
+) -> LoadResult:
     latencies = [x / 1000.0 for r in results for x in r.latencies_ms]
     statuses: list[str] = []
     for r in results:
         for status, count in r.status_counts.items():
             statuses += [status] * count
-    samples = [e for r in results for e in r.error_samples]
-    wall = sum(r.wall_seconds for r in results)
-    items = sum(r.items for r in results)
     return summarise(
-        results[0].url, results[0].concurrency, latencies, statuses, wall, samples, items
+        results[0].url,
+        concurrency,
+        latencies,
+        statuses,
+        wall,
+        [e for r in results for e in r.error_samples],
+        sum(r.items for r in results),
+        sum(r.client_cpu_s for r in results),
+        processes,
     )
+
+
+# One load-generator process keeps up with about this many closed-loop clients on a fast
+# server; more clients are split over processes (see load_processes).
+CLIENTS_PER_PROCESS = 32
+
+
+def load_processes(concurrency: int, cpus: int | None = None) -> int:
+    """Load-generator processes for `concurrency` clients: one per CLIENTS_PER_PROCESS clients,
+    at most a quarter of the machine's CPUs so the server keeps the rest (1 on a small one)."""
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return max(1, min(math.ceil(concurrency / CLIENTS_PER_PROCESS), cpus // 4))
 
 
 def check_answer(status: int, body: bytes) -> str | None:
@@ -465,10 +517,11 @@ async def run_load(
             elif len(samples) < 5:
                 samples.append(problem)
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client_loop(send) for send in client.senders()))
     wall = time.perf_counter() - t_start
-    return summarise(url, concurrency, latencies, statuses, wall, samples, items)
+    cpu = time.process_time() - cpu_start
+    return summarise(url, concurrency, latencies, statuses, wall, samples, items, cpu)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -500,6 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="raw",
         help="raw: HTTP/1.1 on asyncio streams (cheapest); httpx: httpx.AsyncClient",
     )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="after the warm-up, write 'ready' to stderr and start the measured run when a "
+        "line arrives on stdin (several processes of one load start together)",
+    )
     args = parser.parse_args(argv)
 
     texts: list[Any]
@@ -525,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     client=client,
                     load=args.load,
                 )
+            if args.gate:
+                print("ready", file=sys.stderr, flush=True)
+                sys.stdin.readline()
             return await run_load(
                 args.url,
                 texts,

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench.loadgen import LoadResult, make_texts, pool
+from bench.loadgen import LoadResult, load_processes, make_texts, merge_concurrent, pool
 from bench.plots import plot_service
 from bench.raw_runner import RawRunnerProcess
 from bench.report import ResultsDir, fmt, markdown_table
@@ -266,38 +266,76 @@ def run_loadgen(
     warmup: int = 0,
     load: str = "infer",
     timeout_s: float = 60.0,
+    processes: int | None = None,
 ) -> dict[str, Any]:
-    """One load run, in its own process; returns the LoadResult as a dict. `warmup` requests go
-    first on the same connections, uncounted. `load`: bench.loadgen's (infer or rerank);
-    `timeout_s`: per request."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        "--url",
-        url,
-        "--concurrency",
-        str(concurrency),
-        "--requests",
-        str(requests),
-        "--texts-file",
-        str(texts_file),
-        "--start-index",
-        str(start_index),
-        "--transport",
-        transport,
-        "--warmup",
-        str(warmup),
-        "--load",
-        load,
-        "--timeout",
-        str(timeout_s),
+    """One load run, in its own processes; returns the LoadResult as a dict. `warmup` requests
+    go first on the same connections, uncounted. `load`: bench.loadgen's (infer or rerank);
+    `timeout_s`: per request. `processes` (default: `load_processes`) split the clients and the
+    requests; they warm up, then start the measured run together, each on its own texts."""
+    count = processes or load_processes(concurrency)
+    count = max(1, min(count, concurrency, requests))
+    commands = []
+    for k in range(count):
+        share = requests // count + (k < requests % count)
+        clients = concurrency // count + (k < concurrency % count)
+        first = start_index + k * (requests // count)
+        commands.append(
+            [sys.executable, "-m", "bench.loadgen", "--url", url]
+            + ["--concurrency", str(clients), "--requests", str(share)]
+            + ["--texts-file", str(texts_file), "--start-index", str(first)]
+            + ["--transport", transport, "--warmup", str(warmup // count), "--load", load]
+            + ["--timeout", str(timeout_s)]
+            + (["--gate"] if count > 1 else [])
+        )
+    if count == 1:
+        out = subprocess.run(commands[0], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+    return _gated_load(commands)
+
+
+def _gated_load(commands: list[list[str]]) -> dict[str, Any]:
+    """Start every load-generator process, let each warm up and say ready, then start their
+    measured runs at once; one merged result."""
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
     ]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    try:
+        for proc in procs:
+            assert proc.stderr is not None
+            while (line := proc.stderr.readline()) and line.strip() != "ready":
+                pass
+        for proc in procs:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except BrokenPipeError:  # it ended before its run: its exit status says why
+                pass
+        outputs = [proc.communicate(timeout=1800) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    failed = [
+        (p.returncode, err) for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode
+    ]
+    if failed:
+        code, err = failed[0]
+        raise RuntimeError(f"load generator failed ({code}):\n{err[-2000:]}")
+    results = [_as_load_result(json.loads(out)) for out, _ in outputs]
+    return merge_concurrent(results).to_dict()
 
 
 def scrape_sidecar(base_url: str, admin_token: str) -> dict[str, float]:
@@ -432,6 +470,7 @@ def measure_saturation(
             pair = {
                 "sidecar_rps": side["throughput_rps"],
                 "sidecar_errors": side["errors"],
+                "loadgen_busy": side["client_busy"],
                 "raw_texts_per_s": raw_tps,
                 "fraction": side["throughput_rps"] / raw_tps,
             }
@@ -578,6 +617,8 @@ def evaluate_targets(
             else f"median of {len(pairs)} pairs"
         )
         note += f", each {min(spread):.1f} to {max(spread):.1f} %; sidecar errors: {errors}"
+        busy = max(p.get("loadgen_busy", 0.0) for p in pairs)  # absent in older results
+        note += f"; load generator busy at most {100 * busy:.0f} %"
     add(
         "saturated throughput >= 85% of the raw runner",
         fraction,

@@ -11,7 +11,9 @@ while the CPU time (user + system) of every thread of every process of the serve
   that runs the runner and torch's intra-op threads;
 - serving overhead = service CPU per request - model forward CPU per text;
 - engine outside the forward (with an engine process): its main thread (event loop, batcher,
-  messages) and zmq's I/O thread, per text.
+  messages) and zmq's I/O thread, per text;
+- load generator busy: its own CPU over its processes' wall time (near 100 % it may be what
+  limits the requests/s; more than 32 clients are split over processes, `load_processes`).
 For reference the raw runner (`bench.raw_runner`: the runner alone, no HTTP, queue or tokenizer)
 runs the same texts at the mean batch size the service formed, alone on the machine: on this
 2-core machine a forward next to a busy event loop costs more CPU than alone, and the service's
@@ -94,6 +96,7 @@ def measure(
         "forward_cpu_us_per_text": 1e6 * forward / texts,
         "serving_overhead_us": 1e6 * (service / load["ok"] - forward / texts),
         "engine_outside_forward_us": 1e6 * serving_engine / texts if workers > 1 else None,
+        "loadgen_busy": load["client_busy"],
     }
 
 
@@ -149,14 +152,15 @@ def markdown(rows: list[dict[str, Any]], model: str, clients: int = 32) -> str:
         "",
         "| workers | req/s | p50 ms | errors | mean batch | service CPU µs/req | forward CPU "
         "µs/text | serving overhead µs/req | engine outside forward µs/text | raw runner CPU "
-        "µs/text (alone, mean batch) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "µs/text (alone, mean batch) | load generator busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {f(r['requests_per_s'])} | {f(r['p50_ms'], 1)} | {r['errors']} "
             f"| {f(r['mean_batch'], 1)} | {f(r['service_cpu_us_per_request'])} "
             f"| {f(r['forward_cpu_us_per_text'])} | {f(r['serving_overhead_us'])} "
-            f"| {f(r['engine_outside_forward_us'])} | {f(r['raw_cpu_us_per_text'])} |"
+            f"| {f(r['engine_outside_forward_us'])} | {f(r['raw_cpu_us_per_text'])} "
+            f"| {100 * r['loadgen_busy']:.0f} % |"
         )
     return "\n".join(lines) + "\n"

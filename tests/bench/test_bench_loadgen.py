@@ -19,12 +19,15 @@ import uvicorn
 from bench.loadgen import (
     LENGTH_MIX,
     TRANSPORTS,
+    load_processes,
     make_texts,
+    merge_concurrent,
     percentile,
     pool,
     run_load,
     summarise,
 )
+from bench.service import run_loadgen
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,11 +125,12 @@ def test_summarise_counts_and_rates() -> None:
 
 
 def test_pool_adds_counts_and_pools_latencies() -> None:
-    a = summarise("u", 2, [0.010, 0.030], ["ok", "ok", "500"], 1.0)
-    b = summarise("u", 2, [0.020, 0.040], ["ok", "ok"], 3.0)
+    a = summarise("u", 2, [0.010, 0.030], ["ok", "ok", "500"], 1.0, client_cpu_s=0.25)
+    b = summarise("u", 2, [0.020, 0.040], ["ok", "ok"], 3.0, client_cpu_s=0.5)
     p = pool([a, b])
     assert (p.requests, p.ok, p.errors) == (5, 4, 1)
     assert p.wall_seconds == pytest.approx(4.0)
+    assert p.client_cpu_s == pytest.approx(0.75)
     assert p.throughput_rps == pytest.approx(1.0)
     assert p.p50_ms == pytest.approx(25.0)  # median of 10, 20, 30, 40
     assert p.status_counts == {"500": 1, "ok": 4}
@@ -134,6 +138,44 @@ def test_pool_adds_counts_and_pools_latencies() -> None:
         pool([a, summarise("u", 3, [], [], 1.0)])
     with pytest.raises(ValueError):
         pool([])
+
+
+def test_merge_concurrent_takes_the_longest_wall_and_adds_the_rest() -> None:
+    a = summarise("u", 2, [0.010, 0.030], ["ok", "ok", "500"], 1.0, client_cpu_s=0.5)
+    b = summarise("u", 3, [0.020, 0.040], ["ok", "ok"], 2.0, client_cpu_s=0.5)
+    m = merge_concurrent([a, b])
+    assert (m.concurrency, m.requests, m.ok, m.errors) == (5, 5, 4, 1)
+    assert m.wall_seconds == pytest.approx(2.0)  # they ran side by side
+    assert m.throughput_rps == pytest.approx(2.0)
+    assert m.p50_ms == pytest.approx(25.0)
+    assert (m.client_processes, m.client_cpu_s) == (2, pytest.approx(1.0))
+    assert m.busy == pytest.approx(1.0 / (2 * 2.0))
+    with pytest.raises(ValueError):
+        merge_concurrent([])
+
+
+@pytest.mark.parametrize(
+    ("clients", "cpus", "expected"),
+    [(1, 16, 1), (32, 16, 1), (33, 16, 2), (128, 16, 4), (128, 64, 4), (128, 2, 1), (512, 8, 2)],
+)
+def test_load_processes_split_clients_but_leave_the_server_its_cores(
+    clients: int, cpus: int, expected: int
+) -> None:
+    assert load_processes(clients, cpus) == expected
+
+
+def test_a_load_over_several_processes_starts_together_and_merges(
+    server_url: str, tmp_path: Path
+) -> None:
+    # Three processes of 2 clients, 100 ms a request: run together, ~0.2 s for 12 requests
+    # (one after another they would take ~0.6 s after their warm-ups).
+    texts_file = tmp_path / "texts.json"
+    texts_file.write_text(json.dumps(["sleep:0.1"]))
+    data = run_loadgen(server_url, texts_file, 6, 12, warmup=3, processes=3)
+    assert (data["concurrency"], data["requests"], data["ok"]) == (6, 12, 12)
+    assert data["client_processes"] == 3 and data["client_cpu_s"] > 0.0
+    assert 0.19 <= data["wall_seconds"] < 0.45
+    assert data["throughput_rps"] == pytest.approx(12 / data["wall_seconds"])
 
 
 def test_text_mix_is_fixed_and_mixed() -> None:
@@ -176,6 +218,8 @@ def test_clients_really_run_concurrently(server_url: str, transport: str) -> Non
     assert r.ok == 16
     assert 0.19 <= r.wall_seconds < 0.9
     assert r.p50_ms >= 100.0
+    # the clients mostly wait: their own CPU is there, and far below the wall time
+    assert 0.0 < r.client_cpu_s < 0.5 * r.wall_seconds
 
 
 def test_raw_transport_handles_chunked_and_connection_close(server_url: str) -> None:

@@ -84,12 +84,14 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     for pair in pairs:
         assert pair["sidecar_errors"] == 0 and pair["sidecar_rps"] > 0
         assert pair["fraction"] == pytest.approx(pair["sidecar_rps"] / pair["raw_texts_per_s"])
+        assert 0.0 < pair["loadgen_busy"] < 1.5  # its CPU over its wall time
     fractions = sorted(p["fraction"] for p in pairs)
     assert data["saturated_fraction_of_raw"] == pytest.approx((fractions[1] + fractions[2]) / 2)
     saturated = targets["saturated throughput >= 85% of the raw runner"]
     assert saturated["value"] == data["saturated_fraction_of_raw"]
     assert saturated["met"] is (saturated["value"] >= 0.85)
     assert "median of 4 pairs" in saturated["note"] and "Saturation pairs" in md
+    assert "load generator busy at most" in saturated["note"]
     # one device and dtype for every server and the raw runner (auto on this CPU: bfloat16
     # where it multiplies bfloat16 natively, else float32)
     auto = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")

@@ -32,11 +32,12 @@ def test_the_table_has_one_row_per_worker_count() -> None:
             "serving_overhead_us": 220.0,
             "engine_outside_forward_us": None if w == 1 else 33.0,
             "raw_cpu_us_per_text": 221.0,
+            "loadgen_busy": 0.42,
         }
         for w in (1, 2)
     ]
     table = markdown(rows, "toy", 32)
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 3  # header + two rows
-    assert lines[1].startswith("| 1 | 1,000 | 12.5 | 0 | 15.9 | 470 | 250 | 220 | - | 221 |")
+    assert lines[1] == "| 1 | 1,000 | 12.5 | 0 | 15.9 | 470 | 250 | 220 | - | 221 | 42 % |"
     assert "| 33 |" in lines[2]

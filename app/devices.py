@@ -1,17 +1,17 @@
 """Which device, dtype and graph mode `auto` (and the other setting values) mean on this machine.
 
-Torch only, no web stack: the service benchmark resolves its servers' settings with these same
-rules, and it runs on GPU boxes that lack fastapi and pydantic. A bad value raises ValueError;
-the settings layer names the variable.
+No web stack: the service benchmark resolves its servers' settings with these same rules, and it
+runs on GPU boxes that lack fastapi and pydantic. Torch is imported only by the functions that
+ask it (the HTTP front ends read the settings and never import torch). A bad value raises
+ValueError; the settings layer names the variable.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from models import cpu_has_native_bf16
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
 
 
 def device_name(text: str) -> str:
@@ -25,6 +25,8 @@ def device_name(text: str) -> str:
 
 
 def resolve_device(name: str) -> str:
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -39,6 +41,10 @@ def resolve_device(name: str) -> str:
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """auto: the half precision the hardware multiplies natively, else float32. float16 on
     CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX; float32 on others."""
+    import torch
+
+    from models.encoder import cpu_has_native_bf16
+
     if name == "auto":
         if device.startswith("cuda"):
             return torch.float16
@@ -47,7 +53,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         raise ValueError(
             "float16 is only supported on CUDA; use float32, bfloat16 or auto on the CPU"
         )
-    return DTYPES[name]
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def resolve_graph_mode(name: str, device: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -23,11 +24,14 @@ from app.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from app.api.rerank import build_rerank_router
 from app.api.schemas import Limits, build_request_models
 from app.api.tei import build_tei_router
-from app.engine.engine import Engine, EngineConfigError
+from app.engine.config import EngineConfigError
 from app.errors import install_error_handlers
 from app.metrics import FrontEndExposition, GraphCacheCollector, ServiceMetrics
 from app.serving.client import EngineClient
 from app.settings import Settings, SettingsError, engine_error_message, load_settings
+
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,9 @@ def create_app(
     metrics: ServiceMetrics | FrontEndExposition
     engine: Engine | EngineClient
     if engine_address is None:
+        # Here only: a front end of the engine process never imports torch.
+        from app.engine.engine import Engine
+
         metrics = ServiceMetrics()
         local = Engine(settings.engine_config(), observer=metrics)
         metrics.watch_queue(lambda: local.queue_depth)

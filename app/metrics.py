@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -23,8 +24,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from app.cudagraph import BatchDescriptor, CacheSnapshot, GraphCache
 from app.engine.batcher import REJECT_REASONS
+
+if TYPE_CHECKING:
+    from app.cudagraph import BatchDescriptor, CacheSnapshot, GraphCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -33,7 +33,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.cudagraph import CacheConfig, CUDAGraphMode
+from app.cudagraph.modes import CUDAGraphMode
+from app.cudagraph.options import CacheConfig
 from app.devices import (
     available_cpus,
     device_name,
@@ -42,8 +43,7 @@ from app.devices import (
     resolve_graph_mode,
     resolve_workers,
 )
-from app.engine.engine import TOY_MODEL, EngineConfig
-from app.engine.runner import RunnerConfig
+from app.engine.config import TOY_MODEL, EngineConfig, RunnerConfig
 from models import TASKS
 from models.hub import is_hub_id
 
@@ -361,7 +361,14 @@ class Settings(BaseSettings):
 
     def resolved_workers(self) -> int:
         """Front-end processes `serve` starts (1: no separate engine process)."""
-        return resolve_workers(self.workers, resolve_device(self.device), available_cpus())
+        return resolve_workers(self.workers, self.resolved_device(), available_cpus())
+
+    def resolved_device(self) -> str:
+        """The device `device` names on this machine; SettingsError if it has none such."""
+        try:
+            return resolve_device(self.device)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting {env_name('device')}: {exc}") from None
 
     @property
     def admin_enabled(self) -> bool:
@@ -369,10 +376,7 @@ class Settings(BaseSettings):
 
     def engine_config(self) -> EngineConfig:
         """The engine's one frozen, nested config, with device, dtype and graph mode resolved."""
-        try:
-            device = resolve_device(self.device)
-        except ValueError as exc:
-            raise SettingsError(f"invalid setting {env_name('device')}: {exc}") from None
+        device = self.resolved_device()
         try:
             dtype = resolve_dtype(self.dtype, device)
         except ValueError as exc:

@@ -5,43 +5,63 @@ pipeline, the classification heads of rerankers and classifiers, the tokenizer, 
 
 from __future__ import annotations
 
-from models.config import (
-    SUPPORTED_MODEL_TYPES,
-    TASKS,
-    EncoderConfig,
-    HeadConfig,
-    ModernBertConfig,
-)
-from models.encoder import SentenceEncoder, cpu_has_native_bf16
-from models.errors import ModelLoadError
-from models.heads import ClassificationHead
-from models.hub import resolve_model
-from models.loader import DEFAULT_MODEL_NAME, default_model_path, load_sentence_encoder
-from models.model import SentenceModel
-from models.packed import PackedLayout, PackedPiece
-from models.pipeline import POOLING_MODES
-from models.tokenizer import EncodedPairs, TextTokenizer
-from models.toy import make_toy_encoder
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "POOLING_MODES",
-    "SUPPORTED_MODEL_TYPES",
-    "TASKS",
-    "ClassificationHead",
-    "EncodedPairs",
-    "EncoderConfig",
-    "HeadConfig",
-    "ModelLoadError",
-    "ModernBertConfig",
-    "PackedLayout",
-    "PackedPiece",
-    "SentenceEncoder",
-    "SentenceModel",
-    "TextTokenizer",
-    "cpu_has_native_bf16",
-    "default_model_path",
-    "load_sentence_encoder",
-    "make_toy_encoder",
-    "resolve_model",
-]
+# Each public name and the module it lives in, imported on first use: the tokenizer and
+# the configs serve the HTTP front ends, which never import torch.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "config": (
+        "SUPPORTED_MODEL_TYPES",
+        "TASKS",
+        "EncoderConfig",
+        "HeadConfig",
+        "ModernBertConfig",
+    ),
+    "encoder": ("SentenceEncoder", "cpu_has_native_bf16"),
+    "errors": ("ModelLoadError",),
+    "heads": ("ClassificationHead",),
+    "hub": ("resolve_model",),
+    "loader": ("DEFAULT_MODEL_NAME", "default_model_path", "load_sentence_encoder"),
+    "model": ("SentenceModel",),
+    "packed": ("PackedLayout", "PackedPiece"),
+    "pipeline": ("POOLING_MODES",),
+    "tokenizer": ("EncodedPairs", "TextTokenizer"),
+    "toy": ("make_toy_encoder",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+# ruff: noqa: F401 - these imports are the type checker's view of the lazy names above
+if TYPE_CHECKING:  # the same names (a test keeps both lists equal)
+    from models.config import (
+        SUPPORTED_MODEL_TYPES,
+        TASKS,
+        EncoderConfig,
+        HeadConfig,
+        ModernBertConfig,
+    )
+    from models.encoder import SentenceEncoder, cpu_has_native_bf16
+    from models.errors import ModelLoadError
+    from models.heads import ClassificationHead
+    from models.hub import resolve_model
+    from models.loader import DEFAULT_MODEL_NAME, default_model_path, load_sentence_encoder
+    from models.model import SentenceModel
+    from models.packed import PackedLayout, PackedPiece
+    from models.pipeline import POOLING_MODES
+    from models.tokenizer import EncodedPairs, TextTokenizer
+    from models.toy import make_toy_encoder

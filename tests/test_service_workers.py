@@ -94,6 +94,14 @@ def test_front_ends_share_one_engine_one_cache_and_one_set_of_metrics(tmp_path: 
             capture_output=True,
         )
         assert check.returncode == 0, check.stdout + check.stderr
+        # Having served, tokenized and answered admin and metrics calls, the front ends still
+        # have no torch loaded: only the engine process holds the model.
+        assert _maps_torch(roles["engine"][0])
+        assert not any(_maps_torch(pid) for pid in roles["front-end"])
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_a_dead_front_end_is_replaced_and_counts_never_go_backwards(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from fastapi import Request
 
-from app.engine.engine import EngineState
+from app.engine.admission import EngineState
 from models import TextTokenizer
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import ServingEngine, engine_of
 from app.api.schemas import HealthResponse, ReadyResponse
-from app.engine.engine import EngineState
+from app.engine.admission import EngineState
 from app.errors import error_response, error_responses
 from app.metrics import CONTENT_TYPE
 

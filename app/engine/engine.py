@@ -19,13 +19,11 @@ Life cycle (`state`):
 from __future__ import annotations
 
 import asyncio
-import enum
 import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -33,56 +31,16 @@ import numpy as np
 import torch
 
 from app.cudagraph import BatchDescriptor, GraphCache, PrewarmProgress, PrewarmReport
-from app.engine.batcher import (
-    REASON_DRAINING,
-    REASON_NOT_READY,
-    Batcher,
-    BatcherClosed,
-    BatcherError,
-    BatchObserver,
-)
+from app.engine.admission import EngineState, NotReady, admit
+from app.engine.batcher import Batcher, BatchObserver
+from app.engine.config import TOY_MODEL, EngineConfig, EngineConfigError
 from app.engine.operations import OPERATIONS
-from app.engine.runner import EmbeddingRunner, RunnerConfig
+from app.engine.runner import EmbeddingRunner
 from models import SentenceEncoder, load_sentence_encoder, make_toy_encoder
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-TOY_MODEL = "toy"
-
-
-class EngineState(str, enum.Enum):
-    STARTING = "starting"
-    WARMING = "warming"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-class NotReady(BatcherError):
-    reason = REASON_NOT_READY
-
-
-def admit(state: EngineState, queue_open: bool, on_reject: Callable[[str], None]) -> None:
-    """The admission rule, wherever the engine runs: ready admits, draining admits while the
-    queue is still open; otherwise a refusal, counted by `on_reject(reason)`."""
-    if state is EngineState.READY or (state is EngineState.DRAINING and queue_open):
-        return
-    if state in (EngineState.DRAINING, EngineState.STOPPED):
-        on_reject(REASON_DRAINING)
-        raise BatcherClosed("the server is shutting down; retry on another instance")
-    on_reject(REASON_NOT_READY)
-    raise NotReady(f"not ready ({state.value}); retry shortly")
-
-
-class EngineConfigError(ValueError):
-    """Settings the engine cannot work with, found once the model is known. ``settings`` names
-    the settings fields involved (the settings layer turns them into variable names)."""
-
-    def __init__(self, message: str, *settings: str) -> None:
-        super().__init__(message)
-        self.settings = settings
 
 
 class EngineObserver(BatchObserver, Protocol):
@@ -103,30 +61,6 @@ class _NullObserver:
 
     def on_request(self, items: int) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything the engine needs, already resolved (no "auto" left). Built by the settings
-    layer (`app.settings.Settings.engine_config`), which holds every default."""
-
-    model: str | None  # a directory or hub id; None: the bundled all-MiniLM-L6-v2; "toy"
-    model_revision: str | None  # of a hub id
-    task: str | None  # embed, rerank or classify; None: what the model's config says
-    device: str
-    dtype: torch.dtype
-    max_seq_len: int | None  # None: the model's own
-    num_threads: int  # torch intra-op threads; 0 keeps torch's default
-    # Graph mode, ladders, the graph cache, and the batch limits the batcher shares with the
-    # runner (max_batch_size texts, max_num_tokens padded tokens per forward).
-    runner: RunnerConfig
-    max_batch_wait_s: float
-    max_queue: int
-    request_timeout_s: float
-    prewarm_shapes: tuple[tuple[int, int], ...]  # (batch, seq_len)
-    prewarm_ladder: bool
-    profile_path: Path | None
-    profile_prewarm_top_k: int
 
 
 class Engine:

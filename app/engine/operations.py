@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from app.cudagraph import BatchDescriptor, GraphCache
+from app.cudagraph.descriptor import BatchDescriptor
+from app.engine.admission import NotReady
 
 if TYPE_CHECKING:
+    from app.cudagraph.cache import GraphCache
     from app.engine.engine import Engine
 
 
@@ -21,8 +23,6 @@ class InvalidOperation(ValueError):
 
 
 def _cache(engine: Engine) -> GraphCache:
-    from app.engine.engine import NotReady
-
     cache = engine.graphs
     if cache is None:
         raise NotReady("the model is not loaded yet")

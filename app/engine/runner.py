@@ -30,9 +30,7 @@ import torch
 
 from app.cudagraph import (
     BatchDescriptor,
-    CacheConfig,
     CUDAGraphMode,
-    CUDAGraphOptions,
     GraphCache,
     GraphForward,
     PrewarmProgress,
@@ -40,6 +38,7 @@ from app.cudagraph import (
 )
 from app.cudagraph.cache import ProgressFn
 from app.engine.buckets import BatchPlanner, SubBatch
+from app.engine.config import RunnerConfig
 from models import PackedLayout, PackedPiece, SentenceEncoder
 
 # Fixed cost of one extra forward, in tokens, used to decide whether splitting a FULL batch by
@@ -54,31 +53,6 @@ def int64_tensor(values: Iterable[int]) -> torch.Tensor:
     if not buf:
         return torch.empty(0, dtype=torch.int64)
     return torch.frombuffer(buf, dtype=torch.int64)  # shares, and keeps alive, buf's memory
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """How the runner pads, splits and caches graphs (mode already resolved: no "auto").
-
-    capture_sizes: FULL batch-size ladder (None: `get_cudagraph_sizes` default up to
-        max_batch_size). seq_buckets: FULL sequence buckets (None: powers of two from 16), capped
-        at the encoder's max_seq_len, which is always the top one. token_buckets: PIECEWISE token
-        ladder (None: `buckets.default_token_ladder` up to max_num_tokens).
-    max_num_tokens: tokens in one forward (FULL: padded B*S; PIECEWISE: the token bucket).
-    cache, options: the graph cache's policy and capture options.
-    split_overhead_tokens: fixed cost of a forward in tokens, for FULL length grouping (None:
-        by device, see DEFAULT_SPLIT_OVERHEAD_TOKENS).
-    """
-
-    mode: CUDAGraphMode
-    max_batch_size: int = 32
-    max_num_tokens: int = 8192
-    capture_sizes: tuple[int, ...] | None = None
-    seq_buckets: tuple[int, ...] | None = None
-    token_buckets: tuple[int, ...] | None = None
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    options: CUDAGraphOptions = field(default_factory=CUDAGraphOptions)
-    split_overhead_tokens: int | None = None
 
 
 @dataclass

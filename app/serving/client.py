@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from app.engine.admission import EngineState, NotReady, admit
 from app.engine.batcher import (
     REASON_NOT_READY,
     REJECT_REASONS,
@@ -29,7 +30,6 @@ from app.engine.batcher import (
     QueueFull,
     RequestTimedOut,
 )
-from app.engine.engine import EngineState, NotReady, admit
 from app.engine.operations import InvalidOperation
 from app.metrics import FrontEndMetrics
 from app.serving.channel import Channel

@@ -8,7 +8,8 @@ import signal
 
 from prometheus_client import CollectorRegistry
 
-from app.engine.engine import Engine, EngineConfigError
+from app.engine.config import EngineConfigError
+from app.engine.engine import Engine
 from app.metrics import EngineMetrics, GraphCacheCollector
 from app.serving.engine_server import EngineServer
 from app.serving.lifeline import die_with_parent

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import zmq
 
+from app.engine.admission import EngineState
 from app.engine.batcher import BatcherError
-from app.engine.engine import Engine, EngineState
+from app.engine.engine import Engine
 from app.engine.operations import OPERATIONS, InvalidOperation
 from app.metrics import EngineMetrics
 from app.serving.channel import Channel, Peer

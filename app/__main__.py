@@ -87,7 +87,13 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if settings is None:
         return 2
     logger.info("OpenMP threads wait %s", os.environ.get("OMP_WAIT_POLICY", "as OpenMP chooses"))
-    workers = settings.resolved_workers()
+    from app.settings import SettingsError
+
+    try:
+        workers = settings.resolved_workers()
+    except SettingsError as exc:  # e.g. a CUDA device asked for on a host without one
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if workers > 1:
         from app.serving.supervisor import Supervisor
 

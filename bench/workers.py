@@ -12,6 +12,8 @@ while the CPU time (user + system) of every thread of every process of the serve
 - serving overhead = service CPU per request - model forward CPU per text;
 - engine outside the forward (with an engine process): its main thread (event loop, batcher,
   messages) and zmq's I/O thread, per text;
+- front ends busy: each front end's CPU over the run's wall time, mean and max (near 100 %: the
+  front ends are the limit; a max far above the mean: connections spread unevenly);
 - load generator busy: its own CPU over its processes' wall time (near 100 % it may be what
   limits the requests/s; more than 32 clients are split over processes, `load_processes`).
 For reference the raw runner (`bench.raw_runner`: the runner alone, no HTTP, queue or tokenizer)
@@ -72,6 +74,7 @@ def measure(
         run_loadgen(url, texts_file, clients, requests // 2)  # captures, first sight
         pids = [server.pid, *child_pids(server.pid)]
         model_pid = server.children().get("engine", [server.pid])[0]
+        front_ends = server.children().get("front-end", [])
         stats0 = httpx.get(server.url + "/admin/stats", headers=auth).json()
         cpu0 = {pid: thread_cpu(pid) for pid in pids}
         load = run_loadgen(url, texts_file, clients, requests)
@@ -86,6 +89,11 @@ def measure(
         s for tid, (name, s) in model_threads.items() if tid != model_pid and "ZMQ" not in name
     )
     serving_engine = sum(s for _, s in model_threads.values()) - forward
+    # How busy the front ends were (CPU over the run's wall time): near 1.0 they were the limit;
+    # a max far above the mean says the connections were not spread evenly.
+    front_busy = [
+        sum(s for _, s in used[pid].values()) / load["wall_seconds"] for pid in front_ends
+    ]
     return {
         "workers": workers,
         "requests_per_s": load["throughput_rps"],
@@ -97,6 +105,8 @@ def measure(
         "serving_overhead_us": 1e6 * (service / load["ok"] - forward / texts),
         "engine_outside_forward_us": 1e6 * serving_engine / texts if workers > 1 else None,
         "loadgen_busy": load["client_busy"],
+        "front_end_busy_mean": sum(front_busy) / len(front_busy) if front_busy else None,
+        "front_end_busy_max": max(front_busy, default=None),
     }
 
 
@@ -146,14 +156,17 @@ def markdown(rows: list[dict[str, Any]], model: str, clients: int = 32) -> str:
     def f(x: float | None, digits: int = 0) -> str:
         return "-" if x is None else f"{x:,.{digits}f}"
 
+    def busy(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f} %"
+
     lines = [
         f"Front ends sweep, {model} model, {clients} clients, one text per request, default "
         "settings otherwise",
         "",
         "| workers | req/s | p50 ms | errors | mean batch | service CPU µs/req | forward CPU "
         "µs/text | serving overhead µs/req | engine outside forward µs/text | raw runner CPU "
-        "µs/text (alone, mean batch) | load generator busy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "µs/text (alone, mean batch) | front ends busy, mean / max | load generator busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -161,6 +174,7 @@ def markdown(rows: list[dict[str, Any]], model: str, clients: int = 32) -> str:
             f"| {f(r['mean_batch'], 1)} | {f(r['service_cpu_us_per_request'])} "
             f"| {f(r['forward_cpu_us_per_text'])} | {f(r['serving_overhead_us'])} "
             f"| {f(r['engine_outside_forward_us'])} | {f(r['raw_cpu_us_per_text'])} "
-            f"| {100 * r['loadgen_busy']:.0f} % |"
+            f"| {busy(r['front_end_busy_mean'])} / {busy(r['front_end_busy_max'])} "
+            f"| {busy(r['loadgen_busy'])} |"
         )
     return "\n".join(lines) + "\n"

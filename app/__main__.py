@@ -90,8 +90,11 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from app.settings import SettingsError
 
     try:
+        # What only this host can say (a CUDA device or float16 asked for on a host without
+        # one), checked here for either shape: an engine process would find it too late.
+        settings.engine_config()
         workers = settings.resolved_workers()
-    except SettingsError as exc:  # e.g. a CUDA device asked for on a host without one
+    except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if workers > 1:

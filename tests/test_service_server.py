@@ -138,24 +138,24 @@ def test_sigterm_exits_cleanly_and_saves_the_profile(server: SidecarProcess) -> 
     assert hot.is_file()
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
+
+
 @pytest.mark.parametrize(
-    ("variable", "value", "reason"),
+    ("variable", "value", "reason", "workers"),
     [
-        ("SIDECAR_MAX_BATCH_SIZE", "0", "greater than or equal to 1"),
-        # valid spelling, but no such device here: found while choosing the processes
-        pytest.param(
-            "SIDECAR_DEVICE",
-            "cuda:0",
-            "CUDA is not available",
-            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA"),
-        ),
+        ("SIDECAR_MAX_BATCH_SIZE", "0", "greater than or equal to 1", "1"),
+        # valid spellings this host cannot serve, in one process and with an engine process
+        pytest.param("SIDECAR_DEVICE", "cuda:0", "CUDA is not available", "1", marks=NO_CUDA),
+        pytest.param("SIDECAR_DEVICE", "cuda", "CUDA is not available", "2", marks=NO_CUDA),
+        pytest.param("SIDECAR_DTYPE", "float16", "only supported on CUDA", "2", marks=NO_CUDA),
     ],
 )
-def test_bad_setting_refuses_to_start(variable: str, value: str, reason: str) -> None:
+def test_bad_setting_refuses_to_start(variable: str, value: str, reason: str, workers: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "app", "serve", "--port", "0"],
         cwd=ROOT,
-        env=sidecar_env(**{variable: value}),
+        env=sidecar_env(**{variable: value, "SIDECAR_WORKERS": workers}),
         capture_output=True,
         text=True,
         timeout=120,

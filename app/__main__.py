@@ -30,10 +30,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_internal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The processes `serve` starts with several front ends (not for direct use)."""
-    for name in ("engine", "front-end"):
+    """What `serve` becomes or starts with several front ends (not for direct use)."""
+    for name in ("supervise", "engine", "front-end"):
         p = sub.add_parser(name)
-        p.add_argument("--address", required=True)
+        if name == "supervise":
+            p.add_argument("--workers", type=int, required=True)
+        else:
+            p.add_argument("--address", required=True)
         if name == "front-end":
             p.add_argument("--alive-fd", type=int, required=True)
         for flag in ("--host", "--config", "--log-level"):
@@ -47,8 +50,9 @@ def _add_internal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """The settings (flags over environment over file), logging set up; None if invalid."""
+def _load(args: argparse.Namespace, warn: bool = False) -> Any:
+    """The settings (flags over environment over file), logging set up; None if invalid.
+    `warn`: log the SIDECAR_* variables that name no setting (`serve` does, once)."""
     from app.settings import SettingsError, load_settings, unknown_env_vars
 
     try:
@@ -62,7 +66,7 @@ def _load(args: argparse.Namespace) -> Any:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
-    for name in unknown_env_vars():
+    for name in unknown_env_vars() if warn else ():
         logger.warning("ignoring %s: no such setting (typo?)", name)
     return settings
 
@@ -83,7 +87,7 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
         return 2
     for name, value in NO_SPIN_ENV.items():
         os.environ.setdefault(name, value)
-    settings = _load(args)
+    settings = _load(args, warn=True)
     if settings is None:
         return 2
     logger.info("OpenMP threads wait %s", os.environ.get("OMP_WAIT_POLICY", "as OpenMP chooses"))
@@ -98,9 +102,10 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if workers > 1:
-        from app.serving.supervisor import Supervisor
-
-        return Supervisor(settings, workers, _passthrough(args)).run()
+        # The checks above loaded torch, which the supervisor never uses: go on as a fresh
+        # interpreter in this same process (same pid, signals and terminal) without it.
+        command = [sys.executable, "-m", "app", "supervise", "--workers", str(workers)]
+        os.execv(sys.executable, command + _passthrough(args))
     return _serve_in_process(settings)
 
 
@@ -120,6 +125,16 @@ def _serve_in_process(settings: Any) -> int:
     if not server.started:
         return 3  # start-up failed (the reason is in the log above)
     return 0
+
+
+def supervise(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """Internal: what `serve` becomes with several front ends, its settings already checked."""
+    settings = _load(args)
+    if settings is None:
+        return 2
+    from app.serving.supervisor import Supervisor
+
+    return Supervisor(settings, args.workers, _passthrough(args)).run()
 
 
 def engine(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -144,6 +159,7 @@ def front_end(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
     "serve": serve,
+    "supervise": supervise,
     "engine": engine,
     "front-end": front_end,
 }

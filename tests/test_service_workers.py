@@ -61,8 +61,10 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 def test_front_ends_share_one_engine_one_cache_and_one_set_of_metrics(tmp_path: Path) -> None:
-    with SidecarProcess(ENV, tmp_path / "server.log") as server:
+    env = {**ENV, "SIDECAR_MAX_BACH_SIZE": "8"}  # a typo, warned about once for the service
+    with SidecarProcess(env, tmp_path / "server.log") as server:
         server.wait_ready()
+        assert server.log_text().count("ignoring SIDECAR_MAX_BACH_SIZE") == 1
         roles = server.children()
         assert len(roles["engine"]) == 1 and len(roles["front-end"]) == 2, roles
         statuses = _post_many(server.url, 60)
@@ -94,10 +96,10 @@ def test_front_ends_share_one_engine_one_cache_and_one_set_of_metrics(tmp_path: 
             capture_output=True,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        # Having served, tokenized and answered admin and metrics calls, the front ends still
-        # have no torch loaded: only the engine process holds the model.
+        # Having served, tokenized and answered admin and metrics calls, the front ends (and
+        # the supervisor) still have no torch loaded: only the engine process holds the model.
         assert _maps_torch(roles["engine"][0])
-        assert not any(_maps_torch(pid) for pid in roles["front-end"])
+        assert not any(_maps_torch(pid) for pid in [server.pid, *roles["front-end"]])
 
 
 def _maps_torch(pid: int) -> bool:

@@ -52,7 +52,7 @@ NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 def _load(args: argparse.Namespace, warn: bool = False) -> Any:
     """The settings (flags over environment over file), logging set up; None if invalid.
-    `warn`: log the SIDECAR_* variables that name no setting (`serve` does, once)."""
+    `warn`: log the settings variables that name no setting (`serve` does, once)."""
     from app.settings import SettingsError, load_settings, unknown_env_vars
 
     try:

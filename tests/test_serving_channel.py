@@ -133,3 +133,26 @@ def test_an_engine_that_does_not_answer_is_a_timeout_not_a_hang(tmp_path: Path) 
             handle.remove()
 
     _run(tmp_path, body, answer_timeout_s=0.1)
+
+
+def test_admin_calls_the_engine_does_not_answer_time_out_but_a_prewarm_waits(
+    tmp_path: Path,
+) -> None:
+    async def body(client: EngineClient, engine: Engine) -> None:
+        # A forward that holds the worker for 0.6 s: what queues behind it waits that long.
+        handle = engine.encoder.model.register_forward_pre_hook(lambda *_: time.sleep(0.6))
+        try:
+            held = asyncio.ensure_future(client.embed(client.encoder.tokenizer.encode(["x"])))
+            await asyncio.sleep(0.05)
+            with pytest.raises(RequestTimedOut, match="did not answer within 0.2 s"):
+                await client.operate("clear_graphs", {})
+            assert "hits" in await client.operate("stats", {})  # not on the worker: answered
+            t0 = time.monotonic()
+            report = await client.operate("prewarm", {})  # on the worker, after the forward
+            assert time.monotonic() - t0 > 0.2 and report["failed"] == []
+            with pytest.raises(RequestTimedOut):
+                await held
+        finally:
+            handle.remove()
+
+    _run(tmp_path, body, answer_timeout_s=0.2)

@@ -208,29 +208,24 @@ class EngineClient:
         self._observer.on_request(len(token_ids))
         request_id = next(self._ids)
         fut = self._ask(request_id, Embed(request_id, token_ids))
-        timer = asyncio.get_running_loop().call_later(
-            self.answer_timeout_s, self._no_answer, request_id, fut
-        )
         try:
-            answer: Rows = await fut
-        except asyncio.CancelledError:
-            if self._channel is not None:
-                self._channel.send(b"", Cancel(request_id))
-            raise
+            answer: Rows = await self._answer(request_id, fut, self.answer_timeout_s)
         except BatcherError as exc:
             if exc.reason in REJECT_REASONS and not isinstance(exc, EngineUnavailable):
                 self._observer.on_reject(exc.reason)
             raise
-        finally:
-            timer.cancel()
         matrix = np.frombuffer(answer.data, dtype=np.float32)
         return (
             matrix.reshape(answer.n, -1) if answer.n else matrix.reshape(0, self.encoder.dimensions)
         )
 
     async def operate(self, method: str, args: dict[str, Any]) -> Any:
+        """An admin operation on the engine's cache. All but a prewarm (which may capture for
+        minutes) get the answer timeout: a hung engine is a 503, not a hang."""
         request_id = next(self._ids)
-        reply: Reply = await self._ask(request_id, Call(request_id, method, args))
+        fut = self._ask(request_id, Call(request_id, method, args))
+        timeout_s = None if method == "prewarm" else self.answer_timeout_s
+        reply: Reply = await self._answer(request_id, fut, timeout_s)
         return reply.value
 
     async def engine_metrics(self) -> bytes:
@@ -250,11 +245,26 @@ class EngineClient:
         self._channel.send(b"", message)
         return fut
 
-    def _no_answer(self, request_id: int, fut: asyncio.Future[Any]) -> None:
+    async def _answer(
+        self, request_id: int, fut: asyncio.Future[Any], timeout_s: float | None
+    ) -> Any:
+        """The engine's answer to `request_id`; RequestTimedOut after `timeout_s` (None: no
+        limit). A caller that gives up tells the engine, which drops what it still holds."""
+        loop = asyncio.get_running_loop()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, self._no_answer, fut)
+        try:
+            return await fut
+        except (asyncio.CancelledError, RequestTimedOut):
+            if self._channel is not None:
+                self._channel.send(b"", Cancel(request_id))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _no_answer(self, fut: asyncio.Future[Any]) -> None:
         if fut.done():
             return
-        if self._channel is not None:
-            self._channel.send(b"", Cancel(request_id))
         fut.set_exception(
             RequestTimedOut(
                 f"the engine did not answer within {self.answer_timeout_s:g} s; retry later"

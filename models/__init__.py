@@ -26,7 +26,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "model": ("SentenceModel",),
     "packed": ("PackedLayout", "PackedPiece"),
     "pipeline": ("POOLING_MODES",),
-    "tokenizer": ("EncodedPairs", "TextTokenizer"),
+    "tokenizer": ("EncodedPairs", "InputTooLong", "TextTokenizer"),
     "toy": ("make_toy_encoder",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -63,5 +63,5 @@ if TYPE_CHECKING:  # the same names (a test keeps both lists equal)
     from models.model import SentenceModel
     from models.packed import PackedLayout, PackedPiece
     from models.pipeline import POOLING_MODES
-    from models.tokenizer import EncodedPairs, TextTokenizer
+    from models.tokenizer import EncodedPairs, InputTooLong, TextTokenizer
     from models.toy import make_toy_encoder

@@ -24,6 +24,16 @@ class EncodedPairs(NamedTuple):
     type_ids: list[list[int]]
 
 
+class InputTooLong(ValueError):
+    """An input longer than the model's maximum, where the caller declined truncation."""
+
+    def __init__(self, index: int, tokens: int, max_tokens: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens, more than the model's maximum of {max_tokens}"
+        )
+        self.index, self.tokens, self.max_tokens = index, tokens, max_tokens
+
+
 class TextTokenizer:
     """Wraps a `tokenizers.Tokenizer`: `encode(texts)`, `encode_pairs(pairs)`.
 
@@ -51,6 +61,7 @@ class TextTokenizer:
         # Pair copies, made on first use (a large vocabulary takes a while to copy): the
         # document is cut first; a query too long for that falls back to cutting the longer.
         self._pairs: tuple[Tokenizer, Tokenizer] | None = None
+        self._whole: Tokenizer | None = None  # no truncation: to say how long a refused input is
         self.max_seq_len = max_seq_len
         self.pad_id: int = pad_id
         self.vocab_size: int = vocab_size
@@ -73,17 +84,22 @@ class TextTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text: special tokens added, at most max_seq_len, no padding."""
+    def encode(self, texts: list[str], truncate: bool = True) -> list[list[int]]:
+        """Token ids per text: special tokens added, at most max_seq_len, no padding. With
+        `truncate` false a longer text raises InputTooLong instead of being cut."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of strings, not a single string")
         if not texts:
             return []
-        return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=True)]
+        encs = self._tok.encode_batch_fast(texts, add_special_tokens=True)
+        if not truncate:
+            self._refuse_cut(encs, texts)
+        return [e.ids for e in encs]
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> EncodedPairs:
         """(query, document) pairs through the post-processor's pair template (e.g.
-        [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>), at most max_seq_len tokens each."""
+        [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>), at most max_seq_len tokens each. With
+        `truncate` false a longer pair raises InputTooLong instead of being cut."""
         if isinstance(pairs, tuple):
             raise TypeError("encode_pairs takes a list of (query, document) pairs")
         if not pairs:
@@ -99,7 +115,24 @@ class TextTokenizer:
                     encs.append(second.encode(q, d, add_special_tokens=True))
                 except Exception:
                     encs.append(longest.encode(q, d, add_special_tokens=True))
+        if not truncate:
+            self._refuse_cut(encs, batch)
         return EncodedPairs([e.ids for e in encs], [e.type_ids for e in encs])
+
+    def _refuse_cut(self, encs: Sequence[Any], inputs: Sequence[str | tuple[str, str]]) -> None:
+        """InputTooLong for the first input truncation cut (its overflow is not empty)."""
+        for i, enc in enumerate(encs):
+            if enc.overflowing:
+                if self._whole is None:
+                    self._whole = Tokenizer.from_str(self._tok.to_str())
+                    self._whole.no_truncation()
+                item = inputs[i]
+                whole = (
+                    self._whole.encode(item, add_special_tokens=True)
+                    if isinstance(item, str)
+                    else self._whole.encode(*item, add_special_tokens=True)
+                )
+                raise InputTooLong(i, len(whole.ids), self.max_seq_len)
 
     def pair_type_separator(self) -> int | None:
         """The separator after whose first occurrence the pair template assigns token type 1

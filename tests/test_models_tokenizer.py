@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from model_builders import FAMILIES, MAX_SEQ_LEN, TinySpec, offline_hub, tiny_model
 
-from models import load_sentence_encoder
+from models import InputTooLong, load_sentence_encoder
 
 PAIRS = [
     ("what is a graph", "a cuda graph replaces many kernel launches with one launch"),
@@ -92,3 +92,21 @@ def test_single_texts_are_truncated_to_the_model_limit(tokenizers):
     ids = ours.encode(texts)
     assert ids == [hf(t, truncation=True, max_length=MAX_SEQ_LEN)["input_ids"] for t in texts]
     assert len(ids[1]) == MAX_SEQ_LEN
+
+
+def test_declined_truncation_raises_with_the_whole_length(tokenizers):
+    ours, hf = tokenizers
+    long = "document " * 80
+    whole = len(hf(long)["input_ids"])
+    assert whole > MAX_SEQ_LEN
+    with pytest.raises(InputTooLong) as refused:
+        ours.encode(["hello world", long], truncate=False)
+    assert (refused.value.index, refused.value.tokens) == (1, whole)
+    assert refused.value.max_tokens == MAX_SEQ_LEN
+    pair_whole = len(hf("a query", long)["input_ids"])
+    with pytest.raises(InputTooLong) as refused:
+        ours.encode_pairs([("a query", "short"), ("a query", long)], truncate=False)
+    assert (refused.value.index, refused.value.tokens) == (1, pair_whole)
+    # what fits is encoded exactly as with truncation
+    assert ours.encode(["hello world"], truncate=False) == ours.encode(["hello world"])
+    assert ours.encode_pairs([("q", "d")], truncate=False) == ours.encode_pairs([("q", "d")])

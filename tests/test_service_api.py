@@ -184,6 +184,16 @@ def test_tei_embed_and_info(client: TestClient) -> None:
     assert info["graph_mode"] == "FULL" and info["prompts"] == []
 
 
+def test_tei_embed_truncates_unless_told_not_to(client: TestClient) -> None:
+    long_text = "graph " * 80  # over the toy model's 64 tokens, under max_text_chars (500)
+    for extra in ({}, {"truncate": True}):  # unset: cut, as a TEI server with --auto-truncate
+        assert client.post("/embed", json={"inputs": ["a", long_text], **extra}).status_code == 200
+    refused = client.post("/embed", json={"inputs": ["a", long_text], "truncate": False})
+    err = assert_error(refused, 413, "input_too_long")
+    assert "input 1 has " in err["message"] and "maximum of 64" in err["message"]
+    assert client.post("/embed", json={"inputs": ["a"], "truncate": False}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [

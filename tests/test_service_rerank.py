@@ -94,6 +94,23 @@ def test_tei_rerank(reranker: TestClient) -> None:
     )
 
 
+def test_truncate_false_refuses_a_pair_too_long_naming_the_input(reranker: TestClient) -> None:
+    long_doc = "graph " * 200  # over the model's maximum length in tokens
+    texts = ["d", long_doc]
+    assert reranker.post("/rerank", json={"query": "q", "texts": texts}).status_code == 200
+    cases = [
+        ("/rerank", {"query": "q", "texts": texts}),
+        ("/predict", {"inputs": [["short"], ["q", long_doc]]}),  # a pair after a text
+        ("/predict", {"inputs": [["q", "d"], [long_doc]]}),  # a text after a pair
+    ]
+    for path, body in cases:
+        refused = reranker.post(path, json={**body, "truncate": False})
+        assert refused.status_code == 413, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "input_too_long" and "input 1 has " in error["message"]
+        assert reranker.post(path, json={**body, "truncate": True}).status_code == 200
+
+
 def test_predict_on_a_classifier(classifier: TestClient) -> None:
     pairs = [("a cuda graph replays kernels", "it does"), ("hello there", "general kenobi")]
     probs = torch.softmax(hf_logits(tiny_classifier(), pairs), dim=-1)  # (2, 3)

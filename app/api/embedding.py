@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from app.api.deps import ServingEngine
 from app.errors import ApiError, error_response
-from models import TextTokenizer
+from models import InputTooLong, TextTokenizer
 
 # Above this many characters in one request, tokenizing moves off the event loop.
 TOKENIZE_INLINE_CHARS = 32_768
@@ -53,26 +53,38 @@ def prompted(engine: ServingEngine, texts: list[str], prompt_name: str | None) -
 
 
 async def tokenize(
-    tokenizer: TextTokenizer, items: list[Any], pairs: bool = False
+    tokenizer: TextTokenizer, items: list[Any], pairs: bool = False, truncate: bool = True
 ) -> list[list[int]]:
     """Token ids of texts (special tokens added, truncated to the model's max length), or of
     (query, document) pairs when `pairs` (the document truncated first, as the model was
-    trained): inline when short (microseconds: not worth a thread hop), else off the loop."""
+    trained): inline when short (microseconds: not worth a thread hop), else off the loop.
+    `truncate` false: an input too long raises InputTooLong instead."""
     if pairs:
         chars = sum(len(q) + len(d) for q, d in items)
 
         def run() -> list[list[int]]:
-            return tokenizer.encode_pairs(items).ids
+            return tokenizer.encode_pairs(items, truncate).ids
 
     else:
         chars = sum(map(len, items))
 
         def run() -> list[list[int]]:
-            return tokenizer.encode(items)
+            return tokenizer.encode(items, truncate)
 
     if chars <= TOKENIZE_INLINE_CHARS:
         return run()
     return await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+def too_long(exc: InputTooLong, index: int) -> ApiError:
+    """The 413 for input `index` (of the request) when the client declined truncation, as
+    text-embeddings-inference answers it."""
+    return ApiError(
+        413,
+        "input_too_long",
+        f"input {index} has {exc.tokens} tokens, more than this model's maximum of "
+        f"{exc.max_tokens}; send truncate: true (or leave it out) to have it truncated",
+    )
 
 
 def check_dimensions(engine: ServingEngine, dimensions: int | None) -> None:
@@ -110,13 +122,22 @@ def require_task(engine: ServingEngine, *tasks: str) -> None:
 
 
 async def embed_texts(
-    request: Request, engine: ServingEngine, texts: list[str], prompt_name: str | None
+    request: Request,
+    engine: ServingEngine,
+    texts: list[str],
+    prompt_name: str | None,
+    truncate: bool = True,
 ) -> Embedded | None:
-    """Prompt, tokenize and embed `texts`; None when the client left before the answer."""
+    """Prompt, tokenize and embed `texts`; None when the client left before the answer.
+    `truncate` false: a text over the model's maximum is a 413, not cut."""
     require_task(engine, "embed")
     engine.check_ready(len(texts))  # refuse before tokenizing when it cannot be served
     tokenizer = engine.encoder.tokenizer
-    token_ids = await tokenize(tokenizer, prompted(engine, texts, prompt_name))
+    try:
+        texts = prompted(engine, texts, prompt_name)
+        token_ids = await tokenize(tokenizer, texts, truncate=truncate)
+    except InputTooLong as exc:
+        raise too_long(exc, exc.index) from None
     rows = await _embed_while_connected(request, engine, token_ids)
     if rows is None:
         return None
@@ -124,23 +145,28 @@ async def embed_texts(
 
 
 async def score_pairs(
-    request: Request, engine: ServingEngine, pairs: list[tuple[str, str | None]]
+    request: Request,
+    engine: ServingEngine,
+    pairs: list[tuple[str, str | None]],
+    truncate: bool = True,
 ) -> Embedded | None:
     """Tokenize (text, text pair) inputs (a None pair: the text alone) and run them; each row
-    holds the model's logits. None when the client left before the answer."""
+    holds the model's logits. None when the client left before the answer. `truncate` false:
+    an input over the model's maximum is a 413, not cut."""
     engine.check_ready(len(pairs))  # the queue bound counts pairs
     tokenizer = engine.encoder.tokenizer
     alone = {i: a for i, (a, b) in enumerate(pairs) if b is None}
     both = {i: (a, b) for i, (a, b) in enumerate(pairs) if b is not None}
     token_ids: list[list[int]] = [[] for _ in pairs]
-    if alone:
-        texts = list(alone.values())
-        for i, ids in zip(alone, await tokenize(tokenizer, texts), strict=True):
-            token_ids[i] = ids
-    if both:
-        together = list(both.values())
-        for i, ids in zip(both, await tokenize(tokenizer, together, pairs=True), strict=True):
-            token_ids[i] = ids
+    for group, as_pairs in ((alone, False), (both, True)):
+        if not group:
+            continue
+        try:
+            ids = await tokenize(tokenizer, list(group.values()), as_pairs, truncate=truncate)
+        except InputTooLong as exc:
+            raise too_long(exc, list(group)[exc.index]) from None
+        for i, one in zip(group, ids, strict=True):
+            token_ids[i] = one
     rows = await _embed_while_connected(request, engine, token_ids)
     if rows is None:
         return None

@@ -91,7 +91,8 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         """text-embeddings-inference's rerank: `[{"index", "score", "text"?}]`, best first."""
         engine = engine_of(request)
         require_task(engine, "rerank")
-        done = await score_pairs(request, engine, [(body.query, t) for t in body.texts])
+        pairs = [(body.query, t) for t in body.texts]
+        done = await score_pairs(request, engine, pairs, truncate=body.truncate is not False)
         if done is None:
             return gone_response()
         scores = _scores(done.rows, engine.encoder.score_activation, raw=body.raw_scores)
@@ -113,7 +114,7 @@ def build_rerank_router(models: RequestModels) -> APIRouter:
         inputs = [body.inputs] if single else body.inputs
         sequences = [[x] if isinstance(x, str) else x for x in inputs]
         pairs = [(s[0], s[1] if len(s) > 1 else None) for s in sequences]
-        done = await score_pairs(request, engine, pairs)
+        done = await score_pairs(request, engine, pairs, truncate=body.truncate is not False)
         if done is None:
             return gone_response()
         names = engine.encoder.labels

@@ -278,7 +278,8 @@ def build_request_models(limits: Limits) -> RequestModels:
 
     class EmbedRequest(_Strict):
         """text-embeddings-inference's embed request. Inputs longer than the model's maximum
-        are truncated, as a TEI server started with --auto-truncate does."""
+        are truncated, as a TEI server started with --auto-truncate does, unless `truncate` is
+        false: then they are a 413."""
 
         inputs: Annotated[Text | Texts, BeforeValidator(_no_token_ids)]
         normalize: StrictBool = True
@@ -311,7 +312,7 @@ def build_request_models(limits: Limits) -> RequestModels:
 
     class TeiRerankRequest(_Strict):
         """text-embeddings-inference's rerank request (documents longer than the model's
-        maximum are truncated, as with --auto-truncate)."""
+        maximum are truncated, as with --auto-truncate; a 413 with `truncate` false)."""
 
         query: Text
         texts: Documents
@@ -321,7 +322,8 @@ def build_request_models(limits: Limits) -> RequestModels:
 
     class PredictRequest(_Strict):
         """text-embeddings-inference's predict request: one input (a text, `[text]` or
-        `[text, text_pair]`) or a batch of them (`[[text], [text, text_pair], ...]`)."""
+        `[text, text_pair]`) or a batch of them (`[[text], [text, text_pair], ...]`). Inputs
+        over the model's maximum are truncated, or a 413 with `truncate` false."""
 
         inputs: (
             Text

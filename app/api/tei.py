@@ -40,7 +40,8 @@ def build_tei_router(models: RequestModels) -> APIRouter:
         engine = engine_of(request)
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         check_dimensions(engine, body.dimensions)
-        done = await embed_texts(request, engine, texts, body.prompt_name)
+        truncate = body.truncate is not False  # unset: truncated, as with --auto-truncate
+        done = await embed_texts(request, engine, texts, body.prompt_name, truncate)
         if done is None:
             return gone_response()
         rows = resized(done.rows, body.dimensions, body.normalize)

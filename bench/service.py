@@ -397,6 +397,8 @@ def measure_server(
     levels: dict[int, dict[str, Any]] = {}
     try:
         run.ready_seconds.append(server.wait_ready(opts.ready_timeout_s))
+        if run.name == SIDECAR:  # what SIDECAR_WORKERS resolved to on this host
+            run.settings["front_ends"] = str(len(server.children().get("front-end", [])) or 1)
         # Server-wide warm-up at the largest level: opens the code paths, fills the sidecar's
         # graph cache with the shapes this traffic makes (captures are not measured below).
         top = max(preset.concurrencies)

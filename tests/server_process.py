@@ -58,6 +58,19 @@ class ServerProcess:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def children(self) -> dict[str, list[int]]:
+        """With several front ends: {"engine": [pid], "front-end": [pids]} (else empty)."""
+        roles: dict[str, list[int]] = {}
+        for pid in child_pids(self.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for role in ("engine", "front-end"):
+                if role.encode() in argv:
+                    roles.setdefault(role, []).append(pid)
+        return roles
+
     def ready_url(self) -> str | None:
         """Where readiness is polled; None while not known yet."""
         return self._ready_url or None
@@ -167,19 +180,6 @@ class SidecarProcess(ServerProcess):
     def rss_bytes(self) -> int:
         """Resident memory of the server: its processes together (front ends and engine)."""
         return sum(read_rss_bytes(pid) for pid in [self.pid, *child_pids(self.pid)])
-
-    def children(self) -> dict[str, list[int]]:
-        """With several front ends: {"engine": [pid], "front-end": [pids]} (else empty)."""
-        roles: dict[str, list[int]] = {}
-        for pid in child_pids(self.pid):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            for role in ("engine", "front-end"):
-                if role.encode() in argv:
-                    roles.setdefault(role, []).append(pid)
-        return roles
 
 
 def child_pids(pid: int) -> list[int]:

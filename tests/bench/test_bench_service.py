@@ -4,6 +4,7 @@ naive baseline as real processes with the toy model, driven by the load generato
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def test_service_bench_toy_sidecar_and_naive(tmp_path: Path) -> None:
     assert (res.path / "service.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(res.json_path.read_text())["service"]
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
+    front_ends = os.environ.get("SIDECAR_WORKERS", "1")  # auto: 1 on a CPU host
+    assert saved["servers"][SIDECAR]["settings"]["front_ends"] == front_ends
     assert (res.path / "logs" / "server-sidecar-round2.log").is_file()
     # the saturated fraction: 2 pairs per round, each a sidecar run at the top level (all its
     # requests answered) and a raw pass; the median of the pairs' ratios

@@ -133,8 +133,8 @@ async def embed_texts(
     require_task(engine, "embed")
     engine.check_ready(len(texts))  # refuse before tokenizing when it cannot be served
     tokenizer = engine.encoder.tokenizer
+    texts = prompted(engine, texts, prompt_name)  # the prompt counts towards the maximum
     try:
-        texts = prompted(engine, texts, prompt_name)
         token_ids = await tokenize(tokenizer, texts, truncate=truncate)
     except InputTooLong as exc:
         raise too_long(exc, exc.index) from None

@@ -105,6 +105,8 @@ def serve(args: argparse.Namespace, rest: Sequence[str]) -> int:
         # The checks above loaded torch, which the supervisor never uses: go on as a fresh
         # interpreter in this same process (same pid, signals and terminal) without it.
         command = [sys.executable, "-m", "app", "supervise", "--workers", str(workers)]
+        sys.stdout.flush()
+        sys.stderr.flush()
         os.execv(sys.executable, command + _passthrough(args))
     return _serve_in_process(settings)
 

@@ -59,12 +59,9 @@ class EngineUnavailable(BatcherError):
     reason = REASON_NOT_READY
 
 
-_FAILURES: dict[str, type[Exception]] = {
-    "queue_full": QueueFull,
-    "timeout": RequestTimedOut,
-    "draining": BatcherClosed,
-    "not_ready": NotReady,
-    "batch_failed": BatchFailed,
+# The engine names a refusal by its class's `reason` (engine_server.failure_kind).
+_FAILURES: dict[str, type[BatcherError]] = {
+    cls.reason: cls for cls in (QueueFull, RequestTimedOut, BatcherClosed, NotReady, BatchFailed)
 }
 
 

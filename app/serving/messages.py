@@ -1,6 +1,6 @@
-"""What crosses between a front end and the engine process: msgpack via msgspec, one message per
-zmq frame. Token ids go in; embeddings come back as the raw float32 bytes of an (n, dims) matrix,
-so neither side builds a Python object per float."""
+"""What crosses between a front end and the engine process: msgpack via msgspec, a list of
+messages per zmq frame (channel.py). Token ids go in; embeddings come back as the raw float32
+bytes of an (n, dims) matrix, so neither side builds a Python object per float."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ class Rows(msgspec.Struct, tag="rows", array_like=True):
 
 class Failed(msgspec.Struct, tag="failed", array_like=True):
     """Engine -> front end: Embed or Call `id` was refused or failed. `kind` names the error
-    (`app.serving.errors`); the front end raises the same exception the in-process engine
-    would."""
+    (`engine_server.failure_kind`); the front end raises the same exception the in-process
+    engine would (`client.failure_exception`)."""
 
     id: int
     kind: str

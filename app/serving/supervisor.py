@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from app.settings import Settings
 
 logger = logging.getLogger("app")
@@ -112,7 +114,9 @@ class Supervisor:
                     status = 3 if code == 3 else 1
                     break
                 logger.warning("front end %d exited with %s; starting another", proc.pid, code)
-                _mark_dead(metrics_dir, proc.pid)
+                # Its live-only gauge files go; counters and histograms stay (totals never
+                # go backwards).
+                mark_process_dead(proc.pid, str(metrics_dir))
                 front_ends[i] = (start_front_end(), time.monotonic())
             else:
                 time.sleep(POLL_S)
@@ -180,10 +184,3 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return True
-
-
-def _mark_dead(metrics_dir: Path, pid: int) -> None:
-    """prometheus_client's clean-up for a dead process: live-only gauge files go (counters and
-    histograms stay, so totals never go backwards)."""
-    for path in metrics_dir.glob(f"gauge_live*_{pid}.db"):
-        path.unlink(missing_ok=True)

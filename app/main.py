@@ -26,7 +26,7 @@ from app.api.schemas import Limits, build_request_models
 from app.api.tei import build_tei_router
 from app.engine.config import EngineConfigError
 from app.errors import install_error_handlers
-from app.metrics import FrontEndExposition, GraphCacheCollector, ServiceMetrics
+from app.metrics import FrontEndExposition, ServiceMetrics
 from app.serving.client import EngineClient
 from app.settings import Settings, SettingsError, engine_error_message, load_settings
 
@@ -59,12 +59,8 @@ def create_app(
         from app.engine.engine import Engine
 
         metrics = ServiceMetrics()
-        local = Engine(settings.engine_config(), observer=metrics)
-        metrics.watch_queue(lambda: local.queue_depth)
-        metrics.add_graph_collector(
-            GraphCacheCollector(lambda: local.graphs, settings.metrics_hot_shapes)
-        )
-        engine = local
+        engine = Engine(settings.engine_config(), observer=metrics)
+        metrics.engine.watch(engine, settings.metrics_hot_shapes)
     else:
         client_metrics = FrontEndExposition(lambda: client.engine_metrics())
         # Past the engine's own request timeout (which answers 503 timeout itself), slack for

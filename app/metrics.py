@@ -28,6 +28,7 @@ from app.engine.batcher import REJECT_REASONS
 
 if TYPE_CHECKING:
     from app.cudagraph import BatchDescriptor, CacheSnapshot, GraphCache
+    from app.engine.engine import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -241,11 +242,10 @@ class EngineMetrics:
         name, doc, buckets = _ENGINE_FAMILIES["padding_ratio"]
         self.padding_ratio = Histogram(name, doc, buckets=buckets or (), registry=registry)
 
-    def watch_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
-
-    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
-        self.registry.register(collector)
+    def watch(self, engine: Engine, hot_shapes_top_k: int) -> None:
+        """Read `engine`'s queue depth and graph cache whenever the registry is scraped."""
+        self.queue_depth.set_function(lambda: engine.queue_depth)
+        self.registry.register(GraphCacheCollector(lambda: engine.graphs, hot_shapes_top_k))
 
     def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
         self.batch_size.observe(size)
@@ -275,12 +275,6 @@ class ServiceMetrics(FrontEndMetrics):
         self.registry = CollectorRegistry(auto_describe=True)
         super().__init__(self.registry, routes)
         self.engine = EngineMetrics(self.registry)
-
-    def watch_queue(self, depth: Callable[[], float]) -> None:
-        self.engine.watch_queue(depth)
-
-    def add_graph_collector(self, collector: GraphCacheCollector) -> None:
-        self.engine.add_graph_collector(collector)
 
     def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
         self.engine.on_batch(size, queue_waits)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from app.engine.config import EngineConfigError
 from app.engine.engine import Engine
-from app.metrics import EngineMetrics, GraphCacheCollector
+from app.metrics import EngineMetrics
 from app.serving.engine_server import EngineServer
 from app.serving.lifeline import die_with_parent
 from app.settings import Settings, engine_error_message
@@ -29,10 +29,7 @@ def run_engine(settings: Settings, address: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     metrics = EngineMetrics(CollectorRegistry(auto_describe=True))
     engine = Engine(settings.engine_config(), observer=metrics)
-    metrics.watch_queue(lambda: engine.queue_depth)
-    metrics.add_graph_collector(
-        GraphCacheCollector(lambda: engine.graphs, settings.metrics_hot_shapes)
-    )
+    metrics.watch(engine, settings.metrics_hot_shapes)
     server = EngineServer(engine, metrics, address)
 
     async def main() -> None:

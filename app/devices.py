@@ -8,6 +8,9 @@ ValueError; the settings layer names the variable.
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,10 +76,6 @@ MAX_AUTO_WORKERS = 8
 def available_cpus() -> int:
     """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
     limit; os.cpu_count() reports the whole host)."""
-    import math
-    import os
-    from pathlib import Path
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpus = cpus or 1
     try:  # cgroup v2: "max 100000" or "200000 100000"

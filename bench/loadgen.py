@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -29,6 +28,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+
+from app.devices import available_cpus
 
 # A fixed vocabulary so the mix does not depend on any file on the machine. Common English
 # words: each is one WordPiece token, so a text of W words is about W + 2 tokens.
@@ -248,7 +249,7 @@ CLIENTS_PER_PROCESS = 32
 def load_processes(concurrency: int, cpus: int | None = None) -> int:
     """Load-generator processes for `concurrency` clients: one per CLIENTS_PER_PROCESS clients,
     at most a quarter of the machine's CPUs so the server keeps the rest (1 on a small one)."""
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    cpus = cpus if cpus is not None else available_cpus()
     return max(1, min(math.ceil(concurrency / CLIENTS_PER_PROCESS), cpus // 4))
 
 

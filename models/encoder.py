@@ -95,7 +95,7 @@ class SentenceEncoder:
     def score(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
         """Plain eager rows of (query, document) pairs, tokenized with the pair template: for a
         head, the (n, num_labels) float32 logits on CPU. A reference, like `embed`."""
-        return self._forward(self.tokenizer.encode_pairs(pairs).ids)
+        return self._forward(self.tokenizer.pair_ids(pairs))
 
     def _forward(self, ids: list[list[int]]) -> torch.Tensor:
         """The padded forward of tokenized rows: (n, dimensions) float32 on CPU."""

@@ -50,40 +50,15 @@ def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     return extra.masked_fill(~key_mask, float("-inf"))
 
 
-def pair_token_types(
-    input_ids: torch.Tensor, position_ids: torch.Tensor, separator: int
-) -> torch.Tensor:
-    """Token types of (query, document) pairs derived from the ids alone, as BERT's pair template
-    `[CLS] q [SEP] d [SEP]` assigns them: 1 once a separator lies strictly before the position
-    in the same request (the document and its [SEP]), else 0. A single text (one separator, at
-    its end) stays all 0.
-
-    Padded: input_ids (B, S), right-padded (padding after the last real token changes no real
-    position's count). Packed: input_ids (T,) of requests back to back, position_ids (T,) 0-based
-    inside each request; each request's count starts at its first token (index - position).
-    Returns (B, S) or (T,) int64. Static shapes, no host sync: it runs inside CUDA graphs.
-
-    The one divergence from the tokenizer: a query that itself contains the separator token (a
-    literal "[SEP]" in the text) turns to type 1 from there, where the template keeps the whole
-    query at type 0.
-    """
-    is_sep = (input_ids == separator).to(torch.int64)
-    before = torch.cumsum(is_sep, dim=-1) - is_sep  # separators strictly before each position
-    if input_ids.dim() == 1:
-        index = torch.arange(input_ids.shape[0], device=input_ids.device)
-        before = before - before[index - position_ids]  # minus the count at the request's start
-    return (before > 0).to(torch.int64)
-
-
 class Embeddings(nn.Module):
     """Word + position + token type embeddings, then LayerNorm.
 
     Positions come in 0-based; the family's offset (`EncoderConfig.position_offset`) is applied
     here by reading the table from that row on, so both layouts and the runner stay 0-based.
 
-    Token types: only token ids reach the model, so every token is type 0 (single texts, and
-    every embedding model), unless `type_separator` is set: then types are derived from the ids
-    (`pair_token_types`), as a BERT cross-encoder was trained on pairs.
+    Token types: every token is type 0 (single texts, and every embedding model), unless
+    `type_stride` is set (a BERT cross-encoder): then each id carries its type as
+    id + type * type_stride (`TextTokenizer.pair_ids`), split back here.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -95,17 +70,19 @@ class Embeddings(nn.Module):
             self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.position_offset = cfg.position_offset
-        self.type_separator: int | None = None
+        self.type_stride: int | None = None
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, position_ids: (...,) int64, positions 0-based -> (..., H).
         table = self.position_embeddings.weight[self.position_offset :]  # a view, no copy
+        types, stride = self.token_type_embeddings, self.type_stride
+        type_ids = None
+        if types is not None and stride is not None:
+            type_ids = torch.div(input_ids, stride, rounding_mode="floor")
+            input_ids = input_ids - type_ids * stride
         x = self.word_embeddings(input_ids) + F.embedding(position_ids, table)
-        types, separator = self.token_type_embeddings, self.type_separator
-        if types is not None and separator is None:
-            x = x + types.weight[0]  # type 0: one row, broadcast
-        elif types is not None and separator is not None:
-            x = x + types(pair_token_types(input_ids, position_ids, separator))
+        if types is not None:  # type 0 everywhere: one row, broadcast
+            x = x + (types.weight[0] if type_ids is None else types(type_ids))
         return self.LayerNorm(x)
 
 

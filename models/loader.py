@@ -37,7 +37,7 @@ from models.st_modules import (
     read_prompts,
     score_activation,
 )
-from models.task import check_task, pair_type_separator, read_head, resolve_task
+from models.task import check_task, read_head, reads_pair_types, resolve_task
 from models.tokenizer import TextTokenizer
 from models.transformer import TransformerEncoder
 from models.weights import (
@@ -219,10 +219,16 @@ def load_sentence_encoder(
         weights = SAFETENSORS if (folder / SAFETENSORS).is_file() else SAFETENSORS_INDEX
         raise ModelLoadError(folder / weights, str(e)) from e
     del tensors
-    separator = pair_type_separator(task, cfg, tokenizer, folder)
-    if separator is not None:
-        assert isinstance(body, TransformerEncoder)
-        body.derive_pair_types(separator)
+    if reads_pair_types(task, cfg, folder):
+        assert isinstance(cfg, EncoderConfig) and isinstance(body, TransformerEncoder)
+        template_types = max(tokenizer.encode_pairs([("a", "b")]).type_ids[0])
+        if template_types >= cfg.type_vocab_size:
+            raise ModelLoadError(
+                folder / "tokenizer.json",
+                f"the pair template assigns token type {template_types}, the model has "
+                f"{cfg.type_vocab_size} (type_vocab_size)",
+            )
+        tokenizer.type_stride = body.read_pair_types()
     model = SentenceModel(body, pipeline).to_serving(dev, dtype)
 
     if name is None:

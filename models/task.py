@@ -25,7 +25,6 @@ from models.st_modules import (
     Prompts,
     read_json_object,
 )
-from models.tokenizer import TextTokenizer
 
 
 def check_task(task: str | None) -> None:
@@ -97,23 +96,14 @@ def resolve_task(
     return requested
 
 
-def pair_type_separator(
-    task: str, cfg: BodyConfig, tokenizer: TextTokenizer, folder: Path
-) -> int | None:
-    """The separator id after which pair tokens are type 1, for a head model whose tokenizer
-    hands token types to the model (BERT's; RoBERTa's, XLM-RoBERTa's and MPNet's do not, and
-    ModernBERT has none) and whose pair template uses type 1. None: every token type 0, as
-    embedding models always are (a literal [SEP] in a text changes nothing there)."""
+def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
+    """Whether a head model reads the pair template's token types: its tokenizer hands them to
+    the model (BERT's; RoBERTa's, XLM-RoBERTa's and MPNet's do not, and ModernBERT has none).
+    False: every token type 0, as embedding models always are."""
     if task == "embed" or not isinstance(cfg, EncoderConfig):
-        return None
+        return False
     if not cfg.token_types or cfg.type_vocab_size < 2:
-        return None
+        return False
     tok_cfg = read_json_object(folder / "tokenizer_config.json", required=False) or {}
     names = tok_cfg.get("model_input_names")
-    passes_types = "token_type_ids" in names if isinstance(names, list) else cfg.family == "bert"
-    if not passes_types:
-        return None
-    try:
-        return tokenizer.pair_type_separator()
-    except ValueError as e:
-        raise ModelLoadError(folder / "tokenizer.json", str(e)) from e
+    return "token_type_ids" in names if isinstance(names, list) else cfg.family == "bert"

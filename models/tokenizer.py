@@ -4,11 +4,15 @@ Padding is the runner's business (it picks the bucket), so the tokenizer never p
 the tokenizer.json says (all-MiniLM-L6-v2's ships with fixed padding to 128, which we turn off).
 Single texts and (query, document) pairs each get their own `tokenizers.Tokenizer` copy, so
 truncation settings never change under a concurrent call.
+
+Token types reach a model that uses them (a BERT cross-encoder) inside the ids: `pair_ids` gives
+each token id + type * `type_stride`, and the model's embeddings split them back. One int per
+token crosses the processes and the graphs' input buffers, and the types are the pair template's
+own, whatever the text holds (a literal "[SEP]" in a query stays type 0).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,10 +44,18 @@ class TextTokenizer:
     pad_id: the id padding positions get (they are masked out; the model's own pad token).
     lowercase: lower-case the text first, where the normalizer does not already (what
     sentence-transformers does for `do_lower_case: true` in sentence_bert_config.json).
+    type_stride: set for a model that reads token types (the loader sets the model's vocabulary
+    size): `pair_ids` folds each token's type into its id. None: every token is type 0.
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, max_seq_len: int, *, pad_id: int, lowercase: bool = False
+        self,
+        tokenizer: Tokenizer,
+        max_seq_len: int,
+        *,
+        pad_id: int,
+        lowercase: bool = False,
+        type_stride: int | None = None,
     ) -> None:
         if max_seq_len < 2:
             raise ValueError(
@@ -65,6 +77,7 @@ class TextTokenizer:
         self.max_seq_len = max_seq_len
         self.pad_id: int = pad_id
         self.vocab_size: int = vocab_size
+        self.type_stride: int | None = type_stride
 
     @classmethod
     def from_file(
@@ -78,8 +91,10 @@ class TextTokenizer:
         return str(self._tok.to_str())
 
     @classmethod
-    def from_json(cls, text: str, max_seq_len: int, *, pad_id: int) -> TextTokenizer:
-        return cls(Tokenizer.from_str(text), max_seq_len, pad_id=pad_id)
+    def from_json(
+        cls, text: str, max_seq_len: int, *, pad_id: int, type_stride: int | None = None
+    ) -> TextTokenizer:
+        return cls(Tokenizer.from_str(text), max_seq_len, pad_id=pad_id, type_stride=type_stride)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -119,6 +134,18 @@ class TextTokenizer:
             self._refuse_cut(encs, batch)
         return EncodedPairs([e.ids for e in encs], [e.type_ids for e in encs])
 
+    def pair_ids(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[list[int]]:
+        """The ids a model reads for `encode_pairs(pairs, truncate)`: with `type_stride` set,
+        each token's id + its type * type_stride (the model splits them back); else the ids."""
+        encoded = self.encode_pairs(pairs, truncate)
+        stride = self.type_stride
+        if stride is None:
+            return encoded.ids
+        return [
+            ids if not any(types) else [i + t * stride for i, t in zip(ids, types, strict=True)]
+            for ids, types in zip(encoded.ids, encoded.type_ids, strict=True)
+        ]
+
     def _refuse_cut(self, encs: Sequence[Any], inputs: Sequence[str | tuple[str, str]]) -> None:
         """InputTooLong for the first input truncation cut (its overflow is not empty)."""
         for i, enc in enumerate(encs):
@@ -134,31 +161,6 @@ class TextTokenizer:
                 )
                 raise InputTooLong(i, len(whole.ids), self.max_seq_len)
 
-    def pair_type_separator(self) -> int | None:
-        """The separator after whose first occurrence the pair template assigns token type 1
-        (BERT's `[CLS] A [SEP] B [SEP]`: [SEP]), or None where every pair token is type 0
-        (RoBERTa, XLM-RoBERTa, MPNet; no template). ValueError for a template whose types are
-        not "0 up to and including the first separator, 1 after it" (the model could not
-        derive them from the ids), naming what it found.
-
-        The template is read from the post-processor, then checked on a sample pair.
-        """
-        processor = self._tok.post_processor
-        state = json.loads(processor.__getstate__()) if processor is not None else None
-        separator = _template_separator(state)
-        if separator is not None:
-            enc = self._pair_tokenizers()[0].encode("a b", "c d", add_special_tokens=True)
-            seen, derived = False, []
-            for token in enc.ids:
-                derived.append(int(seen))
-                seen = seen or token == separator
-            if derived != enc.type_ids:
-                raise ValueError(
-                    f"the pair template's token types {enc.type_ids} (ids {enc.ids}) do not "
-                    f"switch to 1 after the first separator {separator}"
-                )
-        return separator
-
     def _pair_tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
         if self._pairs is None:  # a race only builds the same copies twice
             text = self._tok.to_str()
@@ -170,43 +172,6 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer(vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len})"
-
-
-def _template_separator(state: Any) -> int | None:
-    """The separator id of a post-processor's serialised state (see `pair_type_separator`)."""
-    if not isinstance(state, dict):
-        return None
-    kind = state.get("type")
-    if kind == "Sequence":
-        found = {_template_separator(p) for p in state.get("processors", [])} - {None}
-        if len(found) > 1:
-            raise ValueError(f"post-processors with different pair templates: {state}")
-        return found.pop() if found else None
-    if kind == "BertProcessing":  # [CLS] A [SEP] B [SEP], types 0 0 0 1 1
-        return int(state["sep"][1])
-    if kind != "TemplateProcessing":  # RobertaProcessing and the rest: every type 0
-        return None
-    pair, specials = state.get("pair") or [], state.get("special_tokens") or {}
-    types = [next(iter(item.values()))["type_id"] for item in pair]
-    if not any(types):
-        return None
-    switch = types.index(1) if 1 in types else 0
-    before, at = pair[:switch], pair[switch - 1] if switch else {}
-    token = at.get("SpecialToken", {}).get("id")
-    ids = specials.get(token, {}).get("ids", []) if token is not None else []
-    earlier = [
-        specials.get(item["SpecialToken"]["id"], {}).get("ids", [])
-        for item in before[:-1]
-        if "SpecialToken" in item
-    ]
-    if (
-        set(types) != {0, 1}
-        or types[switch:] != [1] * (len(types) - switch)
-        or len(ids) != 1
-        or any(ids[0] in e for e in earlier)
-    ):
-        raise ValueError(f"pair template {pair} does not switch to type 1 after a separator")
-    return int(ids[0])
 
 
 def _add_lowercase(tokenizer: Tokenizer) -> None:

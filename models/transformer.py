@@ -38,12 +38,13 @@ class TransformerEncoder(nn.Module):
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 
-    def derive_pair_types(self, separator: int) -> None:
-        """Token type 1 after the first `separator` of each request (BERT pairs; see
-        `layers.pair_token_types`), instead of type 0 everywhere."""
+    def read_pair_types(self) -> int:
+        """Read each token's type from its id (id + type * stride, `TextTokenizer.pair_ids`)
+        instead of type 0 everywhere; returns the stride, the model's vocabulary size."""
         if self.embeddings.token_type_embeddings is None or self.config.type_vocab_size < 2:
             raise ValueError(f"{self.config.family} has no token type 1")
-        self.embeddings.type_separator = separator
+        self.embeddings.type_stride = self.config.vocab_size
+        return self.config.vocab_size
 
     # ---------------------------------------------------------------- padded layout (FULL)
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

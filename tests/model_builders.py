@@ -54,7 +54,8 @@ TEXTS = [
 
 # (query, document) pairs: short and long documents (one truncated at MAX_SEQ_LEN; queries stay
 # short, so the document is what is cut, as CrossEncoder's longest-first also does), an empty
-# one, unknown characters, and a literal [SEP] inside a document (type 1 either way).
+# one, unknown characters, and a literal [SEP] inside a document and inside a query (the pair
+# template keeps the whole query at type 0 and the whole document at type 1 all the same).
 RERANK_QUERY = "what is a cuda graph"
 RERANK_DOCUMENTS = [
     "a cuda graph replays kernels",
@@ -70,6 +71,7 @@ PAIRS = [(RERANK_QUERY, d) for d in RERANK_DOCUMENTS] + [
     ("hello world", "the world"),
     ("a", "b"),
     ("search", "query passage document and more words of it"),
+    ("what [SEP] is a graph", "a graph of kernels"),
 ]
 
 # sentence-transformers 6 module types, and the classic ones most hub models have.

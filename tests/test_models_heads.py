@@ -1,6 +1,7 @@
 """Rerankers and classifiers: the task a directory declares (and the caller's override), the
-classification head of every family against `CrossEncoder.predict` and `transformers`, token
-types derived from the ids for BERT pairs, and what is refused (naming the file).
+classification head of every family against `CrossEncoder.predict` and `transformers`, the
+pair template's token types carried in the ids for BERT pairs, and what is refused (naming the
+file).
 
 Tiny random-weight cross-encoders built with `transformers` and saved by sentence-transformers
 (tests/model_builders.py). Eager here; the runner in every graph mode is
@@ -32,8 +33,7 @@ from model_builders import (
 )
 from safetensors.torch import load_file, save_file
 
-from models import ModelLoadError, PackedLayout, load_sentence_encoder
-from models.layers import pair_token_types
+from models import ModelLoadError, load_sentence_encoder
 
 # One reranker per family (ModernBERT with each classifier pooling), and the two save layouts.
 RERANKERS = [
@@ -130,74 +130,75 @@ def test_bfloat16_head_stays_float32():
 
 
 # ---------------------------------------------------------------- token types
-def _bert_pairs():
+def test_pair_ids_carry_the_templates_types():
     enc = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER))
-    return enc, enc.tokenizer.encode_pairs(PAIRS)
-
-
-def test_derived_types_equal_the_tokenizers_padded():
-    enc, encoded = _bert_pairs()
-    sep = enc.tokenizer.token_to_id("[SEP]")
-    assert enc.model.encoder.embeddings.type_separator == sep
+    stride = enc.tokenizer.type_stride
+    assert stride == enc.model.encoder.config.vocab_size == enc.model.encoder.embeddings.type_stride
+    encoded, folded = enc.tokenizer.encode_pairs(PAIRS), enc.tokenizer.pair_ids(PAIRS)
     assert any(any(t) for t in encoded.type_ids)  # BERT's template: the document is type 1
-    S = max(map(len, encoded.ids))
-    ids = torch.full((len(PAIRS), S), enc.tokenizer.pad_id, dtype=torch.int64)
-    for i, row in enumerate(encoded.ids):
-        ids[i, : len(row)] = torch.tensor(row)
-    types = pair_token_types(ids, torch.arange(S), sep)
-    for i, want in enumerate(encoded.type_ids):
-        assert types[i, : len(want)].tolist() == want
+    for ids, types, got in zip(encoded.ids, encoded.type_ids, folded, strict=True):
+        assert got == [i + t * stride for i, t in zip(ids, types, strict=True)]
 
 
-def test_derived_types_equal_the_tokenizers_packed():
-    enc, encoded = _bert_pairs()
-    sep = enc.tokenizer.token_to_id("[SEP]")
-    singles = enc.tokenizer.encode(["a single text", "hello"])  # all type 0
-    rows = encoded.ids + singles
-    layout = PackedLayout.build(
-        [len(r) for r in rows], hidden_size=32, device="cpu", dtype=torch.float32
-    )
-    # Token-bucket padding after the requests: pad ids at position 0.
-    pad = 5
-    ids = torch.tensor([t for r in rows for t in r] + [enc.tokenizer.pad_id] * pad)
-    pos = torch.cat([layout.positions, torch.zeros(pad, dtype=torch.int64)])
-    types = pair_token_types(ids, pos, sep)
-    want = [t for r in encoded.type_ids for t in r] + [0] * sum(map(len, singles)) + [0] * pad
-    assert types.tolist() == want
-
-
-def test_a_separator_inside_the_query_flips_types_early():
-    """The one documented divergence: the tokenizer keeps the whole query at type 0."""
+def test_embeddings_split_the_types_back():
+    """Padded (B, S) or packed (T,) alike: word(id) + position + type(t) of the folded ids."""
     enc = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER))
-    sep = enc.tokenizer.token_to_id("[SEP]")
-    encoded = enc.tokenizer.encode_pairs([("a [SEP] b", "c")])
-    ids = torch.tensor(encoded.ids[0])
-    types = pair_token_types(ids, torch.arange(len(ids)), sep).tolist()
-    assert encoded.type_ids[0] == [0, 0, 0, 0, 0, 1, 1]
-    assert types == [0, 0, 0, 1, 1, 1, 1]
+    emb = enc.model.encoder.embeddings
+    stride = emb.type_stride
+    ids = torch.tensor([[2, 7, 3, 9, 3], [2, 8, 3, 0, 0]])
+    types = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    positions = torch.arange(5)
+    with torch.no_grad():
+        got = emb(ids + types * stride, positions)
+        want = emb.LayerNorm(
+            emb.word_embeddings(ids)
+            + emb.position_embeddings(positions + emb.position_offset)
+            + emb.token_type_embeddings(types)
+        )
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(
+            emb((ids + types * stride).view(-1), positions.repeat(2)), want.view(10, -1)
+        )
+
+
+def test_a_separator_inside_the_query_stays_type_0():
+    """A literal [SEP] in the query is the separator token, yet the template keeps the whole
+    query at type 0: so do the ids, and the score is CrossEncoder's."""
+    folder = tiny_cross_encoder(BERT_RERANKER)
+    enc = load_sentence_encoder(folder)
+    sep, stride = enc.tokenizer.token_to_id("[SEP]"), enc.tokenizer.type_stride
+    pairs = [("a [SEP] b", "c"), ("a b", "c")]
+    encoded = enc.tokenizer.encode_pairs(pairs)
+    assert encoded.ids[0][2] == sep and encoded.type_ids[0] == [0, 0, 0, 0, 0, 1, 1]
+    assert [i // stride for i in enc.tokenizer.pair_ids(pairs)[0]] == encoded.type_ids[0]
+    scores = torch.sigmoid(enc.score(pairs)[:, 0])
+    torch.testing.assert_close(scores, ce_predict(folder, pairs), atol=1e-4, rtol=0)
 
 
 def test_token_types_change_bert_scores():
-    """Without the derived types (all 0) the BERT reranker's scores are clearly off: the
-    parity above depends on them."""
+    """Without the types (all 0) the BERT reranker's scores are clearly off: the parity above
+    depends on them."""
     folder = tiny_cross_encoder(BERT_RERANKER)
     enc = load_sentence_encoder(folder)
-    enc.model.encoder.embeddings.type_separator = None
+    enc.model.encoder.embeddings.type_stride = enc.tokenizer.type_stride = None
     diff = (torch.sigmoid(enc.score(PAIRS)[:, 0]) - ce_predict(folder, PAIRS)).abs().max()
     assert diff > 1e-2
 
 
-def test_types_are_derived_only_for_bert_heads():
+def _reads_types(enc) -> bool:
+    stride = getattr(enc.model.encoder.embeddings, "type_stride", None)
+    assert stride == enc.tokenizer.type_stride  # the tokenizer folds them where the model reads
+    return stride is not None
+
+
+def test_types_are_read_only_by_bert_heads():
+    assert _reads_types(load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)))
     for spec in (XLMR_RERANKER, CrossSpec("roberta"), CrossSpec("mpnet"), CrossSpec("modernbert")):
-        body = load_sentence_encoder(tiny_cross_encoder(spec)).model.encoder
-        assert getattr(body.embeddings, "type_separator", None) is None, spec.label
-    embedder = load_sentence_encoder(tiny_model(TinySpec("bert", "mean")))
-    assert embedder.model.encoder.embeddings.type_separator is None
+        assert not _reads_types(load_sentence_encoder(tiny_cross_encoder(spec))), spec.label
+    assert not _reads_types(load_sentence_encoder(tiny_model(TinySpec("bert", "mean"))))
     # A cross-encoder served as an embedder keeps every token type 0 too.
-    as_embedder = load_sentence_encoder(
-        tiny_cross_encoder(CrossSpec("bert", save="hf")), task="embed"
-    )
-    assert as_embedder.model.encoder.embeddings.type_separator is None
+    folder = tiny_cross_encoder(CrossSpec("bert", save="hf"))
+    assert not _reads_types(load_sentence_encoder(folder, task="embed"))
 
 
 def test_embedding_a_literal_separator_is_unchanged():
@@ -356,15 +357,44 @@ def test_a_labels_mismatch_with_the_weights_is_refused(copy_of):
     assert ei.value.file == folder / "model.safetensors"
 
 
-def test_a_pair_template_that_cannot_be_derived_is_refused(copy_of):
-    """Type 1 from the query on ([CLS] A:1 ...): the ids cannot tell the model that."""
-    folder = copy_of(BERT_RERANKER)
+def _set_pair_types(folder: Path, a: int, b: int) -> None:
+    """Set the pair template's token types: `a` for [CLS] and the query, `b` for the rest."""
     file = folder / "tokenizer.json"
     tok = json.loads(file.read_text())
     for item in tok["post_processor"]["pair"]:
-        if "Sequence" in item and item["Sequence"]["id"] == "A":
-            item["Sequence"]["type_id"] = 1
+        piece = item.get("Sequence") or item["SpecialToken"]
+        piece["type_id"] = a if piece.get("id") in ("A", "[CLS]") else b
     file.write_text(json.dumps(tok))
-    with pytest.raises(ModelLoadError, match="does not switch to type 1 after a separator") as ei:
+
+
+def test_any_pair_template_within_the_type_vocabulary_is_served(copy_of):
+    """Type 1 from [CLS] on: the model reads the types tokenizer.json's template assigns (what
+    text-embeddings-inference does; transformers 5's BertTokenizer rebuilds BERT's template
+    instead), here against the transformers model given those same ids and types."""
+    folder = copy_of(BERT_RERANKER)
+    _set_pair_types(folder, 1, 1)
+    enc = load_sentence_encoder(folder)
+    encoded = enc.tokenizer.encode_pairs(PAIRS)
+    assert {t for types in encoded.type_ids for t in types} == {1}
+    S = max(map(len, encoded.ids))
+    ids = torch.zeros((len(PAIRS), S), dtype=torch.int64)
+    types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (row, row_types) in enumerate(zip(encoded.ids, encoded.type_ids, strict=True)):
+        ids[i, : len(row)], types[i, : len(row)] = torch.tensor(row), torch.tensor(row_types)
+        mask[i, : len(row)] = 1
+    with offline_hub():
+        import transformers as tf
+
+        model = tf.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        with torch.no_grad():
+            ref = model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+    torch.testing.assert_close(enc.score(PAIRS), ref.float(), atol=1e-4, rtol=0)
+    assert (ref - hf_logits(folder, PAIRS)).abs().max() > 1e-2  # the types did change them
+
+
+def test_a_pair_template_beyond_the_type_vocabulary_is_refused(copy_of):
+    folder = copy_of(BERT_RERANKER)
+    _set_pair_types(folder, 0, 2)
+    with pytest.raises(ModelLoadError, match=r"token type 2, the model has 2 \(type_vocab") as ei:
         load_sentence_encoder(folder)
-    assert ei.value.file == file
+    assert ei.value.file == folder / "tokenizer.json"

@@ -65,7 +65,7 @@ def test_reranker_scores_match_cross_encoder(loaded, spec, mode):
     encoder, ref = loaded[spec]
     runner = make_runner(encoder, mode)
     assert runner.dimensions == 1
-    ids = encoder.tokenizer.encode_pairs(PAIRS).ids
+    ids = encoder.tokenizer.pair_ids(PAIRS)
     for rows in run_twice(runner, ids):
         assert rows.shape == (len(PAIRS), 1) and rows.dtype == torch.float32
         scores = torch.sigmoid(rows[:, 0])
@@ -80,7 +80,7 @@ def test_reranker_scores_match_cross_encoder(loaded, spec, mode):
 def test_classifier_softmax_matches_transformers(loaded, mode):
     encoder, ref = loaded[BERT_CLASSIFIER]
     runner = make_runner(encoder, mode)
-    ids = encoder.tokenizer.encode_pairs(PAIRS).ids
+    ids = encoder.tokenizer.pair_ids(PAIRS)
     for rows in run_twice(runner, ids):
         assert rows.shape == (len(PAIRS), 3)
         torch.testing.assert_close(rows.softmax(-1), ref, atol=1e-4, rtol=0)
@@ -94,7 +94,7 @@ def test_a_documents_score_does_not_depend_on_the_others(loaded, mode):
     encoder, _ = loaded[BERT_RERANKER]
     runner = make_runner(encoder, mode)
     pairs = [(RERANK_QUERY, d) for d in RERANK_DOCUMENTS]
-    ids = encoder.tokenizer.encode_pairs(pairs).ids
+    ids = encoder.tokenizer.pair_ids(pairs)
     together = run_twice(runner, ids)[-1][:, 0]
     backwards = run_twice(runner, ids[::-1])[-1][:, 0].flip(0)
     alone = torch.cat([run_twice(runner, [row])[-1][:, 0] for row in ids])
@@ -104,13 +104,13 @@ def test_a_documents_score_does_not_depend_on_the_others(loaded, mode):
 
 @pytest.mark.parametrize("mode", GRAPH_MODES, ids=lambda m: m.name)
 def test_prewarmed_ladder_serves_pairs(loaded, mode):
-    """Captured from dummy rows of pad ids (no separator): the replay still derives the pairs'
+    """Captured from dummy rows of pad ids (all type 0): the replay still reads the pairs'
     token types from the ids it is given."""
     encoder, ref = loaded[BERT_RERANKER]
     runner = make_runner(encoder, mode)
     report = runner.prewarm(runner.ladder_descriptors())
     assert not report.failed and report.captured
-    rows = runner.run(encoder.tokenizer.encode_pairs(PAIRS).ids).embeddings
+    rows = runner.run(encoder.tokenizer.pair_ids(PAIRS)).embeddings
     torch.testing.assert_close(torch.sigmoid(rows[:, 0]), ref, atol=1e-4, rtol=0)
     snap = runner.graphs.snapshot()
     assert snap.hits > 0 and snap.misses == 0
@@ -119,12 +119,12 @@ def test_prewarmed_ladder_serves_pairs(loaded, mode):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_cuda_reranker_with_real_graphs(loaded, mode):
-    """On CUDA with real torch.cuda.CUDAGraph captures: the head and the token types derived
+    """On CUDA with real torch.cuda.CUDAGraph captures: the head and the token types read
     from the ids replay correctly (skipped where CUDA is absent)."""
     _, ref = loaded[BERT_RERANKER]
     encoder = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER), device="cuda")
     runner = make_runner(encoder, mode)
-    for rows in run_twice(runner, encoder.tokenizer.encode_pairs(PAIRS).ids):
+    for rows in run_twice(runner, encoder.tokenizer.pair_ids(PAIRS)):
         torch.testing.assert_close(torch.sigmoid(rows[:, 0]), ref, atol=1e-4, rtol=0)
     if mode.has_graphs():
         assert runner.graphs.snapshot().replays > 0

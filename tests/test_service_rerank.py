@@ -94,6 +94,18 @@ def test_tei_rerank(reranker: TestClient) -> None:
     )
 
 
+def test_a_query_holding_the_separator_scores_as_cross_encoder(reranker: TestClient) -> None:
+    """A literal [SEP] in the query is the separator token; the pair template still keeps the
+    query at type 0, and so does the served model (with one process or front ends)."""
+    query = "what [SEP] is a cuda graph"
+    answer = reranker.post("/rerank", json={"query": query, "texts": DOCS}).json()
+    got = {a["index"]: a["score"] for a in answer}
+    ref = ce_predict(tiny_reranker(), [(query, d) for d in DOCS])
+    torch.testing.assert_close(
+        torch.tensor([got[i] for i in range(len(DOCS))]), ref, atol=1e-4, rtol=0
+    )
+
+
 def test_truncate_false_refuses_a_pair_too_long_naming_the_input(reranker: TestClient) -> None:
     long_doc = "graph " * 200  # over the model's maximum length in tokens
     texts = ["d", long_doc]

@@ -63,7 +63,7 @@ async def tokenize(
         chars = sum(len(q) + len(d) for q, d in items)
 
         def run() -> list[list[int]]:
-            return tokenizer.encode_pairs(items, truncate).ids
+            return tokenizer.pair_ids(items, truncate)
 
     else:
         chars = sum(map(len, items))

@@ -98,8 +98,10 @@ class ModelInfo:
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> ModelInfo:
-        tokenizer = TextTokenizer.from_json(d["tokenizer"], d["max_seq_len"], pad_id=d["pad_id"])
-        fields = {k: v for k, v in d.items() if k not in ("tokenizer", "pad_id")}
+        tokenizer = TextTokenizer.from_json(
+            d["tokenizer"], d["max_seq_len"], pad_id=d["pad_id"], type_stride=d["type_stride"]
+        )
+        fields = {k: v for k, v in d.items() if k not in ("tokenizer", "pad_id", "type_stride")}
         fields["labels"] = tuple(fields["labels"])
         return cls(tokenizer=tokenizer, **fields)
 

@@ -61,6 +61,7 @@ def model_description(engine: Engine) -> dict[str, Any]:
         "mode": engine.mode_name,
         "tokenizer": enc.tokenizer.to_json(),
         "pad_id": enc.tokenizer.pad_id,
+        "type_stride": enc.tokenizer.type_stride,
     }
 
 

@@ -63,6 +63,8 @@ OPERATIONS = {
     "DELETE /admin/graphs",
     "GET /admin/hot-shapes",
     "GET /admin/stats",
+    "GET /v1/models",
+    "GET /v1/models/{model}",
 }
 
 
@@ -151,8 +153,8 @@ def test_fuzz_the_openapi_schema(api_schema: Any, record_property: Callable[...,
                     failures.append(f"{op.label} coverage/{auth}: {exc}")
             # 2. Property-based fuzzing, valid and invalid data (shrunk on failure).
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                if mode is GenerationMode.NEGATIVE and not _has_inputs(op):
-                    continue  # nothing to make invalid: no body, no parameters
+                if mode is GenerationMode.NEGATIVE and not _can_be_invalid(op):
+                    continue  # nothing to make invalid: no body, no constrained parameter
 
                 try:
                     _fuzz(op, mode, functools.partial(send, auth=auth, kind=mode.value))
@@ -185,9 +187,14 @@ def _fuzz(op: Any, mode: GenerationMode, send: Callable[[Any], None]) -> None:
     fuzz()
 
 
-def _has_inputs(op: Any) -> bool:
+def _can_be_invalid(op: Any) -> bool:
+    """A body, or a parameter other than a free string (any string is a valid model id)."""
     definition = op.definition.raw
-    return bool(definition.get("requestBody") or definition.get("parameters"))
+    free_string = {"type": "string"}
+    return bool(definition.get("requestBody")) or any(
+        {k: v for k, v in p.get("schema", {}).items() if k != "title"} != free_string
+        for p in definition.get("parameters", [])
+    )
 
 
 def test_the_checks_catch_a_bad_answer() -> None:

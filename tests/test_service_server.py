@@ -82,6 +82,14 @@ def test_official_openai_client(server: SidecarProcess) -> None:
     np.testing.assert_allclose(short.data[0].embedding, expected, atol=1e-5)
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="x", input="hi", dimensions=64)
+    # The model list and lookup that tools call to discover what a server serves.
+    assert [(m.id, m.object, m.owned_by) for m in client.models.list()] == [
+        ("toy-bert", "model", "cudagraph-sidecar")
+    ]
+    assert client.models.retrieve("toy-bert").id == "toy-bert"
+    with pytest.raises(openai.NotFoundError, match="'org/other-model' is not served") as missing:
+        client.models.retrieve("org/other-model")
+    assert missing.value.code == "model_not_found"
 
 
 def test_text_embeddings_inference_client(

@@ -1,11 +1,13 @@
-"""POST /infer and POST /v1/embeddings (OpenAI compatible). Thin: validate, then what every
-embedding route does (app.api.embedding), then write the answer.
+"""POST /infer, and the OpenAI API's POST /v1/embeddings and GET /v1/models. Thin: validate,
+then what every embedding route does (app.api.embedding), then write the answer.
 
-Both run on `DirectBodyRoute` (app.api.routing), which skips FastAPI's dependency solving on
-the hot path, so they take the body and the request only and find the engine on the app."""
+The two POST routes run on `DirectBodyRoute` (app.api.routing), which skips FastAPI's dependency
+solving on the hot path, so they take the body and the request only and find the engine on the
+app."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,12 +17,14 @@ from app.api.deps import engine_of
 from app.api.embedding import check_dimensions, embed_texts, gone_response, resized
 from app.api.responses import RawJSONResponse, embeddings_body, infer_body
 from app.api.routing import DirectBodyRoute, bind_body
-from app.api.schemas import EmbeddingsResponse, InferResponse, RequestModels
-from app.errors import error_responses
+from app.api.schemas import EmbeddingsResponse, InferResponse, ModelCard, ModelList, RequestModels
+from app.errors import ApiError, error_responses
+
+OWNER = "cudagraph-sidecar"
 
 
 def build_inference_router(models: RequestModels) -> APIRouter:
-    router = APIRouter(route_class=DirectBodyRoute, tags=["inference"])
+    router = APIRouter(tags=["inference"])
 
     async def infer(body: Any, request: Request) -> Response:
         """Embed texts; the embeddings come back in input order, as the model's pipeline gives
@@ -52,6 +56,7 @@ def build_inference_router(models: RequestModels) -> APIRouter:
         "/infer",
         bind_body(infer, models.infer),
         methods=["POST"],
+        route_class_override=DirectBodyRoute,
         response_model=None,
         responses={200: {"model": InferResponse}, **error_responses(400, 413, 422, 500, 503)},
         summary="Embed texts",
@@ -60,8 +65,43 @@ def build_inference_router(models: RequestModels) -> APIRouter:
         "/v1/embeddings",
         bind_body(embeddings, models.embeddings),
         methods=["POST"],
+        route_class_override=DirectBodyRoute,
         response_model=None,
         responses={200: {"model": EmbeddingsResponse}, **error_responses(400, 413, 422, 500, 503)},
         summary="Create embeddings (OpenAI compatible)",
     )
+
+    # OpenAI's model objects carry a creation time; the server's start is the honest one it has.
+    started = int(time.time())
+
+    def card(request: Request) -> ModelCard:
+        return ModelCard(id=engine_of(request).encoder.name, created=started, owned_by=OWNER)
+
+    @router.get(
+        "/v1/models",
+        response_model=ModelList,
+        responses=error_responses(503),
+        summary="List models (OpenAI compatible)",
+    )
+    async def list_models(request: Request) -> ModelList:
+        """The one model this server serves, as OpenAI's API lists models."""
+        return ModelList(data=[card(request)])
+
+    @router.get(
+        "/v1/models/{model:path}",
+        response_model=ModelCard,
+        responses=error_responses(404, 503),
+        summary="Retrieve a model (OpenAI compatible)",
+    )
+    async def retrieve_model(model: str, request: Request) -> ModelCard:
+        """The served model by its id; any other id is 404 `model_not_found`."""
+        served = card(request)
+        if model != served.id:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {model!r} is not served here (this serves {served.id!r})",
+            )
+        return served
+
     return router

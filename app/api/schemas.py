@@ -104,6 +104,20 @@ class EmbeddingsResponse(_Out):
     usage: EmbeddingsUsage
 
 
+class ModelCard(_Out):
+    """An OpenAI model object: the one model this server serves."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(_Out):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class HealthResponse(_Out):
     status: Literal["ok"]
 

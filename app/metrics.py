@@ -167,7 +167,7 @@ class FrontEndMetrics:
         )
         self.request_seconds = Histogram(
             "sidecar_request_seconds",
-            "Time to answer an inference request (/infer, /v1/embeddings), queueing included.",
+            "Time to answer an inference request (embed, rerank, predict), queueing included.",
             buckets=REQUEST_SECONDS_BUCKETS,
             registry=registry,
         )

@@ -7,7 +7,9 @@ The post-LayerNorm families differ only in what is here:
 - roberta, xlm-roberta: absolute positions starting past the padding index (`pad_token_id + 1`),
   as Hugging Face numbers them, so `pad_token_id + 1` rows of the table are never used;
 - mpnet: positions offset the same way (Hugging Face fixes its padding index at 1), no token
-  types, and a relative position bias shared by every layer.
+  types, and a relative position bias shared by every layer;
+- distilbert: absolute positions from 0, no token types, its own names for the shape keys
+  (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) and LayerNorm eps fixed at 1e-12.
 
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # config.json model_type of the families sharing the post-LayerNorm block, and of all served.
-ENCODER_MODEL_TYPES = ("bert", "mpnet", "roberta", "xlm-roberta")
-SUPPORTED_MODEL_TYPES = ("bert", "modernbert", "mpnet", "roberta", "xlm-roberta")
+ENCODER_MODEL_TYPES = ("bert", "distilbert", "mpnet", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta")
 # config.json `hidden_act` values the feed-forward block implements.
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Hugging Face's MPNetEmbeddings numbers positions past a padding index fixed at 1, whatever
@@ -39,6 +41,15 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "roberta": {"type_vocab_size": 2, "pad_token_id": 1},
     "xlm-roberta": {"type_vocab_size": 2, "pad_token_id": 1},
     "mpnet": {"type_vocab_size": 1, "pad_token_id": 1},
+    "distilbert": {"type_vocab_size": 1, "pad_token_id": 0},
+}
+# DistilBertConfig's names for the shape keys (config.json holds these, not the usual ones).
+_DISTILBERT_KEYS = {
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden_dim": "intermediate_size",
+    "activation": "hidden_act",
 }
 _REQUIRED = (
     "vocab_size",
@@ -109,7 +120,7 @@ class EncoderConfig:
     @property
     def position_offset(self) -> int:
         """Row of the position table that position 0 (the first token) reads."""
-        if self.family == "bert":
+        if self.family in ("bert", "distilbert"):
             return 0
         if self.family == "mpnet":
             return MPNET_PADDING_IDX + 1
@@ -122,8 +133,8 @@ class EncoderConfig:
 
     @property
     def token_types(self) -> bool:
-        """Whether the embeddings add a token-type row (MPNet has no token types)."""
-        return self.family != "mpnet"
+        """Whether the embeddings add a token-type row (MPNet and DistilBERT have none)."""
+        return self.family not in ("mpnet", "distilbert")
 
     @property
     def relative_attention(self) -> bool:
@@ -136,6 +147,17 @@ class EncoderConfig:
         family = _model_type(raw)
         if family not in ENCODER_MODEL_TYPES:
             raise ValueError(f"model_type {family!r} does not use the post-LayerNorm block")
+        if family == "distilbert":
+            missing = [k for k in _DISTILBERT_KEYS if k != "activation" and k not in raw]
+            if missing:
+                raise ValueError(f"missing keys {missing}")
+            if raw.get("activation", "gelu") not in HIDDEN_ACTS:
+                raise ValueError(
+                    f"activation {raw['activation']!r} is not supported "
+                    f"(one of {sorted(HIDDEN_ACTS)})"
+                )
+            raw = {**raw, **{ours: raw[k] for k, ours in _DISTILBERT_KEYS.items() if k in raw}}
+            raw.pop("layer_norm_eps", None)  # not a DistilBERT key: its LayerNorms use 1e-12
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(
                 f"position_embedding_type {raw['position_embedding_type']!r} is not supported "
@@ -286,6 +308,7 @@ HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "roberta": ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"),
     "xlm-roberta": ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"),
     "mpnet": ("MPNetForSequenceClassification",),
+    "distilbert": ("DistilBertForSequenceClassification",),
     "modernbert": ("ModernBertForSequenceClassification",),
 }
 _SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
@@ -299,8 +322,9 @@ class HeadConfig:
     (-> LayerNorm) -> one logit per label.
 
     BERT: the pooler (dense + tanh on [CLS]), then `classifier`. RoBERTa, XLM-RoBERTa, MPNet:
-    `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ModernBERT: cls or mean
-    pooling, `head.dense` + its activation + `head.norm`, then `classifier`.
+    `classifier.dense` + tanh on <s>, then `classifier.out_proj`. DistilBERT: `pre_classifier`
+    + ReLU on [CLS], then `classifier`. ModernBERT: cls or mean pooling, `head.dense` + its
+    activation + `head.norm`, then `classifier`.
     """
 
     family: str
@@ -345,6 +369,8 @@ def read_head_config(raw: dict[str, Any]) -> HeadConfig | None:
             f"(served: {', '.join(served)})"
         )
     labels = _labels(raw)
+    if family == "distilbert":
+        return HeadConfig(family, arch, labels, activation="relu")
     if family != "modernbert":
         return HeadConfig(family, arch, labels)
     pooling = raw.get("classifier_pooling", "cls")

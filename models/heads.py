@@ -79,6 +79,8 @@ def head_checkpoint_names(head: ClassificationHead) -> dict[str, tuple[str, ...]
     family = head.config.family
     if family == "bert":
         layers = {"dense": "pooler.dense", "out": "classifier"}
+    elif family == "distilbert":
+        layers = {"dense": "pre_classifier", "out": "classifier"}
     elif family == "modernbert":
         layers = {"dense": "head.dense", "norm": "head.norm", "out": "classifier"}
     else:  # roberta, xlm-roberta, mpnet: RobertaClassificationHead's layout
@@ -92,4 +94,4 @@ def head_checkpoint_names(head: ClassificationHead) -> dict[str, tuple[str, ...]
 
 def is_head_tensor(key: str) -> bool:
     """Checkpoint tensors (base prefix stripped) a classification head may own."""
-    return key.startswith(("pooler.", "classifier.", "head."))
+    return key.startswith(("pooler.", "classifier.", "head.", "pre_classifier."))

@@ -33,9 +33,19 @@ _FOREIGN = (
     "onnx/model.onnx",
 )
 # Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
-_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "model.")
-# Checkpoint tensors the encoder does not use: heads, the BERT pooler, saved index buffers.
-_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "head.", "decoder.", "classifier.")
+_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "model.")
+# Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*),
+# the BERT pooler, saved index buffers.
+_IGNORED_PREFIXES = (
+    "pooler.",
+    "cls.",
+    "lm_head.",
+    "head.",
+    "decoder.",
+    "classifier.",
+    "pre_classifier.",
+    "vocab_",
+)
 _IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
 
 
@@ -102,21 +112,26 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     if cfg.token_types:
         emb.append("token_type_embeddings.weight")
     names.update({f"embeddings.{n}": (f"embeddings.{n}",) for n in emb})
-    mpnet = cfg.family == "mpnet"
     for i in range(cfg.num_hidden_layers):
         src = f"encoder.layer.{i}."
-        if mpnet:
+        ffn = (f"{src}intermediate.dense", f"{src}output.dense", f"{src}output.LayerNorm")
+        if cfg.family == "mpnet":
             qkv = [f"{src}attention.attn.{n}" for n in ("q", "k", "v")]
             attn_out, attn_norm = f"{src}attention.attn.o", f"{src}attention.LayerNorm"
+        elif cfg.family == "distilbert":
+            src = f"transformer.layer.{i}."
+            qkv = [f"{src}attention.{n}_lin" for n in ("q", "k", "v")]
+            attn_out, attn_norm = f"{src}attention.out_lin", f"{src}sa_layer_norm"
+            ffn = (f"{src}ffn.lin1", f"{src}ffn.lin2", f"{src}output_layer_norm")
         else:
             qkv = [f"{src}attention.self.{n}" for n in ("query", "key", "value")]
             attn_out, attn_norm = f"{src}attention.output.dense", f"{src}attention.output.LayerNorm"
         ours = {
             "attn_out": (attn_out,),
             "attn_norm": (attn_norm,),
-            "ffn_in": (f"{src}intermediate.dense",),
-            "ffn_out": (f"{src}output.dense",),
-            "ffn_norm": (f"{src}output.LayerNorm",),
+            "ffn_in": (ffn[0],),
+            "ffn_out": (ffn[1],),
+            "ffn_norm": (ffn[2],),
             "qkv": tuple(qkv),
         }
         for name, sources in ours.items():

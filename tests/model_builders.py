@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "modernbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "modernbert")
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
 # rows of the table before position 0, so their limit is 2 below the table.
@@ -171,10 +171,11 @@ def make_tokenizer(family: str) -> Any:
     """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
     import transformers as tf
 
-    if family in ("bert", "modernbert"):  # ModernBERT's own is a BPE; any tokenizer.json serves
+    if family in ("bert", "distilbert", "modernbert"):  # ModernBERT's own is a BPE; any serves
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS]
-        return tf.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
+        kind = tf.DistilBertTokenizer if family == "distilbert" else tf.BertTokenizer
+        return kind(vocab={t: i for i, t in enumerate(vocab)})
     if family == "mpnet":
         vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS] + ["<mask>"]
@@ -236,6 +237,18 @@ def make_hf_model(
     elif family == "mpnet":
         cfg = tf.MPNetConfig(**common, pad_token_id=1)
         model = (tf.MPNetForSequenceClassification if classify else tf.MPNetModel)(cfg)
+    elif family == "distilbert":
+        cfg = tf.DistilBertConfig(
+            vocab_size=vocab_size,
+            dim=HIDDEN,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=POSITIONS,
+            activation="gelu",
+            **extra,
+        )
+        model = (tf.DistilBertForSequenceClassification if classify else tf.DistilBertModel)(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]

@@ -40,6 +40,8 @@ SPECS = [
     TinySpec("mpnet", "mean", normalize=True),  # the all-mpnet-base-v2 pipeline
     TinySpec("mpnet", "lasttoken"),
     TinySpec("mpnet", "cls", dense=(16, "identity", True), normalize=True, layout="classic"),
+    TinySpec("distilbert", "mean"),  # the msmarco-distilbert pipeline
+    TinySpec("distilbert", "mean", dense=(16, "tanh", True), layout="classic"),  # distiluse's
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]

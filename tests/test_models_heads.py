@@ -42,12 +42,14 @@ RERANKERS = [
     CrossSpec("roberta"),
     XLMR_RERANKER,
     CrossSpec("mpnet"),
+    CrossSpec("distilbert"),
     CrossSpec("modernbert"),
 ]
 CLASSIFIERS = [
     BERT_CLASSIFIER,
     CrossSpec("xlm-roberta", labels=("no", "yes"), save="hf"),
     CrossSpec("mpnet", labels=("a", "b", "c", "d")),
+    CrossSpec("distilbert", labels=("NEGATIVE", "POSITIVE"), save="hf"),  # the SST-2 layout
     CrossSpec(
         "modernbert",
         labels=("x", "y"),
@@ -193,7 +195,8 @@ def _reads_types(enc) -> bool:
 
 def test_types_are_read_only_by_bert_heads():
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)))
-    for spec in (XLMR_RERANKER, CrossSpec("roberta"), CrossSpec("mpnet"), CrossSpec("modernbert")):
+    others = ("roberta", "mpnet", "distilbert", "modernbert")
+    for spec in (XLMR_RERANKER, *(CrossSpec(family) for family in others)):
         assert not _reads_types(load_sentence_encoder(tiny_cross_encoder(spec))), spec.label
     assert not _reads_types(load_sentence_encoder(tiny_model(TinySpec("bert", "mean"))))
     # A cross-encoder served as an embedder keeps every token type 0 too.

@@ -195,6 +195,30 @@ def test_invalid_config_values(model_dir, patch, message):
     assert ei.value.file.name == "config.json"
 
 
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"dim": None}, r"missing keys \['dim'\]"),
+        ({"activation": "swish"}, "activation 'swish' is not supported"),
+        ({"n_heads": 5}, "hidden_size 32 is not divisible by num_attention_heads 5"),
+    ],
+)
+def test_invalid_distilbert_config_values(tmp_path, patch, message):
+    """DistilBERT's own key names, in the refusals too."""
+    model_dir = tmp_path / "distilbert"
+    shutil.copytree(tiny_model(TinySpec("distilbert", "mean")), model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    for k, v in patch.items():
+        if v is None:
+            del cfg[k]
+        else:
+            cfg[k] = v
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=message) as ei:
+        load_sentence_encoder(model_dir)
+    assert ei.value.file.name == "config.json"
+
+
 def test_truncated_safetensors(model_dir):
     f = model_dir / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])

@@ -9,7 +9,9 @@ The post-LayerNorm families differ only in what is here:
 - mpnet: positions offset the same way (Hugging Face fixes its padding index at 1), no token
   types, and a relative position bias shared by every layer;
 - distilbert: absolute positions from 0, no token types, its own names for the shape keys
-  (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) and LayerNorm eps fixed at 1e-12.
+  (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) and LayerNorm eps fixed at 1e-12;
+- electra: BERT's, with embeddings of `embedding_size` projected to the hidden size where the
+  two differ.
 
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
@@ -22,8 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 # config.json model_type of the families sharing the post-LayerNorm block, and of all served.
-ENCODER_MODEL_TYPES = ("bert", "distilbert", "mpnet", "roberta", "xlm-roberta")
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta")
+ENCODER_MODEL_TYPES = ("bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = (
+    "bert",
+    "distilbert",
+    "electra",
+    "modernbert",
+    "mpnet",
+    "roberta",
+    "xlm-roberta",
+)
 # config.json `hidden_act` values the feed-forward block implements.
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Hugging Face's MPNetEmbeddings numbers positions past a padding index fixed at 1, whatever
@@ -38,6 +48,7 @@ MPNET_MAX_DISTANCE = 128
 # Defaults of the Hugging Face config classes, for keys a config.json may leave out.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "bert": {"type_vocab_size": 2, "pad_token_id": 0},
+    "electra": {"type_vocab_size": 2, "pad_token_id": 0},
     "roberta": {"type_vocab_size": 2, "pad_token_id": 1},
     "xlm-roberta": {"type_vocab_size": 2, "pad_token_id": 1},
     "mpnet": {"type_vocab_size": 1, "pad_token_id": 1},
@@ -77,6 +88,7 @@ class EncoderConfig:
     pad_token_id: int = 0
     hidden_act: str = "gelu"
     relative_attention_num_buckets: int = MPNET_NUM_BUCKETS  # mpnet only
+    embedding_size: int | None = None  # electra: the embeddings' width, when not hidden_size
 
     def __post_init__(self) -> None:
         if self.family not in ENCODER_MODEL_TYPES:
@@ -84,7 +96,8 @@ class EncoderConfig:
                 f"model_type {self.family!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
-        for name in (*_REQUIRED, "type_vocab_size", "relative_attention_num_buckets"):
+        names = (*_REQUIRED, "type_vocab_size", "relative_attention_num_buckets", "embedding_dim")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -118,9 +131,14 @@ class EncoderConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def embedding_dim(self) -> int:
+        """Width of the embedding tables (ELECTRA projects them up to hidden_size)."""
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
     def position_offset(self) -> int:
         """Row of the position table that position 0 (the first token) reads."""
-        if self.family in ("bert", "distilbert"):
+        if self.family in ("bert", "distilbert", "electra"):
             return 0
         if self.family == "mpnet":
             return MPNET_PADDING_IDX + 1
@@ -167,6 +185,8 @@ class EncoderConfig:
         values = {**_FAMILY_DEFAULTS[family], "family": family}
         fields = {f.name for f in dataclasses.fields(cls)} - {"family"}
         values.update({k: raw[k] for k in fields if k in raw and raw[k] is not None})
+        if family != "electra":
+            values.pop("embedding_size", None)  # only ELECTRA's embeddings have their own width
         return cls(**values)
 
 
@@ -309,6 +329,7 @@ HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "xlm-roberta": ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"),
     "mpnet": ("MPNetForSequenceClassification",),
     "distilbert": ("DistilBertForSequenceClassification",),
+    "electra": ("ElectraForSequenceClassification",),
     "modernbert": ("ModernBertForSequenceClassification",),
 }
 _SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
@@ -322,9 +343,9 @@ class HeadConfig:
     (-> LayerNorm) -> one logit per label.
 
     BERT: the pooler (dense + tanh on [CLS]), then `classifier`. RoBERTa, XLM-RoBERTa, MPNet:
-    `classifier.dense` + tanh on <s>, then `classifier.out_proj`. DistilBERT: `pre_classifier`
-    + ReLU on [CLS], then `classifier`. ModernBERT: cls or mean pooling, `head.dense` + its
-    activation + `head.norm`, then `classifier`.
+    `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ELECTRA: the same layout with
+    GELU. DistilBERT: `pre_classifier` + ReLU on [CLS], then `classifier`. ModernBERT: cls or
+    mean pooling, `head.dense` + its activation + `head.norm`, then `classifier`.
     """
 
     family: str
@@ -371,6 +392,8 @@ def read_head_config(raw: dict[str, Any]) -> HeadConfig | None:
     labels = _labels(raw)
     if family == "distilbert":
         return HeadConfig(family, arch, labels, activation="relu")
+    if family == "electra":  # ElectraClassificationHead: GELU whatever hidden_act says
+        return HeadConfig(family, arch, labels, activation="gelu")
     if family != "modernbert":
         return HeadConfig(family, arch, labels)
     pooling = raw.get("classifier_pooling", "cls")

@@ -83,7 +83,7 @@ def head_checkpoint_names(head: ClassificationHead) -> dict[str, tuple[str, ...]
         layers = {"dense": "pre_classifier", "out": "classifier"}
     elif family == "modernbert":
         layers = {"dense": "head.dense", "norm": "head.norm", "out": "classifier"}
-    else:  # roberta, xlm-roberta, mpnet: RobertaClassificationHead's layout
+    else:  # roberta, xlm-roberta, mpnet, electra: RobertaClassificationHead's layout
         layers = {"dense": "classifier.dense", "out": "classifier.out_proj"}
     names: dict[str, tuple[str, ...]] = {}
     for name, _ in head.named_parameters():

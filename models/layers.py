@@ -63,12 +63,17 @@ class Embeddings(nn.Module):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        E = cfg.embedding_dim
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, E)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, E)
         self.token_type_embeddings: nn.Embedding | None = None
         if cfg.token_types:
-            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+            self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, E)
+        self.LayerNorm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
+        # ELECTRA's embeddings_project, where its embeddings are narrower than the blocks.
+        self.project: nn.Linear | None = None
+        if E != cfg.hidden_size:
+            self.project = nn.Linear(E, cfg.hidden_size)
         self.position_offset = cfg.position_offset
         self.type_stride: int | None = None
 
@@ -83,7 +88,8 @@ class Embeddings(nn.Module):
         x = self.word_embeddings(input_ids) + F.embedding(position_ids, table)
         if types is not None:  # type 0 everywhere: one row, broadcast
             x = x + (types.weight[0] if type_ids is None else types(type_ids))
-        return self.LayerNorm(x)
+        x = self.LayerNorm(x)
+        return x if self.project is None else self.project(x)
 
 
 class EncoderLayer(nn.Module):

@@ -98,7 +98,8 @@ def resolve_task(
 
 def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
     """Whether a head model reads the pair template's token types: its tokenizer hands them to
-    the model (BERT's; RoBERTa's, XLM-RoBERTa's and MPNet's do not, and ModernBERT has none).
+    the model (BERT's and ELECTRA's; RoBERTa's, XLM-RoBERTa's and MPNet's do not, DistilBERT
+    and ModernBERT have no token types).
     False: every token type 0, as embedding models always are."""
     if task == "embed" or not isinstance(cfg, EncoderConfig):
         return False
@@ -106,4 +107,6 @@ def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
         return False
     tok_cfg = read_json_object(folder / "tokenizer_config.json", required=False) or {}
     names = tok_cfg.get("model_input_names")
-    return "token_type_ids" in names if isinstance(names, list) else cfg.family == "bert"
+    if isinstance(names, list):
+        return "token_type_ids" in names
+    return cfg.family in ("bert", "electra")  # their tokenizers' default input names

@@ -1,7 +1,8 @@
-"""`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa and MPNet share (embeddings, a stack
-of post-LayerNorm blocks, MPNet's relative position bias where configured), in both layouts, up
-to the last hidden state. Pooling and the rest of the sentence-transformers pipeline come after
-(`pipeline.py`); ModernBERT's body is `modernbert.ModernBertEncoder`, with the same interface.
+"""`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT and ELECTRA share
+(embeddings, a stack of post-LayerNorm blocks, MPNet's relative position bias where configured), in
+both layouts, up to the last hidden state. Pooling and the rest of the sentence-transformers
+pipeline come after (`pipeline.py`); ModernBERT's body is `modernbert.ModernBertEncoder`, with the
+same interface.
 
 Padded layout: `hidden_states(input_ids, attention_mask)` on `(B, S)` tensors, padding masked
 out of attention. Every op has a static shape for a given `(B, S)`, so the whole forward can be

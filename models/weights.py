@@ -33,9 +33,9 @@ _FOREIGN = (
     "onnx/model.onnx",
 )
 # Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
-_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "model.")
-# Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*),
-# the BERT pooler, saved index buffers.
+_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "electra.", "model.")
+# Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*,
+# ELECTRA's pre-training heads discriminator_* and generator_*), the BERT pooler.
 _IGNORED_PREFIXES = (
     "pooler.",
     "cls.",
@@ -45,7 +45,10 @@ _IGNORED_PREFIXES = (
     "classifier.",
     "pre_classifier.",
     "vocab_",
+    "discriminator_",
+    "generator_",
 )
+_PARAMS = ("weight", "bias")
 _IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
 
 
@@ -112,6 +115,8 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     if cfg.token_types:
         emb.append("token_type_embeddings.weight")
     names.update({f"embeddings.{n}": (f"embeddings.{n}",) for n in emb})
+    if cfg.embedding_dim != cfg.hidden_size:
+        names.update({f"embeddings.project.{p}": (f"embeddings_project.{p}",) for p in _PARAMS})
     for i in range(cfg.num_hidden_layers):
         src = f"encoder.layer.{i}."
         ffn = (f"{src}intermediate.dense", f"{src}output.dense", f"{src}output.LayerNorm")
@@ -135,7 +140,7 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
             "qkv": tuple(qkv),
         }
         for name, sources in ours.items():
-            for p in ("weight", "bias"):
+            for p in _PARAMS:
                 names[f"layers.{i}.{name}.{p}"] = tuple(f"{s}.{p}" for s in sources)
     if cfg.relative_attention:
         names["relative_bias.relative_attention_bias.weight"] = (

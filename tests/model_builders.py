@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "modernbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "modernbert")
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
 # rows of the table before position 0, so their limit is 2 below the table.
@@ -171,10 +171,11 @@ def make_tokenizer(family: str) -> Any:
     """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
     import transformers as tf
 
-    if family in ("bert", "distilbert", "modernbert"):  # ModernBERT's own is a BPE; any serves
+    if family in ("bert", "distilbert", "electra", "modernbert"):  # ModernBERT's own is a BPE
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS]
-        kind = tf.DistilBertTokenizer if family == "distilbert" else tf.BertTokenizer
+        kinds = {"distilbert": tf.DistilBertTokenizer, "electra": tf.ElectraTokenizer}
+        kind = kinds.get(family, tf.BertTokenizer)
         return kind(vocab={t: i for i, t in enumerate(vocab)})
     if family == "mpnet":
         vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", *WORDS]
@@ -237,6 +238,9 @@ def make_hf_model(
     elif family == "mpnet":
         cfg = tf.MPNetConfig(**common, pad_token_id=1)
         model = (tf.MPNetForSequenceClassification if classify else tf.MPNetModel)(cfg)
+    elif family == "electra":  # embeddings narrower than the blocks: embeddings_project
+        cfg = tf.ElectraConfig(**common, embedding_size=HIDDEN // 2)
+        model = (tf.ElectraForSequenceClassification if classify else tf.ElectraModel)(cfg)
     elif family == "distilbert":
         cfg = tf.DistilBertConfig(
             vocab_size=vocab_size,

@@ -42,6 +42,7 @@ SPECS = [
     TinySpec("mpnet", "cls", dense=(16, "identity", True), normalize=True, layout="classic"),
     TinySpec("distilbert", "mean"),  # the msmarco-distilbert pipeline
     TinySpec("distilbert", "mean", dense=(16, "tanh", True), layout="classic"),  # distiluse's
+    TinySpec("electra", "cls", normalize=True),
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]

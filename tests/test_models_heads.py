@@ -43,6 +43,7 @@ RERANKERS = [
     XLMR_RERANKER,
     CrossSpec("mpnet"),
     CrossSpec("distilbert"),
+    CrossSpec("electra"),  # the ms-marco-electra layout
     CrossSpec("modernbert"),
 ]
 CLASSIFIERS = [
@@ -193,8 +194,9 @@ def _reads_types(enc) -> bool:
     return stride is not None
 
 
-def test_types_are_read_only_by_bert_heads():
+def test_types_are_read_only_by_bert_and_electra_heads():
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)))
+    assert _reads_types(load_sentence_encoder(tiny_cross_encoder(CrossSpec("electra"))))
     others = ("roberta", "mpnet", "distilbert", "modernbert")
     for spec in (XLMR_RERANKER, *(CrossSpec(family) for family in others)):
         assert not _reads_types(load_sentence_encoder(tiny_cross_encoder(spec))), spec.label

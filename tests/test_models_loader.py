@@ -175,7 +175,7 @@ def test_malformed_config(model_dir, content, message):
     "patch, message",
     [
         ({"hidden_size": None}, "missing keys"),
-        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, modernbert, mpnet"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, distilbert, electra"),
         ({"model_type": None}, "no model_type"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
         ({"hidden_act": "swish"}, "hidden_act"),
@@ -436,7 +436,7 @@ def test_unsupported_model_type_is_refused(copy_of):
         load_sentence_encoder(folder)
     assert ei.value.file == file
     assert "model_type 'deberta-v2' is not supported" in str(ei.value)
-    assert "bert, modernbert, mpnet, roberta, xlm-roberta" in str(ei.value)
+    assert "bert, distilbert, electra, modernbert, mpnet, roberta, xlm-roberta" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

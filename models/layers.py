@@ -51,13 +51,14 @@ def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Embeddings(nn.Module):
-    """Word + position + token type embeddings, then LayerNorm.
+    """Word + position + token type embeddings, then LayerNorm (then ELECTRA's projection to the
+    hidden size, where its embeddings are narrower).
 
     Positions come in 0-based; the family's offset (`EncoderConfig.position_offset`) is applied
     here by reading the table from that row on, so both layouts and the runner stay 0-based.
 
     Token types: every token is type 0 (single texts, and every embedding model), unless
-    `type_stride` is set (a BERT cross-encoder): then each id carries its type as
+    `type_stride` is set (a BERT or ELECTRA cross-encoder): then each id carries its type as
     id + type * type_stride (`TextTokenizer.pair_ids`), split back here.
     """
 

@@ -221,11 +221,11 @@ def load_sentence_encoder(
     del tensors
     if reads_pair_types(task, cfg, folder):
         assert isinstance(cfg, EncoderConfig) and isinstance(body, TransformerEncoder)
-        template_types = max(tokenizer.encode_pairs([("a", "b")]).type_ids[0])
-        if template_types >= cfg.type_vocab_size:
+        highest_type = max(tokenizer.encode_pairs([("a", "b")]).type_ids[0])
+        if highest_type >= cfg.type_vocab_size:
             raise ModelLoadError(
                 folder / "tokenizer.json",
-                f"the pair template assigns token type {template_types}, the model has "
+                f"the pair template assigns token type {highest_type}, the model has "
                 f"{cfg.type_vocab_size} (type_vocab_size)",
             )
         tokenizer.type_stride = body.read_pair_types()

@@ -107,6 +107,45 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Each family's checkpoint names for one block's tensors, under its layer prefix: our fused
+# module -> its source tensors (qkv stacks three). roberta, xlm-roberta, electra: BERT's names.
+_BLOCK_NAMES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "bert": (
+        "encoder.layer.{i}.",
+        {
+            "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+            "attn_out": ("attention.output.dense",),
+            "attn_norm": ("attention.output.LayerNorm",),
+            "ffn_in": ("intermediate.dense",),
+            "ffn_out": ("output.dense",),
+            "ffn_norm": ("output.LayerNorm",),
+        },
+    ),
+    "mpnet": (
+        "encoder.layer.{i}.",
+        {
+            "qkv": ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+            "attn_out": ("attention.attn.o",),
+            "attn_norm": ("attention.LayerNorm",),
+            "ffn_in": ("intermediate.dense",),
+            "ffn_out": ("output.dense",),
+            "ffn_norm": ("output.LayerNorm",),
+        },
+    ),
+    "distilbert": (
+        "transformer.layer.{i}.",
+        {
+            "qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+            "attn_out": ("attention.out_lin",),
+            "attn_norm": ("sa_layer_norm",),
+            "ffn_in": ("ffn.lin1",),
+            "ffn_out": ("ffn.lin2",),
+            "ffn_norm": ("output_layer_norm",),
+        },
+    ),
+}
+
+
 def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     """`TransformerEncoder` parameter -> the Hugging Face tensors it is made of (dim 0 stacked)."""
     names: dict[str, tuple[str, ...]] = {}
@@ -117,31 +156,12 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     names.update({f"embeddings.{n}": (f"embeddings.{n}",) for n in emb})
     if cfg.embedding_dim != cfg.hidden_size:
         names.update({f"embeddings.project.{p}": (f"embeddings_project.{p}",) for p in _PARAMS})
+    prefix, block = _BLOCK_NAMES.get(cfg.family, _BLOCK_NAMES["bert"])
     for i in range(cfg.num_hidden_layers):
-        src = f"encoder.layer.{i}."
-        ffn = (f"{src}intermediate.dense", f"{src}output.dense", f"{src}output.LayerNorm")
-        if cfg.family == "mpnet":
-            qkv = [f"{src}attention.attn.{n}" for n in ("q", "k", "v")]
-            attn_out, attn_norm = f"{src}attention.attn.o", f"{src}attention.LayerNorm"
-        elif cfg.family == "distilbert":
-            src = f"transformer.layer.{i}."
-            qkv = [f"{src}attention.{n}_lin" for n in ("q", "k", "v")]
-            attn_out, attn_norm = f"{src}attention.out_lin", f"{src}sa_layer_norm"
-            ffn = (f"{src}ffn.lin1", f"{src}ffn.lin2", f"{src}output_layer_norm")
-        else:
-            qkv = [f"{src}attention.self.{n}" for n in ("query", "key", "value")]
-            attn_out, attn_norm = f"{src}attention.output.dense", f"{src}attention.output.LayerNorm"
-        ours = {
-            "attn_out": (attn_out,),
-            "attn_norm": (attn_norm,),
-            "ffn_in": (ffn[0],),
-            "ffn_out": (ffn[1],),
-            "ffn_norm": (ffn[2],),
-            "qkv": tuple(qkv),
-        }
-        for name, sources in ours.items():
+        src = prefix.format(i=i)
+        for name, sources in block.items():
             for p in _PARAMS:
-                names[f"layers.{i}.{name}.{p}"] = tuple(f"{s}.{p}" for s in sources)
+                names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)
     if cfg.relative_attention:
         names["relative_bias.relative_attention_bias.weight"] = (
             "encoder.relative_attention_bias.weight",

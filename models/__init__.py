@@ -1,5 +1,6 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
-MPNet sharing one post-LayerNorm block; ModernBERT with its own), the sentence-transformers
+MPNet, DistilBERT, ELECTRA sharing one post-LayerNorm block; DeBERTa-v2/v3 with disentangled
+attention; ModernBERT with its own block), the sentence-transformers
 pipeline, the classification heads of rerankers and classifiers, the tokenizer, the loader
 (directory or hub id) and a toy model."""
 
@@ -14,6 +15,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "config": (
         "SUPPORTED_MODEL_TYPES",
         "TASKS",
+        "DebertaV2Config",
         "EncoderConfig",
         "HeadConfig",
         "ModernBertConfig",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # the same names (a test keeps both lists equal)
     from models.config import (
         SUPPORTED_MODEL_TYPES,
         TASKS,
+        DebertaV2Config,
         EncoderConfig,
         HeadConfig,
         ModernBertConfig,

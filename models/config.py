@@ -13,6 +13,11 @@ The post-LayerNorm families differ only in what is here:
 - electra: BERT's, with embeddings of `embedding_size` projected to the hidden size where the
   two differ.
 
+`DebertaV2Config` is DeBERTa-v2 and v3 (config.json model_type "deberta-v2"): the post-LayerNorm
+block with disentangled attention (content-to-position and position-to-content scores from a
+table of relative position embeddings, log-bucketed beyond `position_buckets // 2`), absolute
+positions only where `position_biased_input`, token types only where `type_vocab_size` > 0.
+
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
 """
@@ -27,6 +32,7 @@ from typing import Any
 ENCODER_MODEL_TYPES = ("bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
 SUPPORTED_MODEL_TYPES = (
     "bert",
+    "deberta-v2",
     "distilbert",
     "electra",
     "modernbert",
@@ -288,7 +294,149 @@ class ModernBertConfig:
             raise ValueError(f"layer_types {types!r}: {e}") from e
 
 
-BodyConfig = EncoderConfig | ModernBertConfig
+# The relative position scores DeBERTa implements (its "p2p" was DeBERTa v1's, never trained on).
+DEBERTA_POS_ATT_TYPES = ("c2p", "p2c")
+
+
+@dataclass(frozen=True)
+class DebertaV2Config:
+    """DeBERTa-v2 / v3: BERT's post-LayerNorm block, with disentangled attention where
+    `relative_attention`. Field names and defaults are DebertaV2Config's."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int = 0
+    layer_norm_eps: float = 1e-7
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+    embedding_size: int | None = None  # the embeddings' width, projected up when not hidden_size
+    position_biased_input: bool = True  # absolute position embeddings added to the tokens'
+    relative_attention: bool = False
+    position_buckets: int = -1  # > 0: relative distances log-bucketed into this many each way
+    max_relative_positions: int = -1  # < 1: max_position_embeddings
+    pos_att_type: tuple[str, ...] = ()  # of DEBERTA_POS_ATT_TYPES
+    share_att_key: bool = False  # positions projected by the content q/k projections
+    norm_rel_ebd: str = "none"  # "layer_norm": the relative embeddings are layer-normed
+    family: str = "deberta-v2"
+
+    def __post_init__(self) -> None:
+        for name in (*_REQUIRED, "embedding_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("type_vocab_size", "position_buckets", "max_relative_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
+            )
+        pad = self.pad_token_id
+        if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
+        if not isinstance(self.layer_norm_eps, int | float) or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        unknown = [t for t in self.pos_att_type if t not in DEBERTA_POS_ATT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"pos_att_type {list(self.pos_att_type)}: {unknown} not supported "
+                f"(a combination of {', '.join(DEBERTA_POS_ATT_TYPES)})"
+            )
+        for name in ("position_biased_input", "relative_attention", "share_att_key"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.position_buckets == 1:  # half a bucket each way: nothing to take a log of
+            raise ValueError("position_buckets must be >= 2 (or <= 0: no buckets), got 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
+
+    @property
+    def token_types(self) -> bool:
+        return self.type_vocab_size > 0
+
+    @property
+    def max_relative_distance(self) -> int:
+        """The distance the log buckets stretch to (max_relative_positions, by default the
+        position table's size)."""
+        if self.max_relative_positions < 1:
+            return self.max_position_embeddings
+        return self.max_relative_positions
+
+    @property
+    def attention_span(self) -> int:
+        """Relative embeddings each way: the table holds 2 * attention_span rows."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative_distance
+
+    @property
+    def disentangled(self) -> bool:
+        """Whether attention adds position scores (c2p and/or p2c)."""
+        return self.relative_attention and bool(self.pos_att_type)
+
+    @property
+    def attention_scale(self) -> float:
+        """What every score (content and position) is multiplied by: 1 / sqrt(d * (1 + the
+        number of position score types)), as DisentangledSelfAttention scales."""
+        return float(self.head_dim * (1 + len(self.pos_att_type))) ** -0.5
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> DebertaV2Config:
+        """From a config.json object; ValueError naming what is refused."""
+        if _model_type(raw) != "deberta-v2":
+            raise ValueError(f"model_type {raw['model_type']!r} is not deberta-v2")
+        _check_encoder(raw)
+        if raw.get("conv_kernel_size", 0):
+            raise ValueError(
+                f"conv_kernel_size {raw['conv_kernel_size']}: the convolution after the first "
+                "layer (deberta-v2-xlarge and -xxlarge) is not supported"
+            )
+        heads = raw.get("num_attention_heads")
+        size = raw.get("attention_head_size")
+        if size is not None and isinstance(heads, int) and size * heads != raw.get("hidden_size"):
+            raise ValueError(
+                f"attention_head_size {size} x num_attention_heads {heads} is not hidden_size"
+            )
+        att = raw.get("pos_att_type") or ()
+        if isinstance(att, str):  # "p2c|c2p", as DebertaV2Config reads it
+            att = [t.strip() for t in att.lower().split("|")]
+        if not isinstance(att, list | tuple) or not all(isinstance(t, str) for t in att):
+            raise ValueError(f"pos_att_type {att!r} is not a list of names")
+        norm = raw.get("norm_rel_ebd", "none")
+        if not isinstance(norm, str):
+            raise ValueError(f"norm_rel_ebd {norm!r} is not a string")
+        names = {f.name for f in dataclasses.fields(cls)} - {"family", "pos_att_type"}
+        values = {k: raw[k] for k in names if k in raw and raw[k] is not None}
+        values["norm_rel_ebd"] = norm
+        return cls(pos_att_type=tuple(att), **values)
+
+    @property
+    def rel_norm(self) -> bool:
+        """Whether the relative embeddings pass through a LayerNorm first."""
+        return "layer_norm" in [x.strip() for x in self.norm_rel_ebd.lower().split("|")]
+
+
+BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config
 
 
 def read_body_config(raw: dict[str, Any]) -> BodyConfig:
@@ -296,6 +444,8 @@ def read_body_config(raw: dict[str, Any]) -> BodyConfig:
     family = _model_type(raw)
     if family == "modernbert":
         return ModernBertConfig.from_hf(raw)
+    if family == "deberta-v2":
+        return DebertaV2Config.from_hf(raw)
     if family not in ENCODER_MODEL_TYPES:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")
@@ -330,6 +480,7 @@ HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "mpnet": ("MPNetForSequenceClassification",),
     "distilbert": ("DistilBertForSequenceClassification",),
     "electra": ("ElectraForSequenceClassification",),
+    "deberta-v2": ("DebertaV2ForSequenceClassification",),
     "modernbert": ("ModernBertForSequenceClassification",),
 }
 _SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
@@ -344,7 +495,8 @@ class HeadConfig:
 
     BERT: the pooler (dense + tanh on [CLS]), then `classifier`. RoBERTa, XLM-RoBERTa, MPNet:
     `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ELECTRA: the same layout with
-    GELU. DistilBERT: `pre_classifier` + ReLU on [CLS], then `classifier`. ModernBERT: cls or
+    GELU. DistilBERT: `pre_classifier` + ReLU on [CLS], then `classifier`. DeBERTa-v2: BERT's
+    layout with config.json's pooler_hidden_act (GELU by default). ModernBERT: cls or
     mean pooling, `head.dense` + its activation + `head.norm`, then `classifier`.
     """
 
@@ -394,6 +546,16 @@ def read_head_config(raw: dict[str, Any]) -> HeadConfig | None:
         return HeadConfig(family, arch, labels, activation="relu")
     if family == "electra":  # ElectraClassificationHead: GELU whatever hidden_act says
         return HeadConfig(family, arch, labels, activation="gelu")
+    if family == "deberta-v2":  # ContextPooler: dense + pooler_hidden_act on [CLS]
+        activation = raw.get("pooler_hidden_act", "gelu")
+        if activation not in HEAD_ACTIVATIONS:
+            raise ValueError(
+                f"pooler_hidden_act {activation!r} is not supported (one of {HEAD_ACTIVATIONS})"
+            )
+        size = raw.get("pooler_hidden_size", raw.get("hidden_size"))
+        if size != raw.get("hidden_size"):
+            raise ValueError(f"pooler_hidden_size {size!r} differs from hidden_size")
+        return HeadConfig(family, arch, labels, activation=activation)
     if family != "modernbert":
         return HeadConfig(family, arch, labels)
     pooling = raw.get("classifier_pooling", "cls")

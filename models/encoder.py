@@ -59,7 +59,7 @@ class SentenceEncoder:
 
     @property
     def family(self) -> str:
-        """The config.json model_type: bert, roberta, xlm-roberta, mpnet or modernbert."""
+        """The config.json model_type (`config.SUPPORTED_MODEL_TYPES`)."""
         return self.model.config.family
 
     @property

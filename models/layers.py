@@ -1,6 +1,6 @@
 """The building blocks the BERT-like families share: embeddings, attention, the post-LayerNorm
 encoder block with a fused QKV projection, and MPNet's relative position buckets. (`attend` and
-`with_key_mask` serve ModernBERT too.)
+`with_key_mask` serve ModernBERT and DeBERTa too, and DeBERTa's block is `EncoderLayer`.)
 
 Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H / nh.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import MPNET_MAX_DISTANCE, MPNET_NUM_BUCKETS, EncoderConfig
+from models.config import MPNET_MAX_DISTANCE, MPNET_NUM_BUCKETS, DebertaV2Config, EncoderConfig
 
 # config.json hidden_act -> F.gelu's `approximate` (None: ReLU).
 _GELU_APPROX: dict[str, str | None] = {
@@ -24,19 +24,33 @@ _GELU_APPROX: dict[str, str | None] = {
 }
 
 
-def attend(qkv: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+def heads_of(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, ...]:
+    """A fused projection (B, S, 3H) -> q, k, v (B, nh, S, d) each, as views (no copy)."""
+    B, S, three_h = qkv.shape
+    d = three_h // (3 * num_heads)
+    return qkv.view(B, S, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def attend(
+    qkv: torch.Tensor, num_heads: int, mask: torch.Tensor | None, scale: float | None = None
+) -> torch.Tensor:
     """Multi-head self-attention from a fused QKV projection.
 
     qkv: (B, S, 3H). mask: None (every position real), a bool key mask (B, 1, 1, S) (True = may
     be attended to), or a float bias added to the scores, broadcastable to (B, nh, S, S) (-inf
-    where a key is masked). Returns (B, S, H).
+    where a key is masked). scale: of q.k (None: 1 / sqrt(d)). Returns (B, S, H).
     """
     B, S, three_h = qkv.shape
-    d = three_h // (3 * num_heads)
-    # (B, S, 3, nh, d) -> (3, B, nh, S, d): q, k, v as views, no copy.
-    q, k, v = qkv.view(B, S, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, S, d)
-    return y.transpose(1, 2).reshape(B, S, num_heads * d)
+    q, k, v = heads_of(qkv, num_heads)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, nh, S, d)
+    return y.transpose(1, 2).reshape(B, S, three_h // 3)
+
+
+def split_types(input_ids: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids that carry their token type (id + type * stride, `TextTokenizer.pair_ids`) -> the
+    plain ids and the types."""
+    type_ids = torch.div(input_ids, stride, rounding_mode="floor")
+    return input_ids - type_ids * stride, type_ids
 
 
 def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -84,8 +98,7 @@ class Embeddings(nn.Module):
         types, stride = self.token_type_embeddings, self.type_stride
         type_ids = None
         if types is not None and stride is not None:
-            type_ids = torch.div(input_ids, stride, rounding_mode="floor")
-            input_ids = input_ids - type_ids * stride
+            input_ids, type_ids = split_types(input_ids, stride)
         x = self.word_embeddings(input_ids) + F.embedding(position_ids, table)
         if types is not None:  # type 0 everywhere: one row, broadcast
             x = x + (types.weight[0] if type_ids is None else types(type_ids))
@@ -98,9 +111,10 @@ class EncoderLayer(nn.Module):
 
     `qkv` is the fused query/key/value projection (the checkpoint's three matrices stacked), so
     it is one matmul and, in the packed layout, one piece of graph with the previous block.
+    DeBERTa's block is the same (its attention differs, not its tensors).
     """
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig | DebertaV2Config) -> None:
         super().__init__()
         H = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads

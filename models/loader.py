@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from models.config import BodyConfig, EncoderConfig, read_body_config
+from models.config import BodyConfig, DebertaV2Config, EncoderConfig, read_body_config
+from models.deberta import DebertaEncoder
 from models.encoder import SentenceEncoder, check_device_dtype
 from models.errors import ModelLoadError
 from models.heads import ClassificationHead, head_checkpoint_names, is_head_tensor
 from models.hub import resolve_model
-from models.model import SentenceModel
-from models.modernbert import ModernBertEncoder
+from models.model import SentenceModel, build_body
 from models.pipeline import SentencePipeline
 from models.st_modules import (
     ST_CONFIG,
@@ -209,7 +209,7 @@ def load_sentence_encoder(
         )
 
     tensors = read_safetensors(folder)
-    body = TransformerEncoder(cfg) if isinstance(cfg, EncoderConfig) else ModernBertEncoder(cfg)
+    body = build_body(cfg)
     try:
         load_encoder_weights(body, cfg, tensors)
         if isinstance(pipeline, ClassificationHead):
@@ -220,7 +220,8 @@ def load_sentence_encoder(
         raise ModelLoadError(folder / weights, str(e)) from e
     del tensors
     if reads_pair_types(task, cfg, folder):
-        assert isinstance(cfg, EncoderConfig) and isinstance(body, TransformerEncoder)
+        assert isinstance(cfg, EncoderConfig | DebertaV2Config)
+        assert isinstance(body, TransformerEncoder | DebertaEncoder)
         highest_type = max(tokenizer.encode_pairs([("a", "b")]).type_ids[0])
         if highest_type >= cfg.type_vocab_size:
             raise ModelLoadError(
@@ -228,7 +229,8 @@ def load_sentence_encoder(
                 f"the pair template assigns token type {highest_type}, the model has "
                 f"{cfg.type_vocab_size} (type_vocab_size)",
             )
-        tokenizer.type_stride = body.read_pair_types()
+        # Each id carries its type (id + type * vocab_size), split back in the embeddings.
+        body.embeddings.type_stride = tokenizer.type_stride = cfg.vocab_size
     model = SentenceModel(body, pipeline).to_serving(dev, dtype)
 
     if name is None:

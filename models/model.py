@@ -1,4 +1,5 @@
-"""`SentenceModel`: a family's encoder body (`TransformerEncoder` or `ModernBertEncoder`) followed
+"""`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder` or
+`ModernBertEncoder`) followed
 by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
 rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
 mode.
@@ -15,12 +16,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import BodyConfig
+from models.config import BodyConfig, DebertaV2Config, EncoderConfig
+from models.deberta import DebertaEncoder
 from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
 from models.packed import PackedLayout, PackedPiece
 from models.pipeline import SentencePipeline
 from models.transformer import TransformerEncoder
+
+EncoderBody = TransformerEncoder | DebertaEncoder | ModernBertEncoder
+
+
+def build_body(cfg: BodyConfig) -> EncoderBody:
+    """The encoder body of `cfg`'s family, with untrained weights."""
+    if isinstance(cfg, EncoderConfig):
+        return TransformerEncoder(cfg)
+    if isinstance(cfg, DebertaV2Config):
+        return DebertaEncoder(cfg)
+    return ModernBertEncoder(cfg)
 
 
 class SentenceModel(nn.Module):
@@ -29,7 +42,7 @@ class SentenceModel(nn.Module):
 
     def __init__(
         self,
-        encoder: TransformerEncoder | ModernBertEncoder,
+        encoder: EncoderBody,
         pipeline: SentencePipeline | ClassificationHead,
     ) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.config import ModernBertConfig
 from models.layers import attend, with_key_mask
-from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece, attend_groups
+from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -159,13 +159,7 @@ class ModernBertEncoder(nn.Module):
     # ---------------------------------------------------------------- packed layout (PIECEWISE)
     def packed_pieces(self) -> list[PackedPiece]:
         """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
-        blocks = self.blocks
-        pieces: list[PackedPiece] = [EmbedPiece(self.embeddings, blocks[0])]
-        for i, layer in enumerate(blocks):
-            last = i + 1 == len(blocks)
-            nxt = None if last else blocks[i + 1]
-            pieces.append(LayerPiece(layer, nxt, i, self.final_norm if last else None))
-        return pieces
+        return encoder_pieces(self.embeddings, self.blocks, self.final_norm)
 
     def attend_packed(
         self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
@@ -176,5 +170,5 @@ class ModernBertEncoder(nn.Module):
         T = layout.num_tokens
         cos, sin = self.rotary(layout.positions, block.sliding)  # (T, d)
         rotated = rotate_qkv(qkv[:T], cos, sin, block.num_heads)  # (T, 3H)
-        extra = self.window if block.sliding else None
+        extra = (lambda g: self.window(g.shape[1])) if block.sliding else None
         attend_groups(rotated, layout, out, block.num_heads, extra)

@@ -190,33 +190,61 @@ class PackedLayout:
         )
 
 
+def encoder_pieces(
+    embeddings: Embed, blocks: Sequence[Block], final: Rows | None = None
+) -> list[PackedPiece]:
+    """The graphable pieces of a packed forward, in order (len(blocks) + 1).
+
+    Piece 0 embeds and projects QKV of block 0; piece i (1..L-1) finishes block i-1 and projects
+    QKV of block i; piece L finishes the last block (then `final`, where the family has a final
+    norm) and returns the last hidden state (T, H). Eager attention runs between the pieces.
+    """
+    pieces: list[PackedPiece] = [EmbedPiece(embeddings, blocks[0])]
+    for i, block in enumerate(blocks):
+        if i + 1 < len(blocks):
+            pieces.append(LayerPiece(block, blocks[i + 1], i))
+        else:
+            pieces.append(LayerPiece(block, None, i, final))
+    return pieces
+
+
+# A group's padded QKV (b, Smax, 3H) -> what its attention adds on top of the padding mask.
+ExtraMask = Callable[[torch.Tensor], torch.Tensor | None]
+
+
 def attend_groups(
     qkv: torch.Tensor,
     layout: PackedLayout,
     out: torch.Tensor,
     num_heads: int,
-    extra_mask: Callable[[int], torch.Tensor | None] | None = None,
+    extra_mask: ExtraMask | None = None,
+    scale: float | None = None,
 ) -> None:
     """Eager attention over the layout's groups: qkv (T_pad, 3H) -> writes out[:T] (T, H).
 
     Rows past layout.num_tokens (token-bucket padding) are neither read nor written.
-    extra_mask(Smax): a mask every request of a group shares on top of its padding (a relative
-    position bias, a sliding window; see `layers.with_key_mask`): every request starts at
-    position 0, so one (1, ., Smax, Smax) tensor serves the whole group.
+    extra_mask(qkv_g): a mask or bias on top of the group's padding (see `layers.with_key_mask`),
+    from the group's QKV (b, Smax, 3H) laid out padded: a relative position bias or a sliding
+    window, which every request of the group shares since each starts at position 0 (one
+    (1, ., Smax, Smax) tensor), or DeBERTa's position scores, which depend on the content.
+    scale: of q.k (None: 1 / sqrt(d)).
     """
     H = out.shape[-1]
     for g in layout.groups:
         qkv_g = qkv[g.start : g.end]  # (T_g, 3H), requests of similar length
         out_g = out[g.start : g.end]  # (T_g, H)
-        extra = None if extra_mask is None else extra_mask(g.max_len)
         if g.index is None:
             # All requests of the group have the same length: a plain view, no key mask.
-            y = attend(qkv_g.view(g.num_reqs, g.max_len, 3 * H), num_heads, extra)
+            padded = qkv_g.view(g.num_reqs, g.max_len, 3 * H)
+            extra = None if extra_mask is None else extra_mask(padded)
+            y = attend(padded, num_heads, extra, scale)
             out_g.copy_(y.view(-1, H))
         else:
             assert g.scratch is not None and g.key_mask is not None
-            mask = g.key_mask if extra is None else with_key_mask(extra, g.key_mask)
             # Scatter to (b, Smax, 3H); pad positions stay zero (finite) for the whole call.
             g.scratch.index_copy_(0, g.index, qkv_g)
-            y = attend(g.scratch.view(g.num_reqs, g.max_len, 3 * H), num_heads, mask)
+            padded = g.scratch.view(g.num_reqs, g.max_len, 3 * H)
+            extra = None if extra_mask is None else extra_mask(padded)
+            mask = g.key_mask if extra is None else with_key_mask(extra, g.key_mask)
+            y = attend(padded, num_heads, mask, scale)
             torch.index_select(y.reshape(-1, H), 0, g.index, out=out_g)

@@ -14,7 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from models.config import TASKS, BodyConfig, EncoderConfig, HeadConfig, read_head_config
+from models.config import (
+    TASKS,
+    BodyConfig,
+    DebertaV2Config,
+    EncoderConfig,
+    HeadConfig,
+    read_head_config,
+)
 from models.errors import ModelLoadError
 from models.st_modules import (
     FEATURE_EXTRACTION,
@@ -98,10 +105,10 @@ def resolve_task(
 
 def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
     """Whether a head model reads the pair template's token types: its tokenizer hands them to
-    the model (BERT's and ELECTRA's; RoBERTa's, XLM-RoBERTa's and MPNet's do not, DistilBERT
-    and ModernBERT have no token types).
+    the model (BERT's, ELECTRA's and DeBERTa-v2's; RoBERTa's, XLM-RoBERTa's and MPNet's do not;
+    DistilBERT, ModernBERT and DeBERTa-v3 have no token types).
     False: every token type 0, as embedding models always are."""
-    if task == "embed" or not isinstance(cfg, EncoderConfig):
+    if task == "embed" or not isinstance(cfg, EncoderConfig | DebertaV2Config):
         return False
     if not cfg.token_types or cfg.type_vocab_size < 2:
         return False
@@ -109,4 +116,4 @@ def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
     names = tok_cfg.get("model_input_names")
     if isinstance(names, list):
         return "token_type_ids" in names
-    return cfg.family in ("bert", "electra")  # their tokenizers' default input names
+    return cfg.family in ("bert", "electra", "deberta-v2")  # their tokenizers' default names

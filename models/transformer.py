@@ -18,7 +18,7 @@ from torch import nn
 
 from models.config import EncoderConfig
 from models.layers import Embeddings, EncoderLayer, RelativePositionBias, attend, with_key_mask
-from models.packed import EmbedPiece, LayerPiece, PackedLayout, PackedPiece, attend_groups
+from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
 
 
 class TransformerEncoder(nn.Module):
@@ -39,14 +39,6 @@ class TransformerEncoder(nn.Module):
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 
-    def read_pair_types(self) -> int:
-        """Read each token's type from its id (id + type * stride, `TextTokenizer.pair_ids`)
-        instead of type 0 everywhere; returns the stride, the model's vocabulary size."""
-        if self.embeddings.token_type_embeddings is None or self.config.type_vocab_size < 2:
-            raise ValueError(f"{self.config.family} has no token type 1")
-        self.embeddings.type_stride = self.config.vocab_size
-        return self.config.vocab_size
-
     # ---------------------------------------------------------------- padded layout (FULL)
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H).
@@ -66,17 +58,8 @@ class TransformerEncoder(nn.Module):
 
     # ---------------------------------------------------------------- packed layout (PIECEWISE)
     def packed_pieces(self) -> list[PackedPiece]:
-        """The graphable pieces of the packed forward, in order (num_hidden_layers + 1).
-
-        Piece 0 embeds and projects QKV of layer 0; piece i (1..L-1) finishes layer i-1 and
-        projects QKV of layer i; piece L finishes the last layer and returns the last hidden
-        state (T, H). Eager attention runs between consecutive pieces.
-        """
-        blocks = self.blocks
-        pieces: list[PackedPiece] = [EmbedPiece(self.embeddings, blocks[0])]
-        for i, layer in enumerate(blocks):
-            pieces.append(LayerPiece(layer, blocks[i + 1] if i + 1 < len(blocks) else None, i))
-        return pieces
+        """The graphable pieces of the packed forward (`packed.encoder_pieces`)."""
+        return encoder_pieces(self.embeddings, self.blocks)
 
     def attend_packed(
         self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
@@ -85,5 +68,5 @@ class TransformerEncoder(nn.Module):
         writes out[:T] (T, H). With a relative position bias, each attention group adds the
         bias of its own padded length."""
         bias = self.relative_bias
-        extra = None if bias is None else (lambda S: bias(S).to(qkv.dtype))  # (1, nh, S, S)
+        extra = None if bias is None else (lambda g: bias(g.shape[1]).to(g.dtype))  # (1, nh, S, S)
         attend_groups(qkv, layout, out, self.config.num_attention_heads, extra)

@@ -3,7 +3,8 @@
 Nothing is ever unpickled: a directory that only holds a pickle checkpoint (pytorch_model.bin
 and the like) is refused with a message saying so. Each family names its tensors in the
 Hugging Face way; `encoder_checkpoint_names` maps every parameter of `TransformerEncoder` to the
-checkpoint tensors it is made of (the fused QKV stacks three of them, rows q, k, v).
+checkpoint tensors it is made of (the fused QKV stacks three of them, rows q, k, v), and
+`deberta_checkpoint_names` those of `DebertaEncoder`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from models.config import BodyConfig, EncoderConfig
+from models.config import BodyConfig, DebertaV2Config, EncoderConfig
 from models.errors import ModelLoadError
 
 SAFETENSORS = "model.safetensors"
@@ -33,13 +34,15 @@ _FOREIGN = (
     "onnx/model.onnx",
 )
 # Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
-_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "electra.", "model.")
+_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "electra.", "deberta.", "model.")
 # Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*,
-# ELECTRA's pre-training heads discriminator_* and generator_*), the BERT pooler.
+# ELECTRA's pre-training heads discriminator_* and generator_*, DeBERTa's lm_predictions.*),
+# the BERT pooler.
 _IGNORED_PREFIXES = (
     "pooler.",
     "cls.",
     "lm_head.",
+    "lm_predictions.",
     "head.",
     "decoder.",
     "classifier.",
@@ -169,6 +172,33 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     return names
 
 
+def deberta_checkpoint_names(cfg: DebertaV2Config) -> dict[str, tuple[str, ...]]:
+    """`DebertaEncoder` parameter -> the Hugging Face tensors it is made of (dim 0 stacked)."""
+    emb = ["word_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias"]
+    if cfg.position_biased_input:
+        emb.append("position_embeddings.weight")
+    if cfg.token_types:
+        emb.append("token_type_embeddings.weight")
+    if cfg.embedding_dim != cfg.hidden_size:
+        emb.append("embed_proj.weight")
+    names: dict[str, tuple[str, ...]] = {f"embeddings.{n}": (f"embeddings.{n}",) for n in emb}
+    prefix, block = _BLOCK_NAMES["bert"]
+    block = {**block, "qkv": tuple(f"attention.self.{p}_proj" for p in ("query", "key", "value"))}
+    if cfg.relative_attention and not cfg.share_att_key:  # the positions' own projections
+        kinds = (("c2p", "pos_key_proj"), ("p2c", "pos_query_proj"))
+        block.update({n: (f"attention.self.{n}",) for t, n in kinds if t in cfg.pos_att_type})
+    for i in range(cfg.num_hidden_layers):
+        src = prefix.format(i=i)
+        for name, sources in block.items():
+            for p in _PARAMS:
+                names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)
+    if cfg.relative_attention:
+        names["rel_embeddings.weight"] = ("encoder.rel_embeddings.weight",)
+        if cfg.rel_norm:
+            names.update({f"rel_norm.{p}": (f"encoder.LayerNorm.{p}",) for p in _PARAMS})
+    return names
+
+
 def strip_base_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensor names of a task model ("bert.encoder...", "roberta.embeddings...") as the base
     model names them."""
@@ -189,13 +219,22 @@ def _ignored_by_encoder(key: str) -> bool:
 @torch.no_grad()
 def load_encoder_weights(model: nn.Module, cfg: BodyConfig, tensors: dict[str, torch.Tensor]):
     """Copy a Hugging Face checkpoint of `cfg`'s family into its encoder (`TransformerEncoder`,
-    or `ModernBertEncoder`, whose parameters carry the checkpoint's own names), casting to its
-    dtype. ValueError listing the missing, unexpected and mis-shaped tensors."""
+    `DebertaEncoder`, or `ModernBertEncoder`, whose parameters carry the checkpoint's own
+    names), casting to its dtype. ValueError listing the missing, unexpected and mis-shaped
+    tensors."""
+    ignored = _ignored_by_encoder
     if isinstance(cfg, EncoderConfig):
         names = encoder_checkpoint_names(cfg)
+    elif isinstance(cfg, DebertaV2Config):
+        names = deberta_checkpoint_names(cfg)
+        if not cfg.position_biased_input:  # some checkpoints keep the unused table
+
+            def ignored(key: str) -> bool:
+                return key == "embeddings.position_embeddings.weight" or _ignored_by_encoder(key)
+
     else:
         names = {n: (n,) for n, _ in model.named_parameters()}
-    load_named(model, strip_base_prefix(tensors), names, _ignored_by_encoder)
+    load_named(model, strip_base_prefix(tensors), names, ignored)
 
 
 @torch.no_grad()

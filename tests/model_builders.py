@@ -25,7 +25,16 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "modernbert")
+FAMILIES = (
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "mpnet",
+    "distilbert",
+    "electra",
+    "deberta-v2",
+    "modernbert",
+)
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
 # rows of the table before position 0, so their limit is 2 below the table.
@@ -200,6 +209,11 @@ def make_tokenizer(family: str) -> Any:
         pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
         pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("<mask>", 0.0)]
         return tf.XLMRobertaTokenizer(vocab=pieces)
+    if family == "deberta-v2":  # DeBERTa-v3's kind: a sentencepiece unigram, [CLS] / [SEP]
+        pieces = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0)]
+        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
+        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("[MASK]", 0.0)]
+        return tf.DebertaV2Tokenizer(vocab=pieces)
     raise ValueError(family)
 
 
@@ -253,6 +267,22 @@ def make_hf_model(
             **extra,
         )
         model = (tf.DistilBertForSequenceClassification if classify else tf.DistilBertModel)(cfg)
+    elif family == "deberta-v2":
+        # DeBERTa-v3's settings, with 4 buckets each way so that texts of the test lengths
+        # reach the log-bucketed distances (the real models bucket beyond 128).
+        v3 = dict(
+            relative_attention=True,
+            position_buckets=8,
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            position_biased_input=False,
+            type_vocab_size=0,
+            layer_norm_eps=1e-7,
+        )
+        cfg = tf.DebertaV2Config(**{**common, **v3, **extra})
+        model = (tf.DebertaV2ForSequenceClassification if classify else tf.DebertaV2Model)(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]
@@ -424,6 +454,26 @@ class CrossSpec:
 BERT_RERANKER = CrossSpec("bert")
 XLMR_RERANKER = CrossSpec("xlm-roberta")
 BERT_CLASSIFIER = CrossSpec("bert", labels=("positive", "negative", "neutral"))
+# DeBERTa-v3 as mxbai-rerank and the nli-deberta-v3 cross-encoders have it; and the DeBERTa-v2
+# settings v3 turned off: absolute positions, token types (read from the ids), narrower
+# embeddings, c2p only with its own projection, distances clamped without buckets, tanh pooler.
+DEBERTA_RERANKER = CrossSpec("deberta-v2")
+DEBERTA_V2_CLASSIFIER = CrossSpec(
+    "deberta-v2",
+    labels=("contradiction", "entailment", "neutral"),
+    save="hf",
+    config=(
+        ("position_biased_input", True),
+        ("type_vocab_size", 2),
+        ("embedding_size", HIDDEN // 2),
+        ("pos_att_type", "c2p"),
+        ("share_att_key", False),
+        ("position_buckets", -1),
+        ("max_relative_positions", 6),
+        ("norm_rel_ebd", "none"),
+        ("pooler_hidden_act", "tanh"),
+    ),
+)
 
 
 def tiny_cross_encoder(spec: CrossSpec = BERT_RERANKER) -> Path:

@@ -19,6 +19,8 @@ import torch
 from model_builders import (
     BERT_CLASSIFIER,
     BERT_RERANKER,
+    DEBERTA_RERANKER,
+    DEBERTA_V2_CLASSIFIER,
     PAIRS,
     TEXTS,
     XLMR_RERANKER,
@@ -44,6 +46,7 @@ RERANKERS = [
     CrossSpec("mpnet"),
     CrossSpec("distilbert"),
     CrossSpec("electra"),  # the ms-marco-electra layout
+    DEBERTA_RERANKER,  # mxbai-rerank-v1's layout (DeBERTa-v3)
     CrossSpec("modernbert"),
 ]
 CLASSIFIERS = [
@@ -51,6 +54,7 @@ CLASSIFIERS = [
     CrossSpec("xlm-roberta", labels=("no", "yes"), save="hf"),
     CrossSpec("mpnet", labels=("a", "b", "c", "d")),
     CrossSpec("distilbert", labels=("NEGATIVE", "POSITIVE"), save="hf"),  # the SST-2 layout
+    DEBERTA_V2_CLASSIFIER,
     CrossSpec(
         "modernbert",
         labels=("x", "y"),
@@ -194,11 +198,13 @@ def _reads_types(enc) -> bool:
     return stride is not None
 
 
-def test_types_are_read_only_by_bert_and_electra_heads():
+def test_types_are_read_only_by_heads_that_have_them():
+    """BERT, ELECTRA and a DeBERTa-v2 with types read them; DeBERTa-v3 has none."""
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)))
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(CrossSpec("electra"))))
+    assert _reads_types(load_sentence_encoder(tiny_cross_encoder(DEBERTA_V2_CLASSIFIER)))
     others = ("roberta", "mpnet", "distilbert", "modernbert")
-    for spec in (XLMR_RERANKER, *(CrossSpec(family) for family in others)):
+    for spec in (XLMR_RERANKER, DEBERTA_RERANKER, *(CrossSpec(family) for family in others)):
         assert not _reads_types(load_sentence_encoder(tiny_cross_encoder(spec))), spec.label
     assert not _reads_types(load_sentence_encoder(tiny_model(TinySpec("bert", "mean"))))
     # A cross-encoder served as an embedder keeps every token type 0 too.

@@ -175,7 +175,7 @@ def test_malformed_config(model_dir, content, message):
     "patch, message",
     [
         ({"hidden_size": None}, "missing keys"),
-        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, distilbert, electra"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, deberta-v2, distil"),
         ({"model_type": None}, "no model_type"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
         ({"hidden_act": "swish"}, "hidden_act"),
@@ -213,6 +213,23 @@ def test_invalid_distilbert_config_values(tmp_path, patch, message):
     common ones)."""
     model_dir = tmp_path / "distilbert"
     shutil.copytree(tiny_model(TinySpec("distilbert", "mean")), model_dir)
+    assert_config_refused(model_dir, patch, message)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"conv_kernel_size": 3}, "conv_kernel_size 3: the convolution .* is not supported"),
+        ({"pos_att_type": "p2c|p2p"}, r"pos_att_type \['p2c', 'p2p'\]: \['p2p'\] not supported"),
+        ({"position_buckets": 1}, "position_buckets must be >= 2"),
+        ({"attention_head_size": 4}, "attention_head_size 4 x num_attention_heads 4"),
+        ({"share_att_key": "yes"}, "share_att_key must be true or false"),
+        ({"type_vocab_size": -1}, "type_vocab_size must be >= 0"),
+    ],
+)
+def test_invalid_deberta_config_values(tmp_path, patch, message):
+    model_dir = tmp_path / "deberta"
+    shutil.copytree(tiny_model(TinySpec("deberta-v2", "mean", normalize=True)), model_dir)
     assert_config_refused(model_dir, patch, message)
 
 
@@ -428,12 +445,13 @@ def test_own_limit_past_the_usable_positions_is_clamped(copy_of, caplog):
 def test_unsupported_model_type_is_refused(copy_of):
     folder = copy_of(TinySpec("bert", "mean"))
     file = folder / "config.json"
-    file.write_text(json.dumps({**json.loads(file.read_text()), "model_type": "deberta-v2"}))
+    file.write_text(json.dumps({**json.loads(file.read_text()), "model_type": "deberta"}))
     with pytest.raises(ModelLoadError) as ei:
         load_sentence_encoder(folder)
     assert ei.value.file == file
-    assert "model_type 'deberta-v2' is not supported" in str(ei.value)
-    assert "bert, distilbert, electra, modernbert, mpnet, roberta, xlm-roberta" in str(ei.value)
+    assert "model_type 'deberta' is not supported" in str(ei.value)
+    families = "bert, deberta-v2, distilbert, electra, modernbert, mpnet, roberta, xlm-roberta"
+    assert families in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

@@ -10,6 +10,8 @@ import torch
 from model_builders import (
     BERT_CLASSIFIER,
     BERT_RERANKER,
+    DEBERTA_RERANKER,
+    DEBERTA_V2_CLASSIFIER,
     PAIRS,
     RERANK_DOCUMENTS,
     RERANK_QUERY,
@@ -26,7 +28,8 @@ from models import load_sentence_encoder
 
 MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 GRAPH_MODES = [CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
-RERANKERS = [BERT_RERANKER, XLMR_RERANKER]
+RERANKERS = [BERT_RERANKER, XLMR_RERANKER, DEBERTA_RERANKER]
+CLASSIFIERS = [BERT_CLASSIFIER, DEBERTA_V2_CLASSIFIER]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,9 @@ def loaded():
     for spec in RERANKERS:
         folder = tiny_cross_encoder(spec)
         out[spec] = (load_sentence_encoder(folder), ce_predict(folder, PAIRS))
-    folder = tiny_cross_encoder(BERT_CLASSIFIER)
-    out[BERT_CLASSIFIER] = (load_sentence_encoder(folder), hf_logits(folder, PAIRS).softmax(-1))
+    for spec in CLASSIFIERS:
+        folder = tiny_cross_encoder(spec)
+        out[spec] = (load_sentence_encoder(folder), hf_logits(folder, PAIRS).softmax(-1))
     return out
 
 
@@ -77,12 +81,13 @@ def test_reranker_scores_match_cross_encoder(loaded, spec, mode):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
-def test_classifier_softmax_matches_transformers(loaded, mode):
-    encoder, ref = loaded[BERT_CLASSIFIER]
+@pytest.mark.parametrize("spec", CLASSIFIERS, ids=lambda s: s.label)
+def test_classifier_softmax_matches_transformers(loaded, spec, mode):
+    encoder, ref = loaded[spec]
     runner = make_runner(encoder, mode)
     ids = encoder.tokenizer.pair_ids(PAIRS)
     for rows in run_twice(runner, ids):
-        assert rows.shape == (len(PAIRS), 3)
+        assert rows.shape == (len(PAIRS), len(spec.labels))
         torch.testing.assert_close(rows.softmax(-1), ref, atol=1e-4, rtol=0)
         assert rows.argmax(-1).tolist() == ref.argmax(-1).tolist()
 

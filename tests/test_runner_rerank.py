@@ -12,6 +12,7 @@ from model_builders import (
     BERT_RERANKER,
     DEBERTA_RERANKER,
     DEBERTA_V2_CLASSIFIER,
+    GPU_CROSS_ENCODERS,
     PAIRS,
     RERANK_DOCUMENTS,
     RERANK_QUERY,
@@ -123,11 +124,17 @@ def test_prewarmed_ladder_serves_pairs(loaded, mode):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
-def test_cuda_reranker_with_real_graphs(loaded, mode):
-    """On CUDA with real torch.cuda.CUDAGraph captures: the head and the token types read
-    from the ids replay correctly (skipped where CUDA is absent)."""
-    _, ref = loaded[BERT_RERANKER]
-    encoder = load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER), device="cuda")
+@pytest.mark.parametrize("spec", GPU_CROSS_ENCODERS, ids=lambda s: s.label)
+def test_cuda_reranker_with_real_graphs(spec, mode):
+    """On CUDA with real torch.cuda.CUDAGraph captures: the head, BERT's token types read from
+    the ids and DeBERTa's position scores replay correctly (skipped where CUDA is absent).
+
+    The reference is the eager CPU forward, which matches CrossEncoder.predict above: the GPU
+    machine has neither transformers nor sentence-transformers (the models come prebuilt,
+    $TINY_MODELS_DIR)."""
+    folder = tiny_cross_encoder(spec)
+    ref = torch.sigmoid(load_sentence_encoder(folder).score(PAIRS)[:, 0])
+    encoder = load_sentence_encoder(folder, device="cuda")
     runner = make_runner(encoder, mode)
     for rows in run_twice(runner, encoder.tokenizer.pair_ids(PAIRS)):
         torch.testing.assert_close(torch.sigmoid(rows[:, 0]), ref, atol=1e-4, rtol=0)

@@ -11,7 +11,10 @@ The post-LayerNorm families differ only in what is here:
 - distilbert: absolute positions from 0, no token types, its own names for the shape keys
   (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) and LayerNorm eps fixed at 1e-12;
 - electra: BERT's, with embeddings of `embedding_size` projected to the hidden size where the
-  two differ.
+  two differ;
+- albert: BERT's, with embeddings of `embedding_size` always projected to the hidden size, and
+  the blocks' weights shared: `num_hidden_groups` groups of `inner_group_num` blocks, each
+  layer running its group's blocks.
 
 `DebertaV2Config` is DeBERTa-v2 and v3 (config.json model_type "deberta-v2"): the post-LayerNorm
 block with disentangled attention (content-to-position and position-to-content scores from a
@@ -29,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # config.json model_type of the families sharing the post-LayerNorm block, and of all served.
-ENCODER_MODEL_TYPES = ("bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
+ENCODER_MODEL_TYPES = ("albert", "bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
 SUPPORTED_MODEL_TYPES = (
+    "albert",
     "bert",
     "deberta-v2",
     "distilbert",
@@ -53,6 +57,12 @@ MPNET_MAX_DISTANCE = 128
 
 # Defaults of the Hugging Face config classes, for keys a config.json may leave out.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "albert": {
+        "type_vocab_size": 2,
+        "pad_token_id": 0,
+        "hidden_act": "gelu_new",
+        "embedding_size": 128,
+    },
     "bert": {"type_vocab_size": 2, "pad_token_id": 0},
     "electra": {"type_vocab_size": 2, "pad_token_id": 0},
     "roberta": {"type_vocab_size": 2, "pad_token_id": 1},
@@ -94,7 +104,9 @@ class EncoderConfig:
     pad_token_id: int = 0
     hidden_act: str = "gelu"
     relative_attention_num_buckets: int = MPNET_NUM_BUCKETS  # mpnet only
-    embedding_size: int | None = None  # electra: the embeddings' width, when not hidden_size
+    embedding_size: int | None = None  # electra, albert: the embeddings' width
+    num_hidden_groups: int = 1  # albert: groups of shared blocks
+    inner_group_num: int = 1  # albert: blocks per group
 
     def __post_init__(self) -> None:
         if self.family not in ENCODER_MODEL_TYPES:
@@ -102,7 +114,14 @@ class EncoderConfig:
                 f"model_type {self.family!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
-        names = (*_REQUIRED, "type_vocab_size", "relative_attention_num_buckets", "embedding_dim")
+        names = (
+            *_REQUIRED,
+            "type_vocab_size",
+            "relative_attention_num_buckets",
+            "embedding_dim",
+            "num_hidden_groups",
+            "inner_group_num",
+        )
         for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -138,13 +157,34 @@ class EncoderConfig:
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the embedding tables (ELECTRA projects them up to hidden_size)."""
+        """Width of the embedding tables (ELECTRA and ALBERT project them up to hidden_size)."""
         return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """Whether a linear map takes the embeddings to hidden_size (ALBERT's always does)."""
+        return self.embedding_dim != self.hidden_size or self.family == "albert"
+
+    @property
+    def block_modules(self) -> int:
+        """Blocks with weights of their own (ALBERT shares them: groups x blocks per group)."""
+        if self.family != "albert":
+            return self.num_hidden_layers
+        return self.num_hidden_groups * self.inner_group_num
+
+    @property
+    def block_order(self) -> tuple[int, ...]:
+        """The block (of `block_modules`) each step of the forward runs: ALBERT's layer i runs
+        the blocks of group int(i / (layers / groups)), as AlbertTransformer indexes them."""
+        if self.family != "albert":
+            return tuple(range(self.num_hidden_layers))
+        L, G, inner = self.num_hidden_layers, self.num_hidden_groups, self.inner_group_num
+        return tuple(int(i / (L / G)) * inner + j for i in range(L) for j in range(inner))
 
     @property
     def position_offset(self) -> int:
         """Row of the position table that position 0 (the first token) reads."""
-        if self.family in ("bert", "distilbert", "electra"):
+        if self.family in ("albert", "bert", "distilbert", "electra"):
             return 0
         if self.family == "mpnet":
             return MPNET_PADDING_IDX + 1
@@ -191,8 +231,11 @@ class EncoderConfig:
         values = {**_FAMILY_DEFAULTS[family], "family": family}
         fields = {f.name for f in dataclasses.fields(cls)} - {"family"}
         values.update({k: raw[k] for k in fields if k in raw and raw[k] is not None})
-        if family != "electra":
-            values.pop("embedding_size", None)  # only ELECTRA's embeddings have their own width
+        if family not in ("electra", "albert"):
+            values.pop("embedding_size", None)  # only their embeddings have their own width
+        if family != "albert":  # the others' keys of these names (if any) mean nothing here
+            values.pop("num_hidden_groups", None)
+            values.pop("inner_group_num", None)
         return cls(**values)
 
 
@@ -474,6 +517,7 @@ TASKS = ("embed", "rerank", "classify")
 # config.json model_type -> the sequence-classification architectures whose head is served.
 # RoBERTa and XLM-RoBERTa share one head class and one checkpoint layout.
 HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "albert": ("AlbertForSequenceClassification",),
     "bert": ("BertForSequenceClassification",),
     "roberta": ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"),
     "xlm-roberta": ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification"),
@@ -493,7 +537,8 @@ class HeadConfig:
     """A sequence-classification head: pooled first token (or mean) -> dense -> activation
     (-> LayerNorm) -> one logit per label.
 
-    BERT: the pooler (dense + tanh on [CLS]), then `classifier`. RoBERTa, XLM-RoBERTa, MPNet:
+    BERT: the pooler (dense + tanh on [CLS]), then `classifier`; ALBERT the same (its pooler is a
+    bare `pooler` Linear). RoBERTa, XLM-RoBERTa, MPNet:
     `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ELECTRA: the same layout with
     GELU. DistilBERT: `pre_classifier` + ReLU on [CLS], then `classifier`. DeBERTa-v2: BERT's
     layout with config.json's pooler_hidden_act (GELU by default). ModernBERT: cls or

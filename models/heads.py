@@ -79,6 +79,8 @@ def head_checkpoint_names(head: ClassificationHead) -> dict[str, tuple[str, ...]
     family = head.config.family
     if family in ("bert", "deberta-v2"):  # DeBERTa's ContextPooler: BERT's names
         layers = {"dense": "pooler.dense", "out": "classifier"}
+    elif family == "albert":
+        layers = {"dense": "pooler", "out": "classifier"}
     elif family == "distilbert":
         layers = {"dense": "pre_classifier", "out": "classifier"}
     elif family == "modernbert":

@@ -65,8 +65,8 @@ def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Embeddings(nn.Module):
-    """Word + position + token type embeddings, then LayerNorm (then ELECTRA's projection to the
-    hidden size, where its embeddings are narrower).
+    """Word + position + token type embeddings, then LayerNorm (then ELECTRA's or ALBERT's
+    projection to the hidden size).
 
     Positions come in 0-based; the family's offset (`EncoderConfig.position_offset`) is applied
     here by reading the table from that row on, so both layouts and the runner stay 0-based.
@@ -85,9 +85,10 @@ class Embeddings(nn.Module):
         if cfg.token_types:
             self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, E)
         self.LayerNorm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
-        # ELECTRA's embeddings_project, where its embeddings are narrower than the blocks.
+        # ELECTRA's embeddings_project, where its embeddings are narrower than the blocks;
+        # ALBERT's embedding_hidden_mapping_in.
         self.project: nn.Linear | None = None
-        if E != cfg.hidden_size:
+        if cfg.projects_embeddings:
             self.project = nn.Linear(E, cfg.hidden_size)
         self.position_offset = cfg.position_offset
         self.type_stride: int | None = None

@@ -105,8 +105,8 @@ def resolve_task(
 
 def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
     """Whether a head model reads the pair template's token types: its tokenizer hands them to
-    the model (BERT's, ELECTRA's and DeBERTa-v2's; RoBERTa's, XLM-RoBERTa's and MPNet's do not;
-    DistilBERT, ModernBERT and DeBERTa-v3 have no token types).
+    the model (BERT's, ELECTRA's, ALBERT's and DeBERTa-v2's; RoBERTa's, XLM-RoBERTa's and
+    MPNet's do not; DistilBERT, ModernBERT and DeBERTa-v3 have no token types).
     False: every token type 0, as embedding models always are."""
     if task == "embed" or not isinstance(cfg, EncoderConfig | DebertaV2Config):
         return False
@@ -116,4 +116,4 @@ def reads_pair_types(task: str, cfg: BodyConfig, folder: Path) -> bool:
     names = tok_cfg.get("model_input_names")
     if isinstance(names, list):
         return "token_type_ids" in names
-    return cfg.family in ("bert", "electra", "deberta-v2")  # their tokenizers' default names
+    return cfg.family in ("albert", "bert", "electra", "deberta-v2")  # their tokenizers' default

@@ -1,8 +1,9 @@
-"""`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT and ELECTRA share
-(embeddings, a stack of post-LayerNorm blocks, MPNet's relative position bias where configured), in
-both layouts, up to the last hidden state. Pooling and the rest of the sentence-transformers
-pipeline come after (`pipeline.py`); ModernBERT's body is `modernbert.ModernBertEncoder`, with the
-same interface.
+"""`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT, ELECTRA and
+ALBERT share (embeddings, a stack of post-LayerNorm blocks, ALBERT's shared between layers,
+MPNet's relative position bias where configured), in both layouts, up to the last hidden state.
+Pooling and the rest of the sentence-transformers pipeline come after (`pipeline.py`);
+ModernBERT's and DeBERTa's bodies are `modernbert.ModernBertEncoder` and
+`deberta.DebertaEncoder`, with the same interface.
 
 Padded layout: `hidden_states(input_ids, attention_mask)` on `(B, S)` tensors, padding masked
 out of attention. Every op has a static shape for a given `(B, S)`, so the whole forward can be
@@ -28,10 +29,11 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = Embeddings(cfg)
-        blocks = [EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
-        self.layers = nn.ModuleList(blocks)
-        # The same modules, typed (ModuleList iteration is untyped); `.to()` keeps identities.
-        self.blocks: list[EncoderLayer] = blocks
+        modules = [EncoderLayer(cfg) for _ in range(cfg.block_modules)]
+        self.layers = nn.ModuleList(modules)
+        # The blocks in the order the forward runs them (ALBERT runs shared ones repeatedly),
+        # typed (ModuleList iteration is untyped); `.to()` keeps identities.
+        self.blocks: list[EncoderLayer] = [modules[i] for i in cfg.block_order]
         self.relative_bias: RelativePositionBias | None = None
         if cfg.relative_attention:
             self.relative_bias = RelativePositionBias(cfg, cfg.max_positions)

@@ -34,11 +34,22 @@ _FOREIGN = (
     "onnx/model.onnx",
 )
 # Prefixes a task model (e.g. BertForMaskedLM) puts before the base model's tensor names.
-_BASE_PREFIXES = ("bert.", "roberta.", "mpnet.", "distilbert.", "electra.", "deberta.", "model.")
+_BASE_PREFIXES = (
+    "bert.",
+    "roberta.",
+    "mpnet.",
+    "distilbert.",
+    "electra.",
+    "deberta.",
+    "albert.",
+    "model.",
+)
 # Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*,
-# ELECTRA's pre-training heads discriminator_* and generator_*, DeBERTa's lm_predictions.*),
-# the BERT pooler.
+# ELECTRA's pre-training heads discriminator_* and generator_*, DeBERTa's lm_predictions.*,
+# ALBERT's predictions.* and sop_classifier.*), the BERT pooler.
 _IGNORED_PREFIXES = (
+    "predictions.",
+    "sop_classifier.",
     "pooler.",
     "cls.",
     "lm_head.",
@@ -110,9 +121,21 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-# Each family's checkpoint names for one block's tensors, under its layer prefix: our fused
-# module -> its source tensors (qkv stacks three). roberta, xlm-roberta, electra: BERT's names.
+# Each family's checkpoint names for one block's tensors, under the prefix of block i (ALBERT's:
+# block j of group g): our fused module -> its source tensors (qkv stacks three). roberta,
+# xlm-roberta, electra: BERT's names.
 _BLOCK_NAMES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "albert": (
+        "encoder.albert_layer_groups.{g}.albert_layers.{j}.",
+        {
+            "qkv": ("attention.query", "attention.key", "attention.value"),
+            "attn_out": ("attention.dense",),
+            "attn_norm": ("attention.LayerNorm",),
+            "ffn_in": ("ffn",),
+            "ffn_out": ("ffn_output",),
+            "ffn_norm": ("full_layer_layer_norm",),
+        },
+    ),
     "bert": (
         "encoder.layer.{i}.",
         {
@@ -157,11 +180,16 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     if cfg.token_types:
         emb.append("token_type_embeddings.weight")
     names.update({f"embeddings.{n}": (f"embeddings.{n}",) for n in emb})
-    if cfg.embedding_dim != cfg.hidden_size:
-        names.update({f"embeddings.project.{p}": (f"embeddings_project.{p}",) for p in _PARAMS})
+    if cfg.projects_embeddings:
+        src = (
+            "encoder.embedding_hidden_mapping_in"
+            if cfg.family == "albert"
+            else "embeddings_project"
+        )
+        names.update({f"embeddings.project.{p}": (f"{src}.{p}",) for p in _PARAMS})
     prefix, block = _BLOCK_NAMES.get(cfg.family, _BLOCK_NAMES["bert"])
-    for i in range(cfg.num_hidden_layers):
-        src = prefix.format(i=i)
+    for i in range(cfg.block_modules):
+        src = prefix.format(i=i, g=i // cfg.inner_group_num, j=i % cfg.inner_group_num)
         for name, sources in block.items():
             for p in _PARAMS:
                 names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)

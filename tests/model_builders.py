@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 FAMILIES = (
+    "albert",
     "bert",
     "roberta",
     "xlm-roberta",
@@ -209,6 +210,14 @@ def make_tokenizer(family: str) -> Any:
         pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
         pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("<mask>", 0.0)]
         return tf.XLMRobertaTokenizer(vocab=pieces)
+    if family == "albert":  # a sentencepiece unigram, lower-cased, [CLS] / [SEP]
+        pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0)]
+        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
+        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("[MASK]", 0.0)]
+        # With token types, as transformers 4's ALBERT tokenizer (the hub's were trained so);
+        # transformers 5's leaves them out unless told.
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+        return tf.AlbertTokenizer(vocab=pieces, model_input_names=names)
     if family == "deberta-v2":  # DeBERTa-v3's kind: a sentencepiece unigram, [CLS] / [SEP]
         pieces = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0)]
         pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
@@ -267,6 +276,9 @@ def make_hf_model(
             **extra,
         )
         model = (tf.DistilBertForSequenceClassification if classify else tf.DistilBertModel)(cfg)
+    elif family == "albert":  # embeddings narrower than the blocks, one block for every layer
+        cfg = tf.AlbertConfig(**{"embedding_size": HIDDEN // 2, **common})
+        model = (tf.AlbertForSequenceClassification if classify else tf.AlbertModel)(cfg)
     elif family == "deberta-v2":
         # DeBERTa-v3's settings, with 4 buckets each way so that texts of the test lengths
         # reach the log-bucketed distances (the real models bucket beyond 128).
@@ -463,6 +475,14 @@ class CrossSpec:
 BERT_RERANKER = CrossSpec("bert")
 XLMR_RERANKER = CrossSpec("xlm-roberta")
 BERT_CLASSIFIER = CrossSpec("bert", labels=("positive", "negative", "neutral"))
+# ALBERT with two groups of two shared blocks over three layers (layers 0 and 1 run group 0, layer
+# 2 group 1: six blocks deep); the hub's ALBERTs have one group of one.
+ALBERT_GROUPED_CLASSIFIER = CrossSpec(
+    "albert",
+    labels=("ham", "spam"),
+    save="hf",
+    config=(("num_hidden_layers", 3), ("num_hidden_groups", 2), ("inner_group_num", 2)),
+)
 # DeBERTa-v3 as mxbai-rerank and the nli-deberta-v3 cross-encoders have it; and the DeBERTa-v2
 # settings v3 turned off: absolute positions, token types (read from the ids), narrower
 # embeddings, c2p only with its own projection, distances clamped without buckets, tanh pooler.

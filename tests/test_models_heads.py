@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from model_builders import (
+    ALBERT_GROUPED_CLASSIFIER,
     BERT_CLASSIFIER,
     BERT_RERANKER,
     DEBERTA_RERANKER,
@@ -47,6 +48,7 @@ RERANKERS = [
     CrossSpec("distilbert"),
     CrossSpec("electra"),  # the ms-marco-electra layout
     DEBERTA_RERANKER,  # mxbai-rerank-v1's layout (DeBERTa-v3)
+    CrossSpec("albert"),
     CrossSpec("modernbert"),
 ]
 CLASSIFIERS = [
@@ -55,6 +57,7 @@ CLASSIFIERS = [
     CrossSpec("mpnet", labels=("a", "b", "c", "d")),
     CrossSpec("distilbert", labels=("NEGATIVE", "POSITIVE"), save="hf"),  # the SST-2 layout
     DEBERTA_V2_CLASSIFIER,
+    ALBERT_GROUPED_CLASSIFIER,
     CrossSpec(
         "modernbert",
         labels=("x", "y"),
@@ -199,9 +202,10 @@ def _reads_types(enc) -> bool:
 
 
 def test_types_are_read_only_by_heads_that_have_them():
-    """BERT, ELECTRA and a DeBERTa-v2 with types read them; DeBERTa-v3 has none."""
+    """BERT, ELECTRA, ALBERT and a DeBERTa-v2 with types read them; DeBERTa-v3 has none."""
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(BERT_RERANKER)))
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(CrossSpec("electra"))))
+    assert _reads_types(load_sentence_encoder(tiny_cross_encoder(CrossSpec("albert"))))
     assert _reads_types(load_sentence_encoder(tiny_cross_encoder(DEBERTA_V2_CLASSIFIER)))
     others = ("roberta", "mpnet", "distilbert", "modernbert")
     for spec in (XLMR_RERANKER, DEBERTA_RERANKER, *(CrossSpec(family) for family in others)):

@@ -175,7 +175,7 @@ def test_malformed_config(model_dir, content, message):
     "patch, message",
     [
         ({"hidden_size": None}, "missing keys"),
-        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*bert, deberta-v2, distil"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported .*albert, bert, deberta-v2"),
         ({"model_type": None}, "no model_type"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
         ({"hidden_act": "swish"}, "hidden_act"),
@@ -230,6 +230,20 @@ def test_invalid_distilbert_config_values(tmp_path, patch, message):
 def test_invalid_deberta_config_values(tmp_path, patch, message):
     model_dir = tmp_path / "deberta"
     shutil.copytree(tiny_model(TinySpec("deberta-v2", "mean", normalize=True)), model_dir)
+    assert_config_refused(model_dir, patch, message)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"num_hidden_groups": 0}, "num_hidden_groups must be a positive integer"),
+        ({"inner_group_num": 1.5}, "inner_group_num must be a positive integer"),
+    ],
+)
+def test_invalid_albert_config_values(tmp_path, patch, message):
+    """ALBERT's own keys."""
+    model_dir = tmp_path / "albert"
+    shutil.copytree(tiny_model(TinySpec("albert", "mean")), model_dir)
     assert_config_refused(model_dir, patch, message)
 
 
@@ -450,8 +464,8 @@ def test_unsupported_model_type_is_refused(copy_of):
         load_sentence_encoder(folder)
     assert ei.value.file == file
     assert "model_type 'deberta' is not supported" in str(ei.value)
-    families = "bert, deberta-v2, distilbert, electra, modernbert, mpnet, roberta, xlm-roberta"
-    assert families in str(ei.value)
+    families = "albert, bert, deberta-v2, distilbert, electra, modernbert, mpnet, roberta"
+    assert families + ", xlm-roberta)" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

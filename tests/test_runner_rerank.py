@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from model_builders import (
+    ALBERT_GROUPED_CLASSIFIER,
     BERT_CLASSIFIER,
     BERT_RERANKER,
     DEBERTA_RERANKER,
@@ -30,7 +31,7 @@ from models import load_sentence_encoder
 MODES = [CUDAGraphMode.NONE, CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 GRAPH_MODES = [CUDAGraphMode.FULL, CUDAGraphMode.PIECEWISE]
 RERANKERS = [BERT_RERANKER, XLMR_RERANKER, DEBERTA_RERANKER]
-CLASSIFIERS = [BERT_CLASSIFIER, DEBERTA_V2_CLASSIFIER]
+CLASSIFIERS = [BERT_CLASSIFIER, DEBERTA_V2_CLASSIFIER, ALBERT_GROUPED_CLASSIFIER]
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def _add_internal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             p.add_argument("--address", required=True)
         if name == "front-end":
             p.add_argument("--alive-fd", type=int, required=True)
+            p.add_argument("--front-ends", type=int, required=True)
         for flag in ("--host", "--config", "--log-level"):
             p.add_argument(flag)
         p.add_argument("--port", type=int)
@@ -156,7 +157,7 @@ def front_end(args: argparse.Namespace, rest: Sequence[str]) -> int:
         return 2
     from app.serving.front_end import run_front_end
 
-    return run_front_end(settings, args.address, args.alive_fd)
+    return run_front_end(settings, args.address, args.alive_fd, args.front_ends)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {

@@ -47,9 +47,10 @@ def create_app(
     *,
     engine_address: str | None = None,
     engine_alive_fd: int | None = None,
+    front_ends: int = 1,
 ) -> FastAPI:
-    """The app; with `engine_address`, a front end of the engine process there (whose death
-    the pipe `engine_alive_fd` reports, see `app.serving.client`)."""
+    """The app; with `engine_address`, one of `front_ends` front ends of the engine process
+    there (whose death the pipe `engine_alive_fd` reports, see `app.serving.client`)."""
     if settings is None:
         settings = load_settings()
     metrics: ServiceMetrics | FrontEndExposition
@@ -97,6 +98,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.front_ends = front_ends  # the processes that tokenize (/info)
     app.state.engine = engine
     app.state.metrics = metrics
 

@@ -182,6 +182,7 @@ def test_tei_embed_and_info(client: TestClient) -> None:
     assert info["max_input_length"] == 64 and info["max_client_batch_size"] == 8
     assert info["family"] == "bert" and info["normalized"] is True
     assert info["graph_mode"] == "FULL" and info["prompts"] == []
+    assert info["tokenization_workers"] == 1  # one app, one process tokenizing
 
 
 def test_tei_embed_truncates_unless_told_not_to(client: TestClient) -> None:

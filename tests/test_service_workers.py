@@ -77,6 +77,8 @@ def test_front_ends_share_one_engine_one_cache_and_one_set_of_metrics(tmp_path: 
             for _ in range(6)
         }
         assert len(answers) == 1
+        # TEI's /info counts the processes that tokenize: the front ends.
+        assert httpx.get(server.url + "/info").json()["tokenization_workers"] == 2
         # One engine: its counters hold every text, asked through any front end.
         for _ in range(4):
             stats = httpx.get(server.url + "/admin/stats", headers=AUTH).json()

@@ -84,7 +84,7 @@ def build_tei_router(models: RequestModels) -> APIRouter:
             "max_input_length": encoder.max_seq_len,
             "max_batch_tokens": settings.max_batch_tokens,
             "max_client_batch_size": settings.max_inputs_per_request,
-            "tokenization_workers": 1,
+            "tokenization_workers": request.app.state.front_ends,
             "version": VERSION,
             "family": encoder.family,
             "dimensions": encoder.dimensions,

@@ -57,14 +57,17 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> Any:
     )
 
 
-def run_front_end(settings: Settings, address: str, alive_fd: int) -> int:
-    """One front end: HTTP on the supervisor's port (its own SO_REUSEPORT listener), the engine
-    process at `address`. Exit status as `serve`'s: 0, or 3 if it never started."""
+def run_front_end(settings: Settings, address: str, alive_fd: int, front_ends: int) -> int:
+    """One front end (of `front_ends`): HTTP on the supervisor's port (its own SO_REUSEPORT
+    listener), the engine process at `address`. Exit status as `serve`'s: 0, or 3 if it never
+    started."""
     from app.main import create_app
     from app.serving.supervisor import listening_socket
 
     die_with_parent()
-    app = create_app(settings, engine_address=address, engine_alive_fd=alive_fd)
+    app = create_app(
+        settings, engine_address=address, engine_alive_fd=alive_fd, front_ends=front_ends
+    )
     server = make_server(
         uvicorn_config(app, settings), app.state.engine.begin_drain, settings.drain_delay_s
     )

@@ -79,7 +79,8 @@ class Supervisor:
         os.close(alive_w)  # the engine holds the only write end: EOF means it has ended
         front_env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         front_cmd = [sys.executable, "-m", "app", "front-end", "--address", address]
-        front_cmd += ["--alive-fd", str(alive_r), *self.passthrough]
+        front_cmd += ["--alive-fd", str(alive_r), "--front-ends", str(self.workers)]
+        front_cmd += self.passthrough
         front_cmd += ["--port", str(port)]  # the one reserved (the flag may have said 0: any)
 
         def start_front_end() -> subprocess.Popen[bytes]:

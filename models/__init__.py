@@ -1,8 +1,8 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
-MPNet, DistilBERT, ELECTRA, ALBERT sharing one post-LayerNorm block; DeBERTa-v2/v3 with disentangled
-attention; ModernBERT with its own block), the sentence-transformers
-pipeline, the classification heads of rerankers and classifiers, the tokenizer, the loader
-(directory or hub id) and a toy model."""
+MPNet, DistilBERT, ELECTRA, ALBERT sharing one post-LayerNorm block, DeBERTa-v2/v3 that block
+with disentangled attention, ModernBERT with its own block), the sentence-transformers pipeline,
+the classification heads of rerankers and classifiers, the tokenizer, the loader (directory or
+hub id) and a toy model."""
 
 from __future__ import annotations
 

@@ -337,7 +337,8 @@ class ModernBertConfig:
             raise ValueError(f"layer_types {types!r}: {e}") from e
 
 
-# The relative position scores DeBERTa implements (its "p2p" was DeBERTa v1's, never trained on).
+# The relative position scores DeBERTa-v2 computes. Another name (DeBERTa's paper also has p2p)
+# is refused: transformers would leave it out silently.
 DEBERTA_POS_ATT_TYPES = ("c2p", "p2c")
 
 
@@ -441,7 +442,8 @@ class DebertaV2Config:
     def attention_scale(self) -> float:
         """What every score (content and position) is multiplied by: 1 / sqrt(d * (1 + the
         number of position score types)), as DisentangledSelfAttention scales."""
-        return float(self.head_dim * (1 + len(self.pos_att_type))) ** -0.5
+        types = sum(t in self.pos_att_type for t in DEBERTA_POS_ATT_TYPES)
+        return float(self.head_dim * (1 + types)) ** -0.5
 
     @classmethod
     def from_hf(cls, raw: dict[str, Any]) -> DebertaV2Config:

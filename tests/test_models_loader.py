@@ -247,6 +247,24 @@ def test_invalid_albert_config_values(tmp_path, patch, message):
     assert_config_refused(model_dir, patch, message)
 
 
+def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):
+    """Some DeBERTa-v3 checkpoints keep embeddings.position_embeddings although
+    position_biased_input is false (transformers ignores it on load): served, unchanged."""
+    spec = TinySpec("deberta-v2", "mean", normalize=True)
+    model_dir = Path(shutil.copytree(tiny_model(spec), tmp_path / "deberta"))
+    weights = model_dir / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["embeddings.position_embeddings.weight"] = torch.randn(66, 32)
+    save_file(tensors, str(weights))
+    torch.testing.assert_close(
+        load_sentence_encoder(model_dir).embed(PARITY_TEXTS), st_encode(model_dir, PARITY_TEXTS)
+    )
+    tensors["embeddings.other.weight"] = torch.randn(2, 2)  # anything else is still refused
+    save_file(tensors, str(weights))
+    with pytest.raises(ModelLoadError, match=r"unexpected tensors embeddings.other.weight"):
+        load_sentence_encoder(model_dir)
+
+
 def test_truncated_safetensors(model_dir):
     f = model_dir / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])

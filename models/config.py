@@ -122,24 +122,7 @@ class EncoderConfig:
             "num_hidden_groups",
             "inner_group_num",
         )
-        for name in names:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act not in HIDDEN_ACTS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
-            )
-        pad = self.pad_token_id
-        if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
-        if not isinstance(self.layer_norm_eps, int | float) or not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        _check_post_ln_block(self, names)
         if self.max_positions < 2:
             raise ValueError(
                 f"max_position_embeddings {self.max_position_embeddings} leaves "
@@ -368,30 +351,13 @@ class DebertaV2Config:
     family: str = "deberta-v2"
 
     def __post_init__(self) -> None:
-        for name in (*_REQUIRED, "embedding_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_post_ln_block(self, (*_REQUIRED, "embedding_dim"))
         for name in ("type_vocab_size", "position_buckets", "max_relative_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act not in HIDDEN_ACTS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
-            )
-        pad = self.pad_token_id
-        if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
-        if not isinstance(self.layer_norm_eps, int | float) or not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         unknown = [t for t in self.pos_att_type if t not in DEBERTA_POS_ATT_TYPES]
         if unknown:
             raise ValueError(
@@ -502,6 +468,29 @@ def _model_type(raw: dict[str, Any]) -> str:
     if not isinstance(family, str):
         raise ValueError("no model_type (a Hugging Face config.json names its model_type)")
     return family
+
+
+def _check_post_ln_block(cfg: EncoderConfig | DebertaV2Config, positive: tuple[str, ...]) -> None:
+    """The rules every post-LayerNorm family's config obeys: `positive` names positive integers,
+    heads divide the hidden size, a served activation, a pad id in the vocabulary, eps > 0."""
+    for name in positive:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if cfg.hidden_size % cfg.num_attention_heads != 0:
+        raise ValueError(
+            f"hidden_size {cfg.hidden_size} is not divisible by "
+            f"num_attention_heads {cfg.num_attention_heads}"
+        )
+    if cfg.hidden_act not in HIDDEN_ACTS:
+        raise ValueError(
+            f"hidden_act {cfg.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
+        )
+    pad = cfg.pad_token_id
+    if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < cfg.vocab_size:
+        raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
+    if not isinstance(cfg.layer_norm_eps, int | float) or not cfg.layer_norm_eps > 0:
+        raise ValueError(f"layer_norm_eps must be > 0, got {cfg.layer_norm_eps!r}")
 
 
 def _check_encoder(raw: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
-"""A reranker of real size without the hub: an ms-marco-MiniLM-L-6-v2-shaped cross-encoder.
+"""Rerankers of real size without the hub: an ms-marco-MiniLM-L-6-v2-shaped cross-encoder (the
+rerank benchmark's default), and a DeBERTa-v3-xsmall-shaped one (`build_deberta_reranker`).
 
-`BertForSequenceClassification` with one label (the architecture and size of
+The MiniLM one: `BertForSequenceClassification` with one label (the architecture and size of
 cross-encoder/ms-marco-MiniLM-L-6-v2: 6 layers, hidden 384, 12 heads, a linear head on the
 pooled [CLS]) whose body is the bundled all-MiniLM-L6-v2 (`models.default_model_path()`: its
 `model.safetensors` loaded into the model's `bert.` body) and whose classifier head is random
@@ -49,3 +50,60 @@ def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     CrossEncoder(str(hf_dir), device="cpu").save(str(out))
     done.write_text("ok\n")
     return out
+
+
+DEBERTA_NAME = "deberta-v3-xsmall-reranker"
+
+
+def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
+    """A DeBERTa-v3-xsmall-shaped reranker (the shape of mxbai-rerank-xsmall-v1: 12 layers,
+    hidden 384, 6 heads, 256 position buckets, c2p and p2c with shared keys), random weights
+    (transformers' own initialisation, seeded), with the bundled MiniLM's WordPiece tokenizer
+    (its 30,522 ids as the vocabulary) so texts split into as many tokens as with a real
+    tokenizer. Saved with `CrossEncoder.save`. For `python -m bench rerank --model DIR`: the speed
+    of the DeBERTa path against transformers' own; the scores mean nothing."""
+    out = Path(root) / f"{DEBERTA_NAME}-s{seed}"
+    done = out / ".complete"
+    if done.is_file():
+        return out
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from models import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        type_vocab_size=0,
+        relative_attention=True,
+        position_buckets=256,
+        pos_att_type=["p2c", "c2p"],
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        layer_norm_eps=1e-7,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    torch.manual_seed(seed)
+    model = DebertaV2ForSequenceClassification(config).eval()
+    hf_dir = Path(root) / f"{DEBERTA_NAME}-s{seed}-hf"
+    model.save_pretrained(str(hf_dir))
+    tokenizer.save_pretrained(str(hf_dir))
+    CrossEncoder(str(hf_dir), device="cpu").save(str(out))
+    done.write_text("ok\n")
+    return out
+
+
+if __name__ == "__main__":  # python -m bench.rerank_model DIR: build the DeBERTa one there
+    import sys
+
+    print(build_deberta_reranker(Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")))

@@ -51,3 +51,25 @@ def test_rerank_bench_toy_sidecar_and_crossencoder(tmp_path: Path) -> None:
     saved = json.loads(res.json_path.read_text())["rerank"]
     assert saved["servers"][SIDECAR]["settings"]["SIDECAR_ADMIN_TOKEN"] == "***"
     assert saved["server_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_deberta_reranker_is_built_once_and_scores_as_cross_encoder(tmp_path: Path) -> None:
+    """The DeBERTa-shaped benchmark model: the sidecar's loader reads it as a DeBERTa-v3
+    reranker whose scores are CrossEncoder.predict's; a second call reuses the directory."""
+    import torch
+    from model_builders import ce_predict
+
+    from bench.rerank_model import build_deberta_reranker
+    from models import load_sentence_encoder
+
+    folder = build_deberta_reranker(tmp_path)
+    assert build_deberta_reranker(tmp_path) == folder
+    encoder = load_sentence_encoder(folder)
+    assert (encoder.family, encoder.task, encoder.model.config.num_hidden_layers) == (
+        "deberta-v2",
+        "rerank",
+        12,
+    )
+    pairs = [("what is a cuda graph", "a graph replays kernels"), ("hello", "world " * 200)]
+    scores = torch.sigmoid(encoder.score(pairs)[:, 0])
+    torch.testing.assert_close(scores, ce_predict(folder, pairs), atol=1e-5, rtol=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 NAME = "minilm-l6-reranker"
 
@@ -75,7 +76,8 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     from models import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
-    config = DebertaV2Config(
+    # transformers reads the DeBERTa keys it does not declare (position_buckets, ...) from kwargs.
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=384,
         num_hidden_layers=12,
@@ -93,6 +95,7 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         num_labels=1,
     )
+    config = DebertaV2Config(**settings)
     torch.manual_seed(seed)
     model = DebertaV2ForSequenceClassification(config).eval()
     hf_dir = Path(root) / f"{DEBERTA_NAME}-s{seed}-hf"

@@ -19,6 +19,7 @@ from torch import nn
 from models.config import ModernBertConfig
 from models.layers import attend, with_key_mask
 from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
+from models.rotary import Rotary, rotate_qkv
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -80,25 +81,6 @@ class ModernBertLayer(nn.Module):
         return h + self.mlp.Wo(F.gelu(gate_in, approximate=self.gelu_approximate) * gate)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rotate_qkv(
-    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
-) -> torch.Tensor:
-    """Rotary positions on the q and k parts of a fused projection, in float32 as Hugging Face
-    computes them: qkv (..., S, 3H), cos/sin (S, d) -> a new (..., S, 3H) tensor."""
-    shape = qkv.shape
-    parts = qkv.view(*shape[:-1], 3, num_heads, -1)  # (..., S, 3, nh, d)
-    c = cos.to(qkv.dtype).view(cos.shape[0], 1, 1, -1)  # (S, 1, 1, d)
-    s = sin.to(qkv.dtype).view(sin.shape[0], 1, 1, -1)
-    qk = parts[..., :2, :, :].float()  # (..., S, 2, nh, d)
-    rotated = (qk * c + rotate_half(qk) * s).to(qkv.dtype)
-    return torch.cat((rotated, parts[..., 2:, :, :]), dim=-3).view(shape)
-
-
 class ModernBertEncoder(nn.Module):
     """Embeddings + ModernBERT blocks + final LayerNorm: ids -> last hidden states."""
 
@@ -110,29 +92,14 @@ class ModernBertEncoder(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.blocks: list[ModernBertLayer] = blocks  # typed view of the same modules
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
-        d = cfg.head_dim
-        for name, theta in (("global", cfg.global_rope_theta), ("local", cfg.local_rope_theta)):
-            inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-            self.register_buffer(f"{name}_inv_freq", inv, persistent=False)  # (d / 2,) float32
-        self.global_inv_freq: torch.Tensor
-        self.local_inv_freq: torch.Tensor
+        self.global_rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
+        self.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta)
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 
-    def _apply(self, fn, recurse=True):
-        # `.to(dtype)` casts every float buffer: the rotary frequencies go back to float32, as
-        # Hugging Face computes the angles (bfloat16 would misplace long positions).
-        super()._apply(fn, recurse)
-        for name in ("global_inv_freq", "local_inv_freq"):
-            setattr(self, name, getattr(self, name).float())
-        return self
-
     def rotary(self, positions: torch.Tensor, sliding: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (S,) int64 -> cos, sin (S, d) float32."""
-        inv = self.local_inv_freq if sliding else self.global_inv_freq
-        freqs = positions.float().view(-1, 1) * inv.view(1, -1)  # (S, d / 2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        return (self.local_rotary if sliding else self.global_rotary)(positions)
 
     def window(self, length: int) -> torch.Tensor:
         """(1, 1, S, S) bool: True where two positions are at most the sliding window apart."""

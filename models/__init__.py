@@ -1,6 +1,7 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
 MPNet, DistilBERT, ELECTRA, ALBERT sharing one post-LayerNorm block, DeBERTa-v2/v3 that block
-with disentangled attention, ModernBERT with its own block), the sentence-transformers pipeline,
+with disentangled attention, ModernBERT and NomicBERT with their own blocks), the
+sentence-transformers pipeline,
 the classification heads of rerankers and classifiers, the tokenizer, the loader (directory or
 hub id) and a toy model."""
 
@@ -19,6 +20,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "EncoderConfig",
         "HeadConfig",
         "ModernBertConfig",
+        "NomicBertConfig",
     ),
     "encoder": ("SentenceEncoder", "cpu_has_native_bf16"),
     "errors": ("ModelLoadError",),
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # the same names (a test keeps both lists equal)
         EncoderConfig,
         HeadConfig,
         ModernBertConfig,
+        NomicBertConfig,
     )
     from models.encoder import SentenceEncoder, cpu_has_native_bf16
     from models.errors import ModelLoadError

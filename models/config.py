@@ -21,6 +21,11 @@ block with disentangled attention (content-to-position and position-to-content s
 table of relative position embeddings, log-bucketed beyond `position_buckets // 2`), absolute
 positions only where `position_biased_input`, token types only where `type_vocab_size` > 0.
 
+`NomicBertConfig` is NomicBERT (nomic-embed-text v1 and v1.5): BERT's post-LayerNorm layout with
+rotary positions, a SwiGLU feed-forward and no biases in the projections, from a config.json
+written either by Nomic's own code (GPT-2's key names: `n_embd`, `n_layer`, ...) or by
+transformers' NomicBertConfig.
+
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
 """
@@ -41,6 +46,7 @@ SUPPORTED_MODEL_TYPES = (
     "electra",
     "modernbert",
     "mpnet",
+    "nomic_bert",
     "roberta",
     "xlm-roberta",
 )
@@ -447,7 +453,98 @@ class DebertaV2Config:
         return "layer_norm" in [x.strip() for x in self.norm_rel_ebd.lower().split("|")]
 
 
-BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config
+# Nomic's own config.json (its NomicBertConfig derives from GPT-2's) -> transformers' key names.
+_NOMIC_GPT2_KEYS = {
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_inner": "intermediate_size",
+    "n_positions": "max_position_embeddings",
+    "layer_norm_epsilon": "layer_norm_eps",
+}
+# Settings of Nomic's own code that change the computation, and the one value served; the
+# released nomic-embed-text models have exactly these.
+_NOMIC_FIXED: dict[str, Any] = {
+    "activation_function": "swiglu",
+    "rotary_emb_fraction": 1.0,
+    "rotary_emb_interleaved": False,
+    "rotary_scaling_factor": None,
+    "rotary_emb_scale_base": None,
+    "qkv_proj_bias": False,
+    "mlp_fc1_bias": False,
+    "mlp_fc2_bias": False,
+    "prenorm": False,
+    "parallel_block": False,
+    "use_rms_norm": False,
+    "causal": False,
+}
+
+
+@dataclass(frozen=True)
+class NomicBertConfig:
+    """NomicBERT: word + token type embeddings and LayerNorm, then post-LayerNorm blocks with
+    rotary positions (base `rope_theta`, every dimension), SwiGLU and no projection biases."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    rope_theta: float = 1000.0
+    hidden_act: str = "silu"  # the gate's activation: SwiGLU
+    family: str = "nomic_bert"
+
+    def __post_init__(self) -> None:
+        _check_post_ln_block(self, (*_REQUIRED, "type_vocab_size"), activations=("silu",))
+        if not isinstance(self.rope_theta, int | float) or not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"the head size {self.head_dim} must be even (rotary)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> NomicBertConfig:
+        """From a config.json object of either writer; ValueError naming what is refused."""
+        if _model_type(raw) != "nomic_bert":
+            raise ValueError(f"model_type {raw['model_type']!r} is not nomic_bert")
+        if "n_embd" in raw:  # Nomic's own code wrote it
+            for key, served in _NOMIC_FIXED.items():
+                if key in raw and raw[key] != served:
+                    raise ValueError(f"{key} {raw[key]!r} is not supported (only {served!r})")
+            mapped = {
+                ours: raw[k] for k, ours in _NOMIC_GPT2_KEYS.items() if raw.get(k) is not None
+            }
+            raw = {**raw, **mapped}
+            raw["rope_theta"] = raw.get("rotary_emb_base", 1000.0)
+            raw.pop("hidden_act", None)
+        else:
+            rope = raw.get("rope_parameters") or {}
+            if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters {rope!r}: only default rotary")
+            raw = {**raw, "rope_theta": rope.get("rope_theta", 1000.0)}
+            size = raw.get("head_dim")
+            heads, hidden = raw.get("num_attention_heads"), raw.get("hidden_size")
+            if size is not None and isinstance(heads, int) and size * heads != hidden:
+                raise ValueError(
+                    f"head_dim {size} x num_attention_heads {heads} is not hidden_size"
+                )
+        _check_encoder(raw)
+        names = {f.name for f in dataclasses.fields(cls)} - {"family"}
+        return cls(**{k: raw[k] for k in names if k in raw and raw[k] is not None})
+
+
+BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config | NomicBertConfig
 
 
 def read_body_config(raw: dict[str, Any]) -> BodyConfig:
@@ -457,6 +554,8 @@ def read_body_config(raw: dict[str, Any]) -> BodyConfig:
         return ModernBertConfig.from_hf(raw)
     if family == "deberta-v2":
         return DebertaV2Config.from_hf(raw)
+    if family == "nomic_bert":
+        return NomicBertConfig.from_hf(raw)
     if family not in ENCODER_MODEL_TYPES:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")
@@ -470,7 +569,11 @@ def _model_type(raw: dict[str, Any]) -> str:
     return family
 
 
-def _check_post_ln_block(cfg: EncoderConfig | DebertaV2Config, positive: tuple[str, ...]) -> None:
+def _check_post_ln_block(
+    cfg: EncoderConfig | DebertaV2Config | NomicBertConfig,
+    positive: tuple[str, ...],
+    activations: tuple[str, ...] = HIDDEN_ACTS,
+) -> None:
     """The rules every post-LayerNorm family's config obeys: `positive` names positive integers,
     heads divide the hidden size, a served activation, a pad id in the vocabulary, eps > 0."""
     for name in positive:
@@ -482,9 +585,9 @@ def _check_post_ln_block(cfg: EncoderConfig | DebertaV2Config, positive: tuple[s
             f"hidden_size {cfg.hidden_size} is not divisible by "
             f"num_attention_heads {cfg.num_attention_heads}"
         )
-    if cfg.hidden_act not in HIDDEN_ACTS:
+    if cfg.hidden_act not in activations:
         raise ValueError(
-            f"hidden_act {cfg.hidden_act!r} is not supported (one of {sorted(HIDDEN_ACTS)})"
+            f"hidden_act {cfg.hidden_act!r} is not supported (one of {sorted(activations)})"
         )
     pad = cfg.pad_token_id
     if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < cfg.vocab_size:

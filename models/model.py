@@ -1,5 +1,5 @@
-"""`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder` or
-`ModernBertEncoder`) followed
+"""`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder`,
+`ModernBertEncoder` or `NomicBertEncoder`) followed
 by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
 rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
 mode.
@@ -16,15 +16,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import BodyConfig, DebertaV2Config, EncoderConfig
+from models.config import BodyConfig, DebertaV2Config, EncoderConfig, NomicBertConfig
 from models.deberta import DebertaEncoder
 from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
+from models.nomicbert import NomicBertEncoder
 from models.packed import PackedLayout, PackedPiece
 from models.pipeline import SentencePipeline
 from models.transformer import TransformerEncoder
 
-EncoderBody = TransformerEncoder | DebertaEncoder | ModernBertEncoder
+EncoderBody = TransformerEncoder | DebertaEncoder | ModernBertEncoder | NomicBertEncoder
 
 
 def build_body(cfg: BodyConfig) -> EncoderBody:
@@ -33,6 +34,8 @@ def build_body(cfg: BodyConfig) -> EncoderBody:
         return TransformerEncoder(cfg)
     if isinstance(cfg, DebertaV2Config):
         return DebertaEncoder(cfg)
+    if isinstance(cfg, NomicBertConfig):
+        return NomicBertEncoder(cfg)
     return ModernBertEncoder(cfg)
 
 

@@ -247,9 +247,9 @@ def _ignored_by_encoder(key: str) -> bool:
 @torch.no_grad()
 def load_encoder_weights(model: nn.Module, cfg: BodyConfig, tensors: dict[str, torch.Tensor]):
     """Copy a Hugging Face checkpoint of `cfg`'s family into its encoder (`TransformerEncoder`,
-    `DebertaEncoder`, or `ModernBertEncoder`, whose parameters carry the checkpoint's own
-    names), casting to its dtype. ValueError listing the missing, unexpected and mis-shaped
-    tensors."""
+    `DebertaEncoder`, or `ModernBertEncoder` and `NomicBertEncoder`, whose parameters carry the
+    checkpoint's own names), casting to its dtype. ValueError listing the missing, unexpected
+    and mis-shaped tensors."""
     ignored = _ignored_by_encoder
     if isinstance(cfg, EncoderConfig):
         names = encoder_checkpoint_names(cfg)

@@ -35,6 +35,7 @@ FAMILIES = (
     "electra",
     "deberta-v2",
     "modernbert",
+    "nomic_bert",
 )
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
@@ -181,7 +182,8 @@ def make_tokenizer(family: str) -> Any:
     """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
     import transformers as tf
 
-    if family in ("bert", "distilbert", "electra", "modernbert"):  # ModernBERT's own is a BPE
+    # ModernBERT's own is a BPE; NomicBERT's is BERT's.
+    if family in ("bert", "distilbert", "electra", "modernbert", "nomic_bert"):
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS]
         kinds = {"distilbert": tf.DistilBertTokenizer, "electra": tf.ElectraTokenizer}
@@ -295,6 +297,12 @@ def make_hf_model(
         )
         cfg = tf.DebertaV2Config(**{**common, **v3, **extra})
         model = (tf.DebertaV2ForSequenceClassification if classify else tf.DebertaV2Model)(cfg)
+    elif family == "nomic_bert":  # transformers' port; it saves Nomic's own tensor names
+        # A rotary base and LayerNorm eps of their own, so that reading them wrong shows.
+        rope = {"rope_type": "default", "rope_theta": 10000.0}
+        own = {"hidden_act": "silu", "rope_parameters": rope, "layer_norm_eps": 1e-2}
+        cfg = tf.NomicBertConfig(**{**common, **own})
+        model = tf.NomicBertModel(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]

@@ -43,10 +43,9 @@ SPECS = [
     TinySpec("distilbert", "mean"),  # the msmarco-distilbert pipeline
     TinySpec("distilbert", "mean", dense=(16, "tanh", True), layout="classic"),  # distiluse's
     TinySpec("electra", "cls", normalize=True),
-    TinySpec("deberta-v2", "mean", normalize=True),
-    TinySpec(
-        "albert", "mean"
-    ),  # the paraphrase-albert-small-v2 pipeline  # DeBERTa-v3, log-bucketed distances
+    TinySpec("deberta-v2", "mean", normalize=True),  # DeBERTa-v3, log-bucketed distances
+    TinySpec("albert", "mean"),  # the paraphrase-albert-small-v2 pipeline
+    TinySpec("nomic_bert", "mean", normalize=True),  # nomic-embed-text's pipeline
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]

@@ -247,6 +247,70 @@ def test_invalid_albert_config_values(tmp_path, patch, message):
     assert_config_refused(model_dir, patch, message)
 
 
+NOMIC = TinySpec("nomic_bert", "mean", normalize=True)
+
+
+def nomic_own_config(native: dict) -> dict:
+    """transformers' NomicBertConfig keys rewritten as Nomic's own code writes config.json (GPT-2's
+    names, the settings of nomic-embed-text-v1.5)."""
+    keys = {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "intermediate_size": "n_inner",
+        "max_position_embeddings": "n_positions",
+        "layer_norm_eps": "layer_norm_epsilon",
+    }
+    own = {k: v for k, v in native.items() if k not in keys}
+    own.update({ours: native[k] for k, ours in keys.items()})
+    own["rotary_emb_base"] = own.pop("rope_parameters")["rope_theta"]
+    for k in ("hidden_act", "head_dim"):
+        own.pop(k)
+    own.update(
+        activation_function="swiglu",
+        rotary_emb_fraction=1.0,
+        rotary_emb_interleaved=False,
+        rotary_scaling_factor=None,
+        qkv_proj_bias=False,
+        mlp_fc1_bias=False,
+        mlp_fc2_bias=False,
+        prenorm=False,
+        causal=False,
+        use_rms_norm=False,
+    )
+    return own
+
+
+def test_nomic_config_as_nomics_own_code_writes_it(tmp_path):
+    """The hub's nomic-embed-text config.json (GPT-2 key names): the same model."""
+    model_dir = Path(shutil.copytree(tiny_model(NOMIC), tmp_path / "nomic"))
+    file = model_dir / "config.json"
+    file.write_text(json.dumps(nomic_own_config(json.loads(file.read_text()))))
+    torch.testing.assert_close(
+        load_sentence_encoder(model_dir).embed(PARITY_TEXTS),
+        load_sentence_encoder(tiny_model(NOMIC)).embed(PARITY_TEXTS),
+    )
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"rotary_emb_fraction": 0.5}, "rotary_emb_fraction 0.5 is not supported"),
+        ({"prenorm": True}, "prenorm True is not supported"),
+        ({"activation_function": "gelu"}, "activation_function 'gelu' is not supported"),
+        ({"qkv_proj_bias": True}, "qkv_proj_bias True is not supported"),
+        ({"rotary_scaling_factor": 2.0}, "rotary_scaling_factor 2.0 is not supported"),
+        ({"n_inner": None}, r"missing keys \['intermediate_size'\]"),
+        ({"n_head": 3}, "hidden_size 32 is not divisible by num_attention_heads 3"),
+    ],
+)
+def test_invalid_nomic_config_values(tmp_path, patch, message):
+    model_dir = Path(shutil.copytree(tiny_model(NOMIC), tmp_path / "nomic"))
+    file = model_dir / "config.json"
+    file.write_text(json.dumps(nomic_own_config(json.loads(file.read_text()))))
+    assert_config_refused(model_dir, patch, message)
+
+
 def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):
     """Some DeBERTa-v3 checkpoints keep embeddings.position_embeddings although
     position_biased_input is false (transformers ignores it on load): served, unchanged."""
@@ -482,8 +546,8 @@ def test_unsupported_model_type_is_refused(copy_of):
         load_sentence_encoder(folder)
     assert ei.value.file == file
     assert "model_type 'deberta' is not supported" in str(ei.value)
-    families = "albert, bert, deberta-v2, distilbert, electra, modernbert, mpnet, roberta"
-    assert families + ", xlm-roberta)" in str(ei.value)
+    families = "albert, bert, deberta-v2, distilbert, electra, modernbert, mpnet, nomic_bert"
+    assert families + ", roberta, xlm-roberta)" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

@@ -17,16 +17,24 @@ from pathlib import Path
 from typing import Any
 
 NAME = "minilm-l6-reranker"
+_DONE = ".complete"  # written last: the directory is whole
+
+
+def _built(out: Path) -> bool:
+    """Whether `out` already holds a whole model; if not, the libraries are told to stay off
+    the network while it is built."""
+    if (out / _DONE).is_file():
+        return True
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return False
 
 
 def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     """The reranker's directory under `root`, built there once (reused when already complete)."""
     out = Path(root) / f"{NAME}-s{seed}"
-    done = out / ".complete"
-    if done.is_file():
+    if _built(out):
         return out
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from safetensors.torch import load_file
     from sentence_transformers import CrossEncoder
@@ -49,7 +57,7 @@ def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     model.save_pretrained(str(hf_dir))
     AutoTokenizer.from_pretrained(str(body_dir)).save_pretrained(str(hf_dir))
     CrossEncoder(str(hf_dir), device="cpu").save(str(out))
-    done.write_text("ok\n")
+    (out / _DONE).write_text("ok\n")
     return out
 
 
@@ -64,11 +72,8 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     tokenizer. Saved with `CrossEncoder.save`. For `python -m bench rerank --model DIR`: the speed
     of the DeBERTa path against transformers' own; the scores mean nothing."""
     out = Path(root) / f"{DEBERTA_NAME}-s{seed}"
-    done = out / ".complete"
-    if done.is_file():
+    if _built(out):
         return out
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
@@ -102,7 +107,7 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     model.save_pretrained(str(hf_dir))
     tokenizer.save_pretrained(str(hf_dir))
     CrossEncoder(str(hf_dir), device="cpu").save(str(out))
-    done.write_text("ok\n")
+    (out / _DONE).write_text("ok\n")
     return out
 
 

@@ -94,8 +94,25 @@ _REQUIRED = (
 )
 
 
+class _Shape:
+    """What every family's config derives from its shape keys (a dataclass's fields)."""
+
+    hidden_size: int
+    num_attention_heads: int
+    max_position_embeddings: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_positions(self) -> int:
+        """Tokens one sequence may hold (the position table, or rotary's trained length)."""
+        return self.max_position_embeddings
+
+
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(_Shape):
     """Shapes and constants of one encoder. `family` is the config.json model_type."""
 
     vocab_size: int
@@ -139,10 +156,6 @@ class EncoderConfig:
                 f"relative_attention_num_buckets must be >= {MPNET_NUM_BUCKETS}, "
                 f"got {self.relative_attention_num_buckets}"
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     @property
     def embedding_dim(self) -> int:
@@ -229,7 +242,7 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
-class ModernBertConfig:
+class ModernBertConfig(_Shape):
     """ModernBERT: rotary positions, GeGLU, pre-LayerNorm, layers of global attention and layers
     of local attention (a token sees the tokens at most local_attention // 2 away)."""
 
@@ -279,14 +292,6 @@ class ModernBertConfig:
                 raise ValueError(f"rope_theta must be > 0, got {theta!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def max_positions(self) -> int:
-        return self.max_position_embeddings
-
-    @property
     def sliding_window(self) -> int:
         """How far a token of a local-attention layer sees, each way."""
         return self.local_attention // 2
@@ -332,7 +337,7 @@ DEBERTA_POS_ATT_TYPES = ("c2p", "p2c")
 
 
 @dataclass(frozen=True)
-class DebertaV2Config:
+class DebertaV2Config(_Shape):
     """DeBERTa-v2 / v3: BERT's post-LayerNorm block, with disentangled attention where
     `relative_attention`. Field names and defaults are DebertaV2Config's."""
 
@@ -377,16 +382,8 @@ class DebertaV2Config:
             raise ValueError("position_buckets must be >= 2 (or <= 0: no buckets), got 1")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def embedding_dim(self) -> int:
         return self.hidden_size if self.embedding_size is None else self.embedding_size
-
-    @property
-    def max_positions(self) -> int:
-        return self.max_position_embeddings
 
     @property
     def token_types(self) -> bool:
@@ -481,7 +478,7 @@ _NOMIC_FIXED: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class NomicBertConfig:
+class NomicBertConfig(_Shape):
     """NomicBERT: word + token type embeddings and LayerNorm, then post-LayerNorm blocks with
     rotary positions (base `rope_theta`, every dimension), SwiGLU and no projection biases."""
 
@@ -504,14 +501,6 @@ class NomicBertConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.head_dim % 2:
             raise ValueError(f"the head size {self.head_dim} must be even (rotary)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def max_positions(self) -> int:
-        return self.max_position_embeddings
 
     @classmethod
     def from_hf(cls, raw: dict[str, Any]) -> NomicBertConfig:

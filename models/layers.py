@@ -1,6 +1,6 @@
 """The building blocks the BERT-like families share: embeddings, attention, the post-LayerNorm
 encoder block with a fused QKV projection, and MPNet's relative position buckets. (`attend` and
-`with_key_mask` serve ModernBERT and DeBERTa too, and DeBERTa's block is `EncoderLayer`.)
+`with_key_mask` serve ModernBERT, DeBERTa and NomicBERT too; DeBERTa's block is `EncoderLayer`.)
 
 Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H / nh.
 """

@@ -84,21 +84,18 @@ _DISTILBERT_KEYS = {
     "hidden_dim": "intermediate_size",
     "activation": "hidden_act",
 }
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-)
 
 
+@dataclass(frozen=True)
 class _Shape:
-    """What every family's config derives from its shape keys (a dataclass's fields)."""
+    """The shape keys every family's config.json holds (all required), and what derives from
+    them."""
 
+    vocab_size: int
     hidden_size: int
+    num_hidden_layers: int
     num_attention_heads: int
+    intermediate_size: int
     max_position_embeddings: int
 
     @property
@@ -111,16 +108,14 @@ class _Shape:
         return self.max_position_embeddings
 
 
+# The keys every config.json must hold (under the family's own names where it has them).
+_REQUIRED = tuple(f.name for f in dataclasses.fields(_Shape))
+
+
 @dataclass(frozen=True)
 class EncoderConfig(_Shape):
     """Shapes and constants of one encoder. `family` is the config.json model_type."""
 
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
     family: str = "bert"
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
@@ -246,12 +241,6 @@ class ModernBertConfig(_Shape):
     """ModernBERT: rotary positions, GeGLU, pre-LayerNorm, layers of global attention and layers
     of local attention (a token sees the tokens at most local_attention // 2 away)."""
 
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
     layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention", one per layer
     local_attention: int = 128
     global_rope_theta: float = 160000.0
@@ -341,12 +330,6 @@ class DebertaV2Config(_Shape):
     """DeBERTa-v2 / v3: BERT's post-LayerNorm block, with disentangled attention where
     `relative_attention`. Field names and defaults are DebertaV2Config's."""
 
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
     type_vocab_size: int = 0
     layer_norm_eps: float = 1e-7
     hidden_act: str = "gelu"
@@ -482,12 +465,6 @@ class NomicBertConfig(_Shape):
     """NomicBERT: word + token type embeddings and LayerNorm, then post-LayerNorm blocks with
     rotary positions (base `rope_theta`, every dimension), SwiGLU and no projection biases."""
 
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0

@@ -172,6 +172,20 @@ _BLOCK_NAMES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
 }
 
 
+def _block_names(
+    prefix: str, block: dict[str, tuple[str, ...]], count: int, inner: int = 1
+) -> dict[str, tuple[str, ...]]:
+    """`layers.{i}.<module>.{weight,bias}` of `count` blocks -> their checkpoint tensors, block
+    i under `prefix` formatted with i (and ALBERT's group g and block j, `inner` per group)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for i in range(count):
+        src = prefix.format(i=i, g=i // inner, j=i % inner)
+        for name, sources in block.items():
+            for p in _PARAMS:
+                names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)
+    return names
+
+
 def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
     """`TransformerEncoder` parameter -> the Hugging Face tensors it is made of (dim 0 stacked)."""
     names: dict[str, tuple[str, ...]] = {}
@@ -188,11 +202,7 @@ def encoder_checkpoint_names(cfg: EncoderConfig) -> dict[str, tuple[str, ...]]:
         )
         names.update({f"embeddings.project.{p}": (f"{src}.{p}",) for p in _PARAMS})
     prefix, block = _BLOCK_NAMES.get(cfg.family, _BLOCK_NAMES["bert"])
-    for i in range(cfg.block_modules):
-        src = prefix.format(i=i, g=i // cfg.inner_group_num, j=i % cfg.inner_group_num)
-        for name, sources in block.items():
-            for p in _PARAMS:
-                names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)
+    names.update(_block_names(prefix, block, cfg.block_modules, cfg.inner_group_num))
     if cfg.relative_attention:
         names["relative_bias.relative_attention_bias.weight"] = (
             "encoder.relative_attention_bias.weight",
@@ -215,11 +225,7 @@ def deberta_checkpoint_names(cfg: DebertaV2Config) -> dict[str, tuple[str, ...]]
     if cfg.relative_attention and not cfg.share_att_key:  # the positions' own projections
         kinds = (("c2p", "pos_key_proj"), ("p2c", "pos_query_proj"))
         block.update({n: (f"attention.self.{n}",) for t, n in kinds if t in cfg.pos_att_type})
-    for i in range(cfg.num_hidden_layers):
-        src = prefix.format(i=i)
-        for name, sources in block.items():
-            for p in _PARAMS:
-                names[f"layers.{i}.{name}.{p}"] = tuple(f"{src}{s}.{p}" for s in sources)
+    names.update(_block_names(prefix, block, cfg.num_hidden_layers))
     if cfg.relative_attention:
         names["rel_embeddings.weight"] = ("encoder.rel_embeddings.weight",)
         if cfg.rel_norm:
@@ -250,19 +256,16 @@ def load_encoder_weights(model: nn.Module, cfg: BodyConfig, tensors: dict[str, t
     `DebertaEncoder`, or `ModernBertEncoder` and `NomicBertEncoder`, whose parameters carry the
     checkpoint's own names), casting to its dtype. ValueError listing the missing, unexpected
     and mis-shaped tensors."""
-    ignored = _ignored_by_encoder
+    tensors = strip_base_prefix(tensors)  # a new dict: the caller's is left as it was
     if isinstance(cfg, EncoderConfig):
         names = encoder_checkpoint_names(cfg)
     elif isinstance(cfg, DebertaV2Config):
         names = deberta_checkpoint_names(cfg)
         if not cfg.position_biased_input:  # some checkpoints keep the unused table
-
-            def ignored(key: str) -> bool:
-                return key == "embeddings.position_embeddings.weight" or _ignored_by_encoder(key)
-
+            tensors.pop("embeddings.position_embeddings.weight", None)
     else:
         names = {n: (n,) for n, _ in model.named_parameters()}
-    load_named(model, strip_base_prefix(tensors), names, ignored)
+    load_named(model, tensors, names, _ignored_by_encoder)
 
 
 @torch.no_grad()

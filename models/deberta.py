@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import DebertaV2Config
-from models.layers import EncoderLayer, attend, heads_of, split_types, with_key_mask
+from models.layers import EncoderLayer, attend, heads_of, token_types, with_key_mask
 from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
 
 
@@ -48,15 +48,12 @@ class DebertaEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, position_ids: (...,) int64, positions 0-based -> (..., H).
-        types, stride = self.token_type_embeddings, self.type_stride
-        type_ids = None
-        if types is not None and stride is not None:
-            input_ids, type_ids = split_types(input_ids, stride)
+        input_ids, types = token_types(self.token_type_embeddings, self.type_stride, input_ids)
         x = self.word_embeddings(input_ids)
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(position_ids)
         if types is not None:
-            x = x + (types.weight[0] if type_ids is None else types(type_ids))
+            x = x + types
         if self.embed_proj is not None:
             x = self.embed_proj(x)
         return self.LayerNorm(x)

@@ -46,11 +46,20 @@ def attend(
     return y.transpose(1, 2).reshape(B, S, three_h // 3)
 
 
-def split_types(input_ids: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids that carry their token type (id + type * stride, `TextTokenizer.pair_ids`) -> the
-    plain ids and the types."""
+def token_types(
+    table: nn.Embedding | None, stride: int | None, input_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain ids and the token type rows to add to their embeddings.
+
+    With `stride`, each id carries its type (id + type * stride, `TextTokenizer.pair_ids`) and is
+    split back; without, every token is type 0 (one row, broadcast). No table: no types (None).
+    """
+    if table is None:
+        return input_ids, None
+    if stride is None:
+        return input_ids, table.weight[0]
     type_ids = torch.div(input_ids, stride, rounding_mode="floor")
-    return input_ids - type_ids * stride, type_ids
+    return input_ids - type_ids * stride, table(type_ids)
 
 
 def with_key_mask(extra: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -96,13 +105,10 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, position_ids: (...,) int64, positions 0-based -> (..., H).
         table = self.position_embeddings.weight[self.position_offset :]  # a view, no copy
-        types, stride = self.token_type_embeddings, self.type_stride
-        type_ids = None
-        if types is not None and stride is not None:
-            input_ids, type_ids = split_types(input_ids, stride)
+        input_ids, types = token_types(self.token_type_embeddings, self.type_stride, input_ids)
         x = self.word_embeddings(input_ids) + F.embedding(position_ids, table)
-        if types is not None:  # type 0 everywhere: one row, broadcast
-            x = x + (types.weight[0] if type_ids is None else types(type_ids))
+        if types is not None:
+            x = x + types
         x = self.LayerNorm(x)
         return x if self.project is None else self.project(x)
 

@@ -30,6 +30,19 @@ def _built(out: Path) -> bool:
     return False
 
 
+def _save(model: Any, tokenizer: Any, out: Path) -> Path:
+    """The transformers model and tokenizer saved beside `out` (its "-hf" sibling), then as
+    `CrossEncoder.save` writes them to `out`, marked whole last."""
+    from sentence_transformers import CrossEncoder
+
+    hf_dir = out.with_name(out.name + "-hf")
+    model.save_pretrained(str(hf_dir))
+    tokenizer.save_pretrained(str(hf_dir))
+    CrossEncoder(str(hf_dir), device="cpu").save(str(out))
+    (out / _DONE).write_text("ok\n")
+    return out
+
+
 def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     """The reranker's directory under `root`, built there once (reused when already complete)."""
     out = Path(root) / f"{NAME}-s{seed}"
@@ -37,7 +50,6 @@ def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
         return out
     import torch
     from safetensors.torch import load_file
-    from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from models import default_model_path
@@ -52,13 +64,8 @@ def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     extra = [k for k in unexpected if not k.endswith("position_ids")]
     if extra or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"MiniLM body does not fit: missing {missing}, unexpected {extra}")
-    model.eval()
-    hf_dir = Path(root) / f"{NAME}-s{seed}-hf"
-    model.save_pretrained(str(hf_dir))
-    AutoTokenizer.from_pretrained(str(body_dir)).save_pretrained(str(hf_dir))
-    CrossEncoder(str(hf_dir), device="cpu").save(str(out))
-    (out / _DONE).write_text("ok\n")
-    return out
+    tokenizer = AutoTokenizer.from_pretrained(str(body_dir))
+    return _save(model.eval(), tokenizer, out)
 
 
 DEBERTA_NAME = "deberta-v3-xsmall-reranker"
@@ -75,7 +82,6 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     if _built(out):
         return out
     import torch
-    from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
 
     from models import default_model_path
@@ -102,13 +108,7 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     )
     config = DebertaV2Config(**settings)
     torch.manual_seed(seed)
-    model = DebertaV2ForSequenceClassification(config).eval()
-    hf_dir = Path(root) / f"{DEBERTA_NAME}-s{seed}-hf"
-    model.save_pretrained(str(hf_dir))
-    tokenizer.save_pretrained(str(hf_dir))
-    CrossEncoder(str(hf_dir), device="cpu").save(str(out))
-    (out / _DONE).write_text("ok\n")
-    return out
+    return _save(DebertaV2ForSequenceClassification(config).eval(), tokenizer, out)
 
 
 if __name__ == "__main__":  # python -m bench.rerank_model DIR: build the DeBERTa one there

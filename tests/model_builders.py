@@ -178,6 +178,14 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
+def _unigram(specials: list[str], mask: str) -> list[tuple[str, float]]:
+    """A sentencepiece unigram vocabulary (piece, score): the specials, the words, the characters,
+    the mask token last."""
+    pieces = [(t, 0.0) for t in specials]
+    pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
+    return pieces + [(c, -8.0) for c in CHARS] + [("▁", -6.0), (mask, 0.0)]
+
+
 def make_tokenizer(family: str) -> Any:
     """A small tokenizer of the family's own kind (transformers builds it from a vocabulary)."""
     import transformers as tf
@@ -208,23 +216,15 @@ def make_tokenizer(family: str) -> Any:
         vocab = ["<s>", "<pad>", "</s>", "<unk>", *byte_chars, *merged, "<mask>"]
         return tf.RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
     if family == "xlm-roberta":
-        pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
-        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("<mask>", 0.0)]
-        return tf.XLMRobertaTokenizer(vocab=pieces)
+        return tf.XLMRobertaTokenizer(vocab=_unigram(["<s>", "<pad>", "</s>", "<unk>"], "<mask>"))
     if family == "albert":  # a sentencepiece unigram, lower-cased, [CLS] / [SEP]
-        pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0)]
-        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
-        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("[MASK]", 0.0)]
+        pieces = _unigram(["<pad>", "<unk>", "[CLS]", "[SEP]"], "[MASK]")
         # With token types, as transformers 4's ALBERT tokenizer (the hub's were trained so);
         # transformers 5's leaves them out unless told.
         names = ["input_ids", "token_type_ids", "attention_mask"]
         return tf.AlbertTokenizer(vocab=pieces, model_input_names=names)
     if family == "deberta-v2":  # DeBERTa-v3's kind: a sentencepiece unigram, [CLS] / [SEP]
-        pieces = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0)]
-        pieces += [(f"▁{w}", -1.0 - i / 10) for i, w in enumerate(WORDS)]
-        pieces += [(c, -8.0) for c in CHARS] + [("▁", -6.0), ("[MASK]", 0.0)]
-        return tf.DebertaV2Tokenizer(vocab=pieces)
+        return tf.DebertaV2Tokenizer(vocab=_unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]"], "[MASK]"))
     raise ValueError(family)
 
 

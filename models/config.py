@@ -26,6 +26,9 @@ rotary positions, a SwiGLU feed-forward and no biases in the projections, from a
 written either by Nomic's own code (GPT-2's key names: `n_embd`, `n_layer`, ...) or by
 transformers' NomicBertConfig.
 
+`Qwen3Config` is Qwen3 (the Qwen3-Embedding models): a causal decoder, its last token pooled,
+with grouped-query attention and a head size of its own.
+
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
 """
@@ -47,6 +50,7 @@ SUPPORTED_MODEL_TYPES = (
     "modernbert",
     "mpnet",
     "nomic_bert",
+    "qwen3",
     "roberta",
     "xlm-roberta",
 )
@@ -106,6 +110,12 @@ class _Shape:
     def max_positions(self) -> int:
         """Tokens one sequence may hold (the position table, or rotary's trained length)."""
         return self.max_position_embeddings
+
+    @property
+    def attention_width(self) -> int:
+        """Width of attention's output (heads x head size): the hidden size, except where a
+        family sets its own head size (Qwen3)."""
+        return self.num_attention_heads * self.head_dim
 
 
 # The keys every config.json must hold (under the family's own names where it has them).
@@ -510,7 +520,75 @@ class NomicBertConfig(_Shape):
         return cls(**{k: raw[k] for k in names if k in raw and raw[k] is not None})
 
 
-BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config | NomicBertConfig
+@dataclass(frozen=True)
+class Qwen3Config(_Shape):
+    """Qwen3 (the Qwen3-Embedding models): a causal decoder read as an embedder. Pre-RMSNorm
+    blocks with grouped-query attention (`num_key_value_heads` key/value heads), RMSNorm on each
+    query and key head, rotary positions, a SwiGLU feed-forward; a final RMSNorm."""
+
+    num_key_value_heads: int = 0  # 0: as many as the query heads (from_hf fills it in)
+    head_size: int = 0  # config.json head_dim; 0: hidden_size / num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attention_bias: bool = False
+    hidden_act: str = "silu"
+    family: str = "qwen3"
+
+    def __post_init__(self) -> None:
+        for name in (*_REQUIRED, "num_key_value_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even (rotary)")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (only 'silu')")
+        if not isinstance(self.attention_bias, bool):
+            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> Qwen3Config:
+        """From a config.json object as transformers 4 (rope_theta) or 5 (rope_parameters)
+        writes it; ValueError naming what is refused (sliding windows, scaled rotary)."""
+        if _model_type(raw) != "qwen3":
+            raise ValueError(f"model_type {raw['model_type']!r} is not qwen3")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+        if raw.get("use_sliding_window"):
+            raise ValueError("use_sliding_window is set: only full attention is supported")
+        types = raw.get("layer_types") or []
+        if not isinstance(types, list) or set(types) - {"full_attention"}:
+            raise ValueError(f"layer_types {types!r}: only full_attention layers are supported")
+        if raw.get("rope_scaling"):
+            raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
+        rope = raw.get("rope_parameters") or {}
+        if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_parameters {rope!r}: only default rotary")
+        values = {k: raw[k] for k in _REQUIRED}
+        values["num_key_value_heads"] = raw.get("num_key_value_heads") or raw["num_attention_heads"]
+        values["head_size"] = raw.get("head_dim") or 0
+        values["rope_theta"] = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        for key in ("rms_norm_eps", "attention_bias", "hidden_act"):
+            if raw.get(key) is not None:
+                values[key] = raw[key]
+        return cls(**values)
+
+
+BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config | NomicBertConfig | Qwen3Config
 
 
 def read_body_config(raw: dict[str, Any]) -> BodyConfig:
@@ -522,6 +600,8 @@ def read_body_config(raw: dict[str, Any]) -> BodyConfig:
         return DebertaV2Config.from_hf(raw)
     if family == "nomic_bert":
         return NomicBertConfig.from_hf(raw)
+    if family == "qwen3":
+        return Qwen3Config.from_hf(raw)
     if family not in ENCODER_MODEL_TYPES:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")

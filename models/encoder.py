@@ -53,6 +53,11 @@ class SentenceEncoder:
         return self.model.config.hidden_size
 
     @property
+    def attention_width(self) -> int:
+        """Width of attention's output (the hidden size, except where heads are sized apart)."""
+        return self.model.config.attention_width
+
+    @property
     def normalized(self) -> bool:
         """Whether the pipeline ends with Normalize: rows of unit length (never for a head)."""
         return self.model.pipeline.normalized

@@ -87,10 +87,12 @@ def read_config(file: Path) -> tuple[BodyConfig, dict[str, Any]]:
         raise ModelLoadError(file, str(e)) from e
 
 
-def model_max_seq_len(settings: TransformerSettings, cfg: BodyConfig) -> int:
+def model_max_seq_len(
+    settings: TransformerSettings, cfg: BodyConfig, longest_forward: int | None = None
+) -> int:
     """The model's own limit, as sentence-transformers sets it: sentence_bert_config.json's
     max_seq_length, else tokenizer_config.json's model_max_length capped at the position table;
-    never more than the positions the family can use."""
+    never more than the positions the family can use, nor than `longest_forward` tokens."""
     own = settings.max_seq_length
     if own is None:
         tok_cfg = read_json_object(settings.folder / "tokenizer_config.json", required=False)
@@ -106,6 +108,15 @@ def model_max_seq_len(settings: TransformerSettings, cfg: BodyConfig) -> int:
             cfg.max_positions,
         )
         own = cfg.max_positions
+    if longest_forward is not None and own > longest_forward:
+        logger.warning(
+            "the model's max_seq_length %d is more than the %d tokens of the largest batch: "
+            "using %d (a longer text is truncated)",
+            own,
+            longest_forward,
+            longest_forward,
+        )
+        own = longest_forward
     return own
 
 
@@ -161,13 +172,16 @@ def load_sentence_encoder(
     max_seq_len: int | None = None,
     name: str | None = None,
     task: str | None = None,
+    longest_forward: int | None = None,
 ) -> SentenceEncoder:
     """Load a sentence encoder from a directory or a hub id (None: the bundled MiniLM).
 
     revision: of a hub id (branch, tag or commit). max_seq_len: truncation limit in tokens
-    (special tokens included); None takes the model's own (`model_max_seq_len`). name: what the
-    service calls the model (None: the hub id, else the directory's name). task: "embed",
-    "rerank" or "classify" (None: what the directory declares, see `task.resolve_task`).
+    (special tokens included); None takes the model's own (`model_max_seq_len`), lowered to
+    `longest_forward` (the most tokens the caller runs in one forward) where that is less.
+    name: what the service calls the model (None: the hub id, else the directory's name).
+    task: "embed", "rerank" or "classify" (None: what the directory declares, see
+    `task.resolve_task`).
     Raises ModelLoadError naming the file (also for a task the model cannot serve); ValueError
     for a bad device/dtype, max_seq_len or task name.
     """
@@ -195,7 +209,9 @@ def load_sentence_encoder(
                 f"texts a {task} model scores",
             )
 
-    seq_len = model_max_seq_len(modules.transformer, cfg) if max_seq_len is None else max_seq_len
+    seq_len = max_seq_len
+    if seq_len is None:
+        seq_len = model_max_seq_len(modules.transformer, cfg, longest_forward)
     if not 2 <= seq_len <= cfg.max_positions:
         raise ValueError(
             f"max_seq_len {seq_len} is outside 2..{cfg.max_positions} (the positions the "

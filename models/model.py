@@ -1,5 +1,5 @@
 """`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder`,
-`ModernBertEncoder` or `NomicBertEncoder`) followed
+`ModernBertEncoder`, `NomicBertEncoder` or `Qwen3Encoder`) followed
 by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
 rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
 mode.
@@ -16,16 +16,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import BodyConfig, DebertaV2Config, EncoderConfig, NomicBertConfig
+from models.config import BodyConfig, DebertaV2Config, EncoderConfig, NomicBertConfig, Qwen3Config
 from models.deberta import DebertaEncoder
 from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
 from models.nomicbert import NomicBertEncoder
 from models.packed import PackedLayout, PackedPiece
 from models.pipeline import SentencePipeline
+from models.qwen3 import Qwen3Encoder
 from models.transformer import TransformerEncoder
 
-EncoderBody = TransformerEncoder | DebertaEncoder | ModernBertEncoder | NomicBertEncoder
+EncoderBody = (
+    TransformerEncoder | DebertaEncoder | ModernBertEncoder | NomicBertEncoder | Qwen3Encoder
+)
 
 
 def build_body(cfg: BodyConfig) -> EncoderBody:
@@ -36,6 +39,8 @@ def build_body(cfg: BodyConfig) -> EncoderBody:
         return DebertaEncoder(cfg)
     if isinstance(cfg, NomicBertConfig):
         return NomicBertEncoder(cfg)
+    if isinstance(cfg, Qwen3Config):
+        return Qwen3Encoder(cfg)
     return ModernBertEncoder(cfg)
 
 
@@ -82,7 +87,8 @@ class SentenceModel(nn.Module):
     def attend_packed(
         self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
     ) -> None:
-        """Eager attention of layer `layer` (0-based): qkv (T_pad, 3H) -> writes out[:T]."""
+        """Eager attention of layer `layer` (0-based): qkv (T_pad, 3A) -> writes out[:T] (T, A),
+        A = `config.attention_width`."""
         self.encoder.attend_packed(qkv, layout, out, layer)
 
     def pool_packed(self, hidden: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
@@ -96,10 +102,10 @@ class SentenceModel(nn.Module):
 
         The reference composition of the pieces; the runner does the same with static buffers.
         """
-        T, H = input_ids.shape[0], self.config.hidden_size
+        T, H, A = input_ids.shape[0], self.config.hidden_size, self.config.attention_width
         dtype = next(self.encoder.parameters()).dtype
         bufs = [input_ids.new_empty((T, H), dtype=dtype), input_ids.new_empty((T, H), dtype=dtype)]
-        attn = torch.empty_like(bufs[0])
+        attn = input_ids.new_empty((T, A), dtype=dtype)
         pieces = self.packed_pieces()
         qkv = pieces[0](input_ids, position_ids, bufs[0])
         for i, piece in enumerate(pieces[1:]):

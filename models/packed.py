@@ -103,7 +103,7 @@ class AttentionGroup:
     max_len: int
     index: torch.Tensor | None  # (T_g,) int64
     key_mask: torch.Tensor | None  # (num_reqs, 1, 1, max_len) bool
-    scratch: torch.Tensor | None  # (num_reqs * max_len, 3H), zero-initialised
+    scratch: torch.Tensor | None  # (num_reqs * max_len, 3A), zero-initialised
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class PackedLayout:
     def build(
         lengths: Sequence[int],
         *,
-        hidden_size: int,
+        attention_width: int,
         device: torch.device | str,
         dtype: torch.dtype,
         group_bounds: Sequence[int] = (16, 32, 64, 128),
@@ -137,7 +137,8 @@ class PackedLayout:
 
         Consecutive requests whose lengths fall between the same `group_bounds` share one SDPA
         call, so a batch sorted by length pads attention only within a length class (a short
-        request never pays for a long one's S^2). Lengths must be >= 1.
+        request never pays for a long one's S^2). Lengths must be >= 1. attention_width: A, the
+        width of attention's output (the QKV projection is 3A wide).
         """
         if not lengths or min(lengths) < 1:
             raise ValueError("every packed request needs at least one token")
@@ -178,7 +179,7 @@ class PackedLayout:
                         smax,
                         local.to(device),
                         key_mask.view(b, 1, 1, smax).to(device),
-                        torch.zeros((b * smax, 3 * hidden_size), device=device, dtype=dtype),
+                        torch.zeros((b * smax, 3 * attention_width), device=device, dtype=dtype),
                     )
                 )
             r0 = r1
@@ -208,7 +209,7 @@ def encoder_pieces(
     return pieces
 
 
-# A group's padded QKV (b, Smax, 3H) -> what its attention adds on top of the padding mask.
+# A group's padded QKV (b, Smax, 3A) -> what its attention adds on top of the padding mask.
 ExtraMask = Callable[[torch.Tensor], torch.Tensor | None]
 
 
@@ -220,31 +221,33 @@ def attend_groups(
     extra_mask: ExtraMask | None = None,
     scale: float | None = None,
 ) -> None:
-    """Eager attention over the layout's groups: qkv (T_pad, 3H) -> writes out[:T] (T, H).
+    """Eager attention over the layout's groups: qkv (T_pad, 3A) -> writes out[:T] (T, A), A the
+    width of attention's output (the hidden size in every family but Qwen3).
 
     Rows past layout.num_tokens (token-bucket padding) are neither read nor written.
     extra_mask(qkv_g): a mask or bias on top of the group's padding (see `layers.with_key_mask`),
-    from the group's QKV (b, Smax, 3H) laid out padded: a relative position bias or a sliding
-    window, which every request of the group shares since each starts at position 0 (one
-    (1, ., Smax, Smax) tensor), or DeBERTa's position scores, which depend on the content.
+    from the group's QKV (b, Smax, 3A) laid out padded: a relative position bias, a sliding
+    window or a causal mask, which every request of the group shares since each starts at
+    position 0 (one (1, ., Smax, Smax) tensor), or DeBERTa's position scores, which depend on
+    the content.
     scale: of q.k (None: 1 / sqrt(d)).
     """
-    H = out.shape[-1]
+    A = out.shape[-1]
     for g in layout.groups:
-        qkv_g = qkv[g.start : g.end]  # (T_g, 3H), requests of similar length
-        out_g = out[g.start : g.end]  # (T_g, H)
+        qkv_g = qkv[g.start : g.end]  # (T_g, 3A), requests of similar length
+        out_g = out[g.start : g.end]  # (T_g, A)
         if g.index is None:
             # All requests of the group have the same length: a plain view, no key mask.
-            padded = qkv_g.view(g.num_reqs, g.max_len, 3 * H)
+            padded = qkv_g.view(g.num_reqs, g.max_len, 3 * A)
             extra = None if extra_mask is None else extra_mask(padded)
             y = attend(padded, num_heads, extra, scale)
-            out_g.copy_(y.view(-1, H))
+            out_g.copy_(y.view(-1, A))
         else:
             assert g.scratch is not None and g.key_mask is not None
-            # Scatter to (b, Smax, 3H); pad positions stay zero (finite) for the whole call.
+            # Scatter to (b, Smax, 3A); pad positions stay zero (finite) for the whole call.
             g.scratch.index_copy_(0, g.index, qkv_g)
-            padded = g.scratch.view(g.num_reqs, g.max_len, 3 * H)
+            padded = g.scratch.view(g.num_reqs, g.max_len, 3 * A)
             extra = None if extra_mask is None else extra_mask(padded)
             mask = g.key_mask if extra is None else with_key_mask(extra, g.key_mask)
             y = attend(padded, num_heads, mask, scale)
-            torch.index_select(y.reshape(-1, H), 0, g.index, out=out_g)
+            torch.index_select(y.reshape(-1, A), 0, g.index, out=out_g)

@@ -36,6 +36,7 @@ FAMILIES = (
     "deberta-v2",
     "modernbert",
     "nomic_bert",
+    "qwen3",
 )
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
@@ -201,7 +202,7 @@ def make_tokenizer(family: str) -> Any:
         vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS] + ["<mask>"]
         return tf.MPNetTokenizer(vocab={t: i for i, t in enumerate(vocab)})
-    if family == "roberta":
+    if family in ("roberta", "qwen3"):
         byte_chars = _bytes_to_unicode()
         merges = [
             ("Ġ", "t"),
@@ -213,6 +214,8 @@ def make_tokenizer(family: str) -> Any:
             ("e", "n"),
         ]
         merged = ["Ġt", "he", "Ġthe", "Ġq", "Ġa", "or", "en"]
+        if family == "qwen3":
+            return _qwen3_tokenizer([*byte_chars, *merged], merges)
         vocab = ["<s>", "<pad>", "</s>", "<unk>", *byte_chars, *merged, "<mask>"]
         return tf.RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
     if family == "xlm-roberta":
@@ -226,6 +229,29 @@ def make_tokenizer(family: str) -> Any:
     if family == "deberta-v2":  # DeBERTa-v3's kind: a sentencepiece unigram, [CLS] / [SEP]
         return tf.DebertaV2Tokenizer(vocab=_unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]"], "[MASK]"))
     raise ValueError(family)
+
+
+def _qwen3_tokenizer(vocab: list[str], merges: list[tuple[str, str]]) -> Any:
+    """Qwen3-Embedding's kind: a byte-level BPE whose post-processor appends <|endoftext|> (also
+    the pad token) to every text, padding on the left."""
+    import transformers as tf
+    from tokenizers import processors
+
+    tok = tf.Qwen2Tokenizer(
+        vocab={t: i for i, t in enumerate(vocab)},
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+    )
+    end = "<|endoftext|>"
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {end}",
+        pair=f"$A {end} $B:1 {end}:1",
+        special_tokens=[(end, tok.convert_tokens_to_ids(end))],
+    )
+    return tok
 
 
 # ---------------------------------------------------------------- models
@@ -303,6 +329,18 @@ def make_hf_model(
         own = {"hidden_act": "silu", "rope_parameters": rope, "layer_norm_eps": 1e-2}
         cfg = tf.NomicBertConfig(**{**common, **own})
         model = tf.NomicBertModel(cfg)
+    elif family == "qwen3":
+        # Grouped-query attention (4 query heads over 2 key/value heads), heads wider than
+        # hidden_size / heads, a rotary base and eps of their own: reading any wrong shows.
+        del common["hidden_act"]
+        own = dict(
+            num_key_value_heads=2,
+            head_dim=12,
+            rms_norm_eps=1e-3,
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        )
+        cfg = tf.Qwen3Config(**{**common, **own, **extra})
+        model = tf.Qwen3Model(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]

@@ -32,7 +32,7 @@ def padded(ids: list[list[int]], S: int | None = None, B: int | None = None):
 def packed(encoder, ids: list[list[int]]) -> torch.Tensor:
     lens = [len(x) for x in ids]
     layout = PackedLayout.build(
-        lens, hidden_size=encoder.hidden_size, device="cpu", dtype=torch.float32
+        lens, attention_width=encoder.hidden_size, device="cpu", dtype=torch.float32
     )
     flat = torch.tensor([t for row in ids for t in row])
     with torch.inference_mode():
@@ -83,7 +83,7 @@ def test_packed_layout_matches_padded(toy):
 
 def test_packed_layout_groups_and_positions():
     lens = [40, 33, 20, 20, 17, 5, 3]
-    lay = PackedLayout.build(lens, hidden_size=8, device="cpu", dtype=torch.float32)
+    lay = PackedLayout.build(lens, attention_width=8, device="cpu", dtype=torch.float32)
     assert lay.num_tokens == sum(lens) and lay.num_reqs == len(lens)
     spans = [(g.start, g.end, g.num_reqs, g.max_len) for g in lay.groups]
     assert spans == [(0, 73, 2, 40), (73, 130, 3, 20), (130, 138, 2, 5)]
@@ -93,17 +93,17 @@ def test_packed_layout_groups_and_positions():
     assert torch.equal(lay.positions, expected)
     assert lay.token_counts.tolist() == lens
     assert lay.lengths.view(-1).tolist() == [float(n) for n in lens]
-    uniform = PackedLayout.build([7, 7, 7], hidden_size=8, device="cpu", dtype=torch.float32)
+    uniform = PackedLayout.build([7, 7, 7], attention_width=8, device="cpu", dtype=torch.float32)
     assert len(uniform.groups) == 1 and uniform.groups[0].index is None
     with pytest.raises(ValueError):
-        PackedLayout.build([3, 0], hidden_size=8, device="cpu", dtype=torch.float32)
+        PackedLayout.build([3, 0], attention_width=8, device="cpu", dtype=torch.float32)
 
 
 def test_packed_pieces_ignore_token_padding(toy):
     """Pieces are row-wise: token-bucket padding rows never reach real rows."""
     ids = toy.tokenizer.encode(TEXTS)
     lens = [len(x) for x in ids]
-    lay = PackedLayout.build(lens, hidden_size=32, device="cpu", dtype=torch.float32)
+    lay = PackedLayout.build(lens, attention_width=32, device="cpu", dtype=torch.float32)
     T, Tpad = lay.num_tokens, lay.num_tokens + 37
     flat = torch.zeros(Tpad, dtype=torch.int64)
     flat[:T] = torch.tensor([t for row in ids for t in row])

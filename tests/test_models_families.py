@@ -46,6 +46,7 @@ SPECS = [
     TinySpec("deberta-v2", "mean", normalize=True),  # DeBERTa-v3, log-bucketed distances
     TinySpec("albert", "mean"),  # the paraphrase-albert-small-v2 pipeline
     TinySpec("nomic_bert", "mean", normalize=True),  # nomic-embed-text's pipeline
+    TinySpec("qwen3", "lasttoken", normalize=True),  # Qwen3-Embedding's pipeline
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]
@@ -113,7 +114,10 @@ def test_eager_padded_and_packed(tiny):
     assert_parity(enc.embed(TEXTS), ref, "padded")
     ids = enc.tokenizer.encode(TEXTS)
     lay = PackedLayout.build(
-        [len(x) for x in ids], hidden_size=enc.hidden_size, device="cpu", dtype=torch.float32
+        [len(x) for x in ids],
+        attention_width=enc.attention_width,
+        device="cpu",
+        dtype=torch.float32,
     )
     with torch.inference_mode():
         flat = torch.tensor([t for row in ids for t in row])

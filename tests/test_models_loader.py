@@ -311,6 +311,56 @@ def test_invalid_nomic_config_values(tmp_path, patch, message):
     assert_config_refused(model_dir, patch, message)
 
 
+QWEN3 = TinySpec("qwen3", "lasttoken", normalize=True)
+
+
+def test_qwen3_as_the_hub_ships_it(tmp_path):
+    """Qwen3-Embedding's config.json as transformers 4 wrote it (rope_theta at the top, no
+    layer_types, a causal-LM architecture) and its weights with a causal LM's names (`model.`
+    prefix, lm_head): the same model."""
+    model_dir = Path(shutil.copytree(tiny_model(QWEN3), tmp_path / "qwen3"))
+    file = model_dir / "config.json"
+    cfg = json.loads(file.read_text())
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]
+    del cfg["layer_types"]
+    cfg.update(architectures=["Qwen3ForCausalLM"], rope_scaling=None, tie_word_embeddings=True)
+    file.write_text(json.dumps(cfg))
+    weights = model_dir / "model.safetensors"
+    tensors = {f"model.{k}": v for k, v in load_file(str(weights)).items()}
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, str(weights))
+    enc = load_sentence_encoder(model_dir)
+    assert (enc.family, enc.task, enc.pooling) == ("qwen3", "embed", "lasttoken")
+    torch.testing.assert_close(
+        enc.embed(PARITY_TEXTS), load_sentence_encoder(tiny_model(QWEN3)).embed(PARITY_TEXTS)
+    )
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"use_sliding_window": True}, "use_sliding_window is set"),
+        (
+            {"layer_types": ["full_attention", "sliding_attention"]},
+            "only full_attention layers are supported",
+        ),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling .* not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "only default rotary"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads 3"),
+        ({"head_dim": 7}, "head_dim 7 must be even"),
+        ({"intermediate_size": None}, r"missing keys \['intermediate_size'\]"),
+        (
+            {"architectures": ["Qwen3ForSequenceClassification"]},
+            "Qwen3ForSequenceClassification.* this head is not served",
+        ),
+    ],
+)
+def test_invalid_qwen3_config_values(tmp_path, patch, message):
+    model_dir = Path(shutil.copytree(tiny_model(QWEN3), tmp_path / "qwen3"))
+    assert_config_refused(model_dir, patch, message)
+
+
 def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):
     """Some DeBERTa-v3 checkpoints keep embeddings.position_embeddings although
     position_biased_input is false (transformers ignores it on load): served, unchanged."""
@@ -547,7 +597,7 @@ def test_unsupported_model_type_is_refused(copy_of):
     assert ei.value.file == file
     assert "model_type 'deberta' is not supported" in str(ei.value)
     families = "albert, bert, deberta-v2, distilbert, electra, modernbert, mpnet, nomic_bert"
-    assert families + ", roberta, xlm-roberta)" in str(ei.value)
+    assert families + ", qwen3, roberta, xlm-roberta)" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

@@ -54,7 +54,7 @@ def test_eager_padded_and_packed_match_sentence_transformers(encoder, reference)
     assert cos.min() >= 0.9999, cos
     ids = encoder.tokenizer.encode(SENTENCES)
     lay = PackedLayout.build(
-        [len(x) for x in ids], hidden_size=384, device="cpu", dtype=torch.float32
+        [len(x) for x in ids], attention_width=384, device="cpu", dtype=torch.float32
     )
     with torch.inference_mode():
         packed = encoder.model.forward_packed(

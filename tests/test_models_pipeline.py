@@ -115,7 +115,7 @@ def test_pooling_padded_and_packed_agree(modes):
         mask[i, : len(h)] = True
         mask[i, len(h) :] = False
     out = pool(padded, mask)[: len(lens)]
-    lay = PackedLayout.build(lens, hidden_size=8, device="cpu", dtype=torch.float32)
+    lay = PackedLayout.build(lens, attention_width=8, device="cpu", dtype=torch.float32)
     packed = torch.cat([*hidden, torch.full((7, 8), 1e4)])  # 7 token-bucket padding rows
     torch.testing.assert_close(pool.pool_packed(packed, lay), out, atol=1e-5, rtol=0)
     assert out.shape == (len(lens), 8 * len(modes))

@@ -28,7 +28,8 @@ TEXTS = ["a brought model", "served with its own pipeline"]
 
 
 def serve(model: str, **overrides: object) -> TestClient:
-    settings = load_settings(model=model, dtype="float32", graph_mode="FULL", **overrides)
+    values: dict[str, object] = {"dtype": "float32", "graph_mode": "FULL", **overrides}
+    settings = load_settings(model=model, **values)
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
@@ -101,3 +102,45 @@ def test_a_model_that_is_not_cached_offline_refuses_to_start(
     app = create_app(load_settings(model="tiny-org/absent", dtype="float32"))
     with pytest.raises(Exception, match="tiny-org/absent"), TestClient(app):
         pass
+
+
+# A Qwen3-Embedding-style model: a causal decoder, its last token pooled, an instruction prompt
+# for queries and none for documents.
+QWEN3 = TinySpec(
+    family="qwen3",
+    pooling="lasttoken",
+    normalize=True,
+    prompts=(
+        ("query", "Instruct: Given a web search query, retrieve relevant passages\nQuery:"),
+        ("document", ""),
+    ),
+)
+
+
+def test_a_decoder_embedder_with_its_prompts_in_piecewise() -> None:
+    folder = tiny_model(QWEN3)
+    documents = st_encode(folder, TEXTS)  # no default prompt: documents as they are
+    queries = st_encode(folder, TEXTS, prompt_name="query")
+    with serve(str(folder), graph_mode="PIECEWISE", capture_threshold=1) as c:
+        wait_ready(c)
+        for _ in range(2):  # eager, then (after the idle gap) replays
+            got = rows(c.post("/infer", json={"inputs": TEXTS}))
+            torch.testing.assert_close(got, documents, atol=1e-5, rtol=0)
+            body = {"input": TEXTS, "prompt_name": "query", "encoding_format": "float"}
+            data = c.post("/v1/embeddings", json=body).json()["data"]
+            got = torch.tensor([d["embedding"] for d in data])
+            torch.testing.assert_close(got, queries, atol=1e-5, rtol=0)
+        info = c.get("/info").json()
+    assert (info["family"], info["max_input_length"]) == ("qwen3", 48)
+    assert info["model_type"] == {"embedding": {"pooling": "last_token"}}  # as TEI says it
+
+
+def test_a_model_longer_than_a_batch_is_served_truncated(caplog: pytest.LogCaptureFixture) -> None:
+    """The model's own limit (48) above the largest batch (32 tokens): lowered, with a warning,
+    rather than a service that does not start."""
+    with serve(str(tiny_model(QWEN3)), max_batch_tokens=32) as c:
+        wait_ready(c)
+        assert c.get("/info").json()["max_input_length"] == 32
+        long = c.post("/infer", json={"inputs": ["document " * 60]}).json()
+        assert long["usage"]["tokens"] == 32
+    assert "more than the 32 tokens of the largest batch: using 32" in caplog.text

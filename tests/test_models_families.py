@@ -16,6 +16,7 @@ import pytest
 import torch
 from model_builders import (
     FAMILIES,
+    GPU_EMBEDDERS,
     MAX_SEQ_LEN,
     TEXTS,
     TinySpec,
@@ -125,10 +126,9 @@ def test_eager_padded_and_packed(tiny):
     assert_parity(packed, ref, "packed")
 
 
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
-def test_runner_parity(tiny, mode):
-    """First call eager (captured in the gap after), second a replay: both match."""
-    spec, enc, ref = tiny
+def check_runner(enc, ref: torch.Tensor, mode: CUDAGraphMode, what: str) -> None:
+    """First call eager (captured in the gap after), second a replay: both match; then one
+    request alone (NONE runs it unpacked, at its own length)."""
     cache = CacheConfig(capture_threshold=1, idle_prewarm_top_k=0)
     runner = EmbeddingRunner(
         enc, RunnerConfig(mode=mode, cache=cache, max_batch_size=4, max_num_tokens=256)
@@ -137,13 +137,31 @@ def test_runner_parity(tiny, mode):
     for _ in range(2):
         res = runner.run(ids)
         capture_due(runner)
-        assert_parity(res.embeddings, ref, f"{spec.label} {mode.name}")
+        assert_parity(res.embeddings, ref, f"{what} {mode.name}")
     if mode.has_graphs():
         snap = runner.graphs.snapshot()
         assert snap.replays >= len(res.descriptors) and snap.captures >= 1
-    # One request alone (NONE runs it unpacked, at its own length).
     for i in (0, 5):
-        assert_parity(runner.run([ids[i]]).embeddings, ref[i : i + 1], f"alone {i}")
+        assert_parity(runner.run([ids[i]]).embeddings, ref[i : i + 1], f"{what} alone {i}")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_runner_parity(tiny, mode):
+    spec, enc, ref = tiny
+    check_runner(enc, ref, mode, spec.label)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+@pytest.mark.parametrize("spec", GPU_EMBEDDERS, ids=lambda s: s.label)
+def test_cuda_runner_parity(spec, mode):
+    """The families whose attention is more than a key mask, on CUDA with real
+    torch.cuda.CUDAGraph captures (skipped where CUDA is absent). The reference is the eager CPU
+    forward, which matches sentence-transformers above: the GPU machine has neither
+    transformers nor sentence-transformers (the models come prebuilt, $TINY_MODELS_DIR)."""
+    folder = tiny_model(spec)
+    ref = load_sentence_encoder(folder).embed(TEXTS)
+    check_runner(load_sentence_encoder(folder, device="cuda"), ref, mode, f"{spec.label} cuda")
 
 
 def test_modernbert_config_as_transformers_4_wrote_it(tmp_path):

@@ -41,6 +41,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def float16_fallback(device: str) -> torch.dtype:
+    """What `auto` serves a model in where float16 overflows (Gemma's activations do): bfloat16 on
+    a GPU that multiplies it natively (Ampere and later), else float32."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """auto: the half precision the hardware multiplies natively, else float32. float16 on
     CUDA; bfloat16 on a CPU with AVX512-BF16 or AMX; float32 on others."""

@@ -38,6 +38,7 @@ from app.cudagraph.options import CacheConfig
 from app.devices import (
     available_cpus,
     device_name,
+    float16_fallback,
     resolve_device,
     resolve_dtype,
     resolve_graph_mode,
@@ -381,6 +382,7 @@ class Settings(BaseSettings):
             dtype = resolve_dtype(self.dtype, device)
         except ValueError as exc:
             raise SettingsError(f"invalid setting {env_name('dtype')}: {exc}") from None
+        fallback = float16_fallback(device) if self.dtype == "auto" else None
         cache = CacheConfig(
             max_cached_graphs=self.max_cached_graphs,
             memory_budget_bytes=self.graph_memory_budget_bytes,
@@ -404,6 +406,7 @@ class Settings(BaseSettings):
             task=None if self.task == "auto" else self.task,
             device=device,
             dtype=dtype,
+            float16_fallback=fallback,
             max_seq_len=self.max_seq_len,
             num_threads=self.num_threads,
             runner=runner,

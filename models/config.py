@@ -27,7 +27,8 @@ written either by Nomic's own code (GPT-2's key names: `n_embd`, `n_layer`, ...)
 transformers' NomicBertConfig.
 
 `Qwen3Config` is Qwen3 (the Qwen3-Embedding models): a causal decoder, its last token pooled,
-with grouped-query attention and a head size of its own.
+with grouped-query attention and a head size of its own. `Gemma3Config` is Gemma3 as
+EmbeddingGemma uses it: the same kind of attention made bidirectional, global and local layers.
 
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
@@ -47,6 +48,7 @@ SUPPORTED_MODEL_TYPES = (
     "deberta-v2",
     "distilbert",
     "electra",
+    "gemma3_text",
     "modernbert",
     "mpnet",
     "nomic_bert",
@@ -588,7 +590,143 @@ class Qwen3Config(_Shape):
         return cls(**values)
 
 
-BodyConfig = EncoderConfig | ModernBertConfig | DebertaV2Config | NomicBertConfig | Qwen3Config
+# Families whose activations pass float16's largest value (65504), so a float16 forward gives
+# inf and NaN (vLLM and transformers refuse float16 for them too).
+FLOAT16_OVERFLOWS = ("gemma3_text",)
+# hidden_activation values Gemma3's feed-forward gate implements (transformers' ACT2FN names).
+GEMMA_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
+
+
+@dataclass(frozen=True)
+class Gemma3Config(_Shape):
+    """Gemma3 as EmbeddingGemma uses it: bidirectional attention, global layers and local layers
+    that see the tokens less than `window` away, grouped-query attention with a norm on each
+    query and key head, sandwich RMSNorms (before and after attention and feed-forward), GeGLU,
+    embeddings scaled by sqrt(hidden_size)."""
+
+    layer_types: tuple[str, ...]  # "full_attention" or "sliding_attention", one per layer
+    num_key_value_heads: int = 0  # 0: as many as the query heads (from_hf fills it in)
+    head_size: int = 256  # config.json head_dim
+    rms_norm_eps: float = 1e-6
+    sliding_window: int = 4096  # as config.json holds it (transformers halves it, see window)
+    query_pre_attn_scalar: float = 256.0
+    global_rope_theta: float = 1_000_000.0
+    local_rope_theta: float = 10_000.0
+    attention_bias: bool = False
+    hidden_activation: str = "gelu_pytorch_tanh"
+    family: str = "gemma3_text"
+
+    def __post_init__(self) -> None:
+        for name in (*_REQUIRED, "num_key_value_heads", "head_dim", "sliding_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even (rotary)")
+        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {
+            "full_attention",
+            "sliding_attention",
+        }:
+            raise ValueError(f"layer_types {list(self.layer_types)} do not fit the layers")
+        if self.hidden_activation not in GEMMA_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_activation {self.hidden_activation!r} is not supported "
+                f"(one of {list(GEMMA_ACTIVATIONS)})"
+            )
+        if not isinstance(self.attention_bias, bool):
+            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
+        for name in (
+            "rms_norm_eps",
+            "query_pre_attn_scalar",
+            "global_rope_theta",
+            "local_rope_theta",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size
+
+    @property
+    def window(self) -> int:
+        """A token of a local layer sees the tokens less than this far away, each way
+        (transformers' bidirectional window: sliding_window // 2 + 1, an exclusive bound)."""
+        return self.sliding_window // 2 + 1
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> Gemma3Config:
+        """From a config.json object as transformers 4 (rope_theta, rope_local_base_freq,
+        sliding_window_pattern) or 5 (layer_types, rope_parameters) writes it; ValueError naming
+        what is refused (causal attention, logit soft-capping, scaled rotary)."""
+        if _model_type(raw) != "gemma3_text":
+            raise ValueError(f"model_type {raw['model_type']!r} is not gemma3_text")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+        if raw.get("use_bidirectional_attention") is not True:
+            raise ValueError(
+                "use_bidirectional_attention is not set: only EmbeddingGemma's bidirectional "
+                "Gemma3 is served, not a causal language model"
+            )
+        if raw.get("attn_logit_softcapping") is not None:
+            raise ValueError(
+                f"attn_logit_softcapping {raw['attn_logit_softcapping']!r} is not supported"
+            )
+        if raw.get("rope_scaling"):
+            raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
+        layers = raw["num_hidden_layers"]
+        types = raw.get("layer_types")
+        if types is None:
+            every = raw.get("sliding_window_pattern", 6)
+            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+                raise ValueError(f"sliding_window_pattern must be >= 1, got {every!r}")
+            types = [
+                "sliding_attention" if (i + 1) % every else "full_attention" for i in range(layers)
+            ]
+        thetas = {"full_attention": raw.get("rope_theta", 1_000_000.0)}
+        thetas["sliding_attention"] = raw.get("rope_local_base_freq", 10_000.0)
+        rope = raw.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"rope_parameters {rope!r} is not an object")
+        for kind, params in rope.items():
+            if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters {kind} {params!r}: only default rotary")
+            thetas[kind] = params.get("rope_theta", thetas.get(kind))
+        values: dict[str, Any] = {k: raw[k] for k in _REQUIRED}
+        values["num_key_value_heads"] = raw.get("num_key_value_heads") or raw["num_attention_heads"]
+        values["head_size"] = raw.get("head_dim") or 256
+        for key in (
+            "rms_norm_eps",
+            "sliding_window",
+            "query_pre_attn_scalar",
+            "attention_bias",
+            "hidden_activation",
+        ):
+            if raw.get(key) is not None:
+                values[key] = raw[key]
+        values["global_rope_theta"] = thetas["full_attention"]
+        values["local_rope_theta"] = thetas["sliding_attention"]
+        try:
+            return cls(layer_types=tuple(types), **values)
+        except TypeError as e:  # layer_types not a list
+            raise ValueError(f"layer_types {types!r}: {e}") from e
+
+
+BodyConfig = (
+    EncoderConfig
+    | ModernBertConfig
+    | DebertaV2Config
+    | NomicBertConfig
+    | Qwen3Config
+    | Gemma3Config
+)
 
 
 def read_body_config(raw: dict[str, Any]) -> BodyConfig:
@@ -602,6 +740,8 @@ def read_body_config(raw: dict[str, Any]) -> BodyConfig:
         return NomicBertConfig.from_hf(raw)
     if family == "qwen3":
         return Qwen3Config.from_hf(raw)
+    if family == "gemma3_text":
+        return Gemma3Config.from_hf(raw)
     if family not in ENCODER_MODEL_TYPES:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")

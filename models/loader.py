@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from models.config import BodyConfig, DebertaV2Config, EncoderConfig, read_body_config
+from models.config import (
+    FLOAT16_OVERFLOWS,
+    BodyConfig,
+    DebertaV2Config,
+    EncoderConfig,
+    read_body_config,
+)
 from models.deberta import DebertaEncoder
 from models.encoder import SentenceEncoder, check_device_dtype
 from models.errors import ModelLoadError
@@ -173,6 +179,7 @@ def load_sentence_encoder(
     name: str | None = None,
     task: str | None = None,
     longest_forward: int | None = None,
+    float16_fallback: torch.dtype | None = None,
 ) -> SentenceEncoder:
     """Load a sentence encoder from a directory or a hub id (None: the bundled MiniLM).
 
@@ -181,7 +188,8 @@ def load_sentence_encoder(
     `longest_forward` (the most tokens the caller runs in one forward) where that is less.
     name: what the service calls the model (None: the hub id, else the directory's name).
     task: "embed", "rerank" or "classify" (None: what the directory declares, see
-    `task.resolve_task`).
+    `task.resolve_task`). float16_fallback: the dtype a family whose activations overflow
+    float16 (`FLOAT16_OVERFLOWS`) is served in when `dtype` is float16 (None: refused).
     Raises ModelLoadError naming the file (also for a task the model cannot serve); ValueError
     for a bad device/dtype, max_seq_len or task name.
     """
@@ -224,6 +232,19 @@ def load_sentence_encoder(
             f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.vocab_size}",
         )
 
+    if dtype == torch.float16 and cfg.family in FLOAT16_OVERFLOWS:
+        if float16_fallback is None:
+            raise ModelLoadError(
+                folder / "config.json",
+                f"{cfg.family} models overflow float16 (their activations pass its 65504): "
+                "serve it in bfloat16 or float32",
+            )
+        logger.info(
+            "%s models overflow float16: serving in %s",
+            cfg.family,
+            str(float16_fallback).removeprefix("torch."),
+        )
+        dtype = float16_fallback
     tensors = read_safetensors(folder)
     body = build_body(cfg)
     try:

@@ -1,5 +1,5 @@
 """`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder`,
-`ModernBertEncoder`, `NomicBertEncoder` or `Qwen3Encoder`) followed
+`ModernBertEncoder`, `NomicBertEncoder`, `Qwen3Encoder` or `Gemma3Encoder`) followed
 by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
 rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
 mode.
@@ -16,8 +16,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import BodyConfig, DebertaV2Config, EncoderConfig, NomicBertConfig, Qwen3Config
+from models.config import (
+    BodyConfig,
+    DebertaV2Config,
+    EncoderConfig,
+    Gemma3Config,
+    NomicBertConfig,
+    Qwen3Config,
+)
 from models.deberta import DebertaEncoder
+from models.gemma3 import Gemma3Encoder
 from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
 from models.nomicbert import NomicBertEncoder
@@ -27,7 +35,12 @@ from models.qwen3 import Qwen3Encoder
 from models.transformer import TransformerEncoder
 
 EncoderBody = (
-    TransformerEncoder | DebertaEncoder | ModernBertEncoder | NomicBertEncoder | Qwen3Encoder
+    TransformerEncoder
+    | DebertaEncoder
+    | ModernBertEncoder
+    | NomicBertEncoder
+    | Qwen3Encoder
+    | Gemma3Encoder
 )
 
 
@@ -41,6 +54,8 @@ def build_body(cfg: BodyConfig) -> EncoderBody:
         return NomicBertEncoder(cfg)
     if isinstance(cfg, Qwen3Config):
         return Qwen3Encoder(cfg)
+    if isinstance(cfg, Gemma3Config):
+        return Gemma3Encoder(cfg)
     return ModernBertEncoder(cfg)
 
 

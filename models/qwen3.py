@@ -17,11 +17,13 @@ d head size, A = nh x d, I intermediate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import Qwen3Config
+from models.config import Gemma3Config, Qwen3Config
 from models.layers import attend, with_key_mask
 from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
 from models.rotary import Rotary, rotate_qkv
@@ -41,27 +43,50 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-class _Attention(nn.Module):
-    def __init__(self, cfg: Qwen3Config) -> None:
+class GroupedQueryAttention(nn.Module):
+    """The projections of grouped-query attention with a norm on each query and key head
+    (Qwen3's and Gemma3's, under the checkpoints' names)."""
+
+    def __init__(self, cfg: Qwen3Config | Gemma3Config, norm: type[nn.Module]) -> None:
         super().__init__()
         H, d, bias = cfg.hidden_size, cfg.head_dim, cfg.attention_bias
         self.q_proj = nn.Linear(H, cfg.num_attention_heads * d, bias=bias)
         self.k_proj = nn.Linear(H, cfg.num_key_value_heads * d, bias=bias)
         self.v_proj = nn.Linear(H, cfg.num_key_value_heads * d, bias=bias)
         self.o_proj = nn.Linear(cfg.attention_width, H, bias=bias)
-        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_norm = norm(d, cfg.rms_norm_eps)
+        self.k_norm = norm(d, cfg.rms_norm_eps)
+        self.head_dim = d
+        self.kv_repeats = cfg.num_attention_heads // cfg.num_key_value_heads
+
+    def qkv(self, h: torch.Tensor) -> torch.Tensor:
+        """Normed hidden states (..., H) -> q, k, v of every query head (..., 3A), before
+        rotary positions: each key/value head repeated for the query heads it serves."""
+        heads = (-1, self.head_dim)
+        q = self.q_norm(self.q_proj(h).unflatten(-1, heads))  # (..., nh, d)
+        k = self.k_norm(self.k_proj(h).unflatten(-1, heads))  # (..., nkv, d)
+        v = self.v_proj(h).unflatten(-1, heads)
+        if self.kv_repeats > 1:  # query head i reads key/value head i // repeats
+            k = k.repeat_interleave(self.kv_repeats, dim=-2)
+            v = v.repeat_interleave(self.kv_repeats, dim=-2)
+        return torch.cat((q, k, v), dim=-2).flatten(-2)
 
 
-class _Mlp(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+class GatedMlp(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU in Qwen3, GeGLU in Gemma3."""
 
-    def __init__(self, cfg: Qwen3Config) -> None:
+    def __init__(
+        self, cfg: Qwen3Config | Gemma3Config, act: Callable[[torch.Tensor], torch.Tensor]
+    ):
         super().__init__()
         H, intermediate = cfg.hidden_size, cfg.intermediate_size
         self.gate_proj = nn.Linear(H, intermediate, bias=False)
         self.up_proj = nn.Linear(H, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, H, bias=False)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Qwen3Layer(nn.Module):
@@ -70,30 +95,18 @@ class Qwen3Layer(nn.Module):
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = _Attention(cfg)
+        self.self_attn = GroupedQueryAttention(cfg, RMSNorm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = _Mlp(cfg)
-        self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.head_dim
-        self.kv_repeats = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.mlp = GatedMlp(cfg, F.silu)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H) -> q, k, v of every query head (..., 3A), before rotary positions."""
-        h = self.input_layernorm(x)
-        attn, heads = self.self_attn, (-1, self.head_dim)
-        q = attn.q_norm(attn.q_proj(h).unflatten(-1, heads))  # (..., nh, d)
-        k = attn.k_norm(attn.k_proj(h).unflatten(-1, heads))  # (..., nkv, d)
-        v = attn.v_proj(h).unflatten(-1, heads)
-        if self.kv_repeats > 1:  # query head i reads key/value head i // repeats
-            k = k.repeat_interleave(self.kv_repeats, dim=-2)
-            v = v.repeat_interleave(self.kv_repeats, dim=-2)
-        return torch.cat((q, k, v), dim=-2).flatten(-2)
+        return self.self_attn.qkv(self.input_layernorm(x))
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Everything after attention: x (..., H), attn (..., A) -> (..., H). Row-wise."""
         h = x + self.self_attn.o_proj(attn)
-        mlp, n = self.mlp, self.post_attention_layernorm(h)
-        return h + mlp.down_proj(F.silu(mlp.gate_proj(n)) * mlp.up_proj(n))
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 def causal(length: int, device: torch.device) -> torch.Tensor:

@@ -37,6 +37,7 @@ FAMILIES = (
     "modernbert",
     "nomic_bert",
     "qwen3",
+    "gemma3_text",
 )
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
@@ -108,6 +109,8 @@ class TinySpec:
     """One tiny model: family, pipeline, directory layout, prompts.
 
     dense: None, or (out_features, activation: "tanh" | "identity", bias).
+    dense_up: None, or the width of a Dense before `dense` (identity, no bias: EmbeddingGemma's
+    pipeline widens, then narrows).
     layout: "v6" (as sentence-transformers 6 saves) or "classic" (rewritten to the layout most hub
     models have: sentence_transformers.models.* types, pooling_mode_*_tokens booleans,
     max_seq_length in sentence_bert_config.json).
@@ -116,6 +119,7 @@ class TinySpec:
     family: str
     pooling: str | tuple[str, ...] = "mean"
     dense: tuple[int, str, bool] | None = None
+    dense_up: int | None = None
     normalize: bool = False
     layout: str = "v6"
     prompts: tuple[tuple[str, str], ...] = ()
@@ -130,6 +134,8 @@ class TinySpec:
     @property
     def label(self) -> str:
         parts = [self.family, "+".join(self.pooling_modes)]
+        if self.dense_up:
+            parts.append(f"up{self.dense_up}")
         if self.dense:
             parts.append(f"dense{self.dense[0]}-{self.dense[1]}")
         if self.normalize:
@@ -198,6 +204,16 @@ def make_tokenizer(family: str) -> Any:
         kinds = {"distilbert": tf.DistilBertTokenizer, "electra": tf.ElectraTokenizer}
         kind = kinds.get(family, tf.BertTokenizer)
         return kind(vocab={t: i for i, t in enumerate(vocab)})
+    if family == "gemma3_text":  # a byte-fallback BPE adding <bos> and <eos>, as EmbeddingGemma's
+        vocab = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+        vocab += [f"<0x{b:02X}>" for b in range(256)]
+        vocab += ["▁", *(f"▁{w}" for w in WORDS), *CHARS]
+        return tf.GemmaTokenizer(
+            vocab={t: i for i, t in enumerate(vocab)},
+            merges=[],
+            add_bos_token=True,
+            add_eos_token=True,
+        )
     if family == "mpnet":
         vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", *WORDS]
         vocab += list(CHARS) + [f"##{c}" for c in CHARS] + ["<mask>"]
@@ -341,6 +357,29 @@ def make_hf_model(
         )
         cfg = tf.Qwen3Config(**{**common, **own, **extra})
         model = tf.Qwen3Model(cfg)
+    elif family == "gemma3_text":
+        # EmbeddingGemma's kind: bidirectional; 3 layers (local, local, global) with a window of
+        # 4 + 1 tokens each way, well inside the texts; grouped-query heads wider than
+        # hidden_size / heads; query scaling, rotary bases and eps of their own.
+        del common["hidden_act"]
+        own = dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=12,
+            query_pre_attn_scalar=20,
+            rms_norm_eps=1e-3,
+            sliding_window=8,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            use_bidirectional_attention=True,
+            hidden_activation="gelu_pytorch_tanh",
+            pad_token_id=0,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 5000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 300.0},
+            },
+        )
+        cfg = tf.Gemma3TextConfig(**{**common, **own, **extra})
+        model = tf.Gemma3TextModel(cfg)
     elif family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each way, well inside the texts.
         del common["hidden_act"]
@@ -397,15 +436,17 @@ def _build_tiny(spec: TinySpec, root: Path) -> Path:
     modules: list[torch.nn.Module] = [Transformer(str(hf_dir))]
     modules.append(Pooling(HIDDEN, pooling_mode=spec.pooling))
     dim = HIDDEN * len(spec.pooling_modes)
-    if spec.dense is not None:
-        out_features, act, bias = spec.dense
+    denses = [] if spec.dense_up is None else [(spec.dense_up, "identity", False)]
+    denses += [] if spec.dense is None else [spec.dense]
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    for out_features, act, bias in denses:
         activation = torch.nn.Tanh() if act == "tanh" else torch.nn.Identity()
         dense = Dense(dim, out_features, bias=bias, activation_function=activation)
-        gen = torch.Generator().manual_seed(spec.seed + 1)
         with torch.no_grad():
             for p in dense.parameters():
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
         modules.append(dense)
+        dim = out_features
     if spec.normalize:
         modules.append(Normalize())
     sbert = st.SentenceTransformer(
@@ -564,13 +605,14 @@ def tiny_cross_encoder(spec: CrossSpec = BERT_RERANKER) -> Path:
 
 # The cross-encoders and embedders the `gpu` tests load: carried prebuilt to the GPU machine.
 # The embedders are the families whose attention is more than a key mask: rotary (NomicBERT),
-# rotary with sliding windows (ModernBERT), causal with grouped-query heads (Qwen3), position
-# scores (DeBERTa).
+# rotary with sliding windows (ModernBERT), causal with grouped-query heads (Qwen3), grouped-query
+# heads with windows (Gemma3), position scores (DeBERTa).
 GPU_CROSS_ENCODERS = (BERT_RERANKER, DEBERTA_RERANKER)
 GPU_EMBEDDERS = (
     TinySpec("nomic_bert", "mean", normalize=True),
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("qwen3", "lasttoken", normalize=True),
+    TinySpec("gemma3_text", "mean", normalize=True),
     TinySpec("deberta-v2", "mean", normalize=True),
 )
 

@@ -30,6 +30,7 @@ from app.cudagraph import CacheConfig, CUDAGraphMode
 from app.engine.runner import EmbeddingRunner, RunnerConfig
 from models import POOLING_MODES, ModelLoadError, PackedLayout, load_sentence_encoder
 
+GEMMA = TinySpec("gemma3_text", "mean", normalize=True)
 SPECS = [
     TinySpec("bert", "mean"),
     TinySpec("bert", "cls", normalize=True, layout="classic"),
@@ -48,6 +49,8 @@ SPECS = [
     TinySpec("albert", "mean"),  # the paraphrase-albert-small-v2 pipeline
     TinySpec("nomic_bert", "mean", normalize=True),  # nomic-embed-text's pipeline
     TinySpec("qwen3", "lasttoken", normalize=True),  # Qwen3-Embedding's pipeline
+    # EmbeddingGemma's pipeline: mean, a Dense widening and one narrowing, Normalize
+    TinySpec("gemma3_text", "mean", dense=(24, "identity", False), dense_up=64, normalize=True),
     TinySpec("modernbert", "mean", normalize=True),
     TinySpec("modernbert", "cls", dense=(16, "tanh", True), layout="classic"),
 ]
@@ -162,6 +165,22 @@ def test_cuda_runner_parity(spec, mode):
     folder = tiny_model(spec)
     ref = load_sentence_encoder(folder).embed(TEXTS)
     check_runner(load_sentence_encoder(folder, device="cuda"), ref, mode, f"{spec.label} cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_float16_is_refused_or_replaced_where_it_overflows():
+    """Gemma's activations pass float16's range: float16 asked for is refused; with a fallback
+    (what `auto` passes) the model is served in it."""
+    folder = tiny_model(GEMMA)
+    with pytest.raises(ModelLoadError, match="overflow float16"):
+        load_sentence_encoder(folder, device="cuda", dtype=torch.float16)
+    enc = load_sentence_encoder(
+        folder, device="cuda", dtype=torch.float16, float16_fallback=torch.bfloat16
+    )
+    assert enc.dtype is torch.bfloat16
+    assert {p.dtype for p in enc.model.encoder.parameters()} == {torch.bfloat16}
+    ref = load_sentence_encoder(folder).embed(TEXTS)
+    assert torch.nn.functional.cosine_similarity(enc.embed(TEXTS), ref).min() >= 0.99
 
 
 def test_modernbert_config_as_transformers_4_wrote_it(tmp_path):

@@ -361,6 +361,51 @@ def test_invalid_qwen3_config_values(tmp_path, patch, message):
     assert_config_refused(model_dir, patch, message)
 
 
+GEMMA = TinySpec("gemma3_text", "mean", normalize=True)
+
+
+def test_gemma3_config_as_transformers_4_wrote_it(tmp_path):
+    """EmbeddingGemma's config.json as the hub has it (rope_theta, rope_local_base_freq,
+    sliding_window_pattern instead of layer_types and rope_parameters): the same model. A wider
+    window changes the output (it is applied)."""
+    model_dir = Path(shutil.copytree(tiny_model(GEMMA), tmp_path / "gemma"))
+    ref = load_sentence_encoder(model_dir).embed(PARITY_TEXTS)
+    file = model_dir / "config.json"
+    cfg = json.loads(file.read_text())
+    rope = cfg.pop("rope_parameters")
+    del cfg["layer_types"]
+    cfg["rope_theta"] = rope["full_attention"]["rope_theta"]
+    cfg["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    cfg.update(sliding_window_pattern=3, rope_scaling=None)  # local, local, global
+    file.write_text(json.dumps(cfg))
+    torch.testing.assert_close(load_sentence_encoder(model_dir).embed(PARITY_TEXTS), ref)
+    file.write_text(json.dumps({**cfg, "sliding_window": 128}))
+    wide = load_sentence_encoder(model_dir).embed(PARITY_TEXTS)
+    assert torch.nn.functional.cosine_similarity(wide, ref).min() < 0.999
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"use_bidirectional_attention": False}, "only EmbeddingGemma's bidirectional Gemma3"),
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping 50.0 is not supported"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "rope_scaling .* not supported"),
+        (
+            {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0}}},
+            "only default rotary",
+        ),
+        ({"hidden_activation": "silu"}, "hidden_activation 'silu' is not supported"),
+        ({"layer_types": ["full_attention"]}, "do not fit the layers"),
+        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads 3"),
+        ({"head_dim": 7}, "head_dim 7 must be even"),
+        ({"sliding_window": 0}, "sliding_window must be a positive integer"),
+    ],
+)
+def test_invalid_gemma3_config_values(tmp_path, patch, message):
+    model_dir = Path(shutil.copytree(tiny_model(GEMMA), tmp_path / "gemma"))
+    assert_config_refused(model_dir, patch, message)
+
+
 def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):
     """Some DeBERTa-v3 checkpoints keep embeddings.position_embeddings although
     position_biased_input is false (transformers ignores it on load): served, unchanged."""
@@ -596,8 +641,8 @@ def test_unsupported_model_type_is_refused(copy_of):
         load_sentence_encoder(folder)
     assert ei.value.file == file
     assert "model_type 'deberta' is not supported" in str(ei.value)
-    families = "albert, bert, deberta-v2, distilbert, electra, modernbert, mpnet, nomic_bert"
-    assert families + ", qwen3, roberta, xlm-roberta)" in str(ei.value)
+    families = "albert, bert, deberta-v2, distilbert, electra, gemma3_text, modernbert, mpnet"
+    assert families + ", nomic_bert, qwen3, roberta, xlm-roberta)" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.cudagraph import CacheConfig, CUDAGraphMode
-from app.devices import resolve_device, resolve_dtype, resolve_graph_mode
+from app.devices import float16_fallback, resolve_device, resolve_dtype, resolve_graph_mode
 from app.engine.runner import RunnerConfig
 from app.settings import Settings, SettingsError, load_settings, unknown_env_vars
 from models import cpu_has_native_bf16
@@ -174,6 +174,10 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_dtype("auto", "cuda") is torch.float16
     cfg = load_settings(model_path="toy", max_batch_wait_ms=2.5).engine_config()
     assert cfg.max_batch_wait_s == pytest.approx(0.0025) and cfg.model == "toy"
+    # Where float16 overflows (Gemma): auto falls back, an explicit dtype is kept (and refused).
+    assert float16_fallback("cpu") is torch.float32
+    assert cfg.float16_fallback is float16_fallback(cfg.device)
+    assert load_settings(dtype="float32").engine_config().float16_fallback is None
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,9 @@ class EngineConfig:
     task: str | None  # embed, rerank or classify; None: what the model's config says
     device: str
     dtype: torch.dtype
+    # The dtype a model whose activations overflow float16 (Gemma's) is served in when `dtype`
+    # is float16 by default; None: float16 was asked for, and such a model is refused.
+    float16_fallback: torch.dtype | None
     max_seq_len: int | None  # None: the model's own
     num_threads: int  # torch intra-op threads; 0 keeps torch's default
     # Graph mode, ladders, the graph cache, and the batch limits the batcher shares with the

@@ -275,6 +275,7 @@ class Engine:
                 task=cfg.task,
                 device=cfg.device,
                 dtype=cfg.dtype,
+                float16_fallback=cfg.float16_fallback,
                 max_seq_len=cfg.max_seq_len,
                 longest_forward=cfg.runner.max_num_tokens,
             )

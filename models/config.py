@@ -29,6 +29,8 @@ transformers' NomicBertConfig.
 `Qwen3Config` is Qwen3 (the Qwen3-Embedding models): a causal decoder, its last token pooled,
 with grouped-query attention and a head size of its own. `Gemma3Config` is Gemma3 as
 EmbeddingGemma uses it: the same kind of attention made bidirectional, global and local layers.
+`GteConfig` is GTE, as transformers (model_type "gte") or the original code ("new") writes it:
+BERT's post-LayerNorm layout with rotary positions and a gated feed-forward.
 
 `HeadConfig` is the sequence-classification head a `*ForSequenceClassification` config.json
 declares (`read_head_config`): which head, its labels, and ModernBERT's head settings.
@@ -49,8 +51,10 @@ SUPPORTED_MODEL_TYPES = (
     "distilbert",
     "electra",
     "gemma3_text",
+    "gte",
     "modernbert",
     "mpnet",
+    "new",
     "nomic_bert",
     "qwen3",
     "roberta",
@@ -590,6 +594,83 @@ class Qwen3Config(_Shape):
         return cls(**values)
 
 
+# What GTE's original code (config.json model_type "new") may say beside its shapes, and the value
+# served: other values change the computation in ways not implemented here.
+_GTE_NEW_FIXED = {
+    "position_embedding_type": "rope",
+    "layer_norm_type": "layer_norm",
+    "logn_attention_scale": False,
+    "pack_qkv": True,
+}
+
+
+@dataclass(frozen=True)
+class GteConfig(_Shape):
+    """GTE (gte-multilingual-base, gte-*-en-v1.5, their rerankers): BERT's post-LayerNorm layout
+    with rotary positions (base `rope_theta`, every dimension), a gated feed-forward (GLU with
+    the configured activation) and biases on the attention projections; token types only where
+    `type_vocab_size` > 0. `ntk_factor`: the original code's fixed NTK scaling of the rotary
+    frequencies (1: none). `family` is config.json's model_type: "gte" (transformers) or "new"
+    (the original code); one checkpoint layout serves both."""
+
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 1
+    hidden_act: str = "gelu"
+    rope_theta: float = 160_000.0
+    ntk_factor: float = 1.0
+    family: str = "gte"
+
+    def __post_init__(self) -> None:
+        _check_post_ln_block(self, _REQUIRED)
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size!r}")
+        for name in ("rope_theta", "ntk_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"the head size {self.head_dim} must be even (rotary)")
+
+    @property
+    def token_types(self) -> bool:
+        return self.type_vocab_size > 0
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> GteConfig:
+        """From a config.json object of transformers' GteConfig (rope_parameters) or of the
+        original code (model_type "new": rope_theta, rope_scaling); ValueError naming what is
+        refused."""
+        family = _model_type(raw)
+        if family not in ("gte", "new"):
+            raise ValueError(f"model_type {family!r} is not gte")
+        values: dict[str, Any] = {"family": family}
+        if family == "new":
+            for key, served in _GTE_NEW_FIXED.items():
+                if key in raw and raw[key] != served:
+                    raise ValueError(f"{key} {raw[key]!r} is not supported (only {served!r})")
+            values["rope_theta"] = raw.get("rope_theta", 10000.0)
+            values["type_vocab_size"] = raw.get("type_vocab_size", 0)
+            scaling = raw.get("rope_scaling")
+            if scaling is not None:
+                kind = isinstance(scaling, dict) and (
+                    scaling.get("type") or scaling.get("rope_type")
+                )
+                if kind != "ntk" or scaling.get("mixed_b") is not None:
+                    raise ValueError(f"rope_scaling {scaling!r}: only fixed NTK scaling")
+                values["ntk_factor"] = scaling.get("factor")
+        else:
+            rope = raw.get("rope_parameters") or {}
+            if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters {rope!r}: only default rotary")
+            values["rope_theta"] = rope.get("rope_theta", 160_000.0)
+        _check_encoder(raw)
+        for key in ("type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act"):
+            if raw.get(key) is not None:
+                values[key] = raw[key]
+        return cls(**{k: raw[k] for k in _REQUIRED}, **values)
+
+
 # Families whose activations pass float16's largest value (65504), so a float16 forward gives
 # inf and NaN (vLLM and transformers refuse float16 for them too).
 FLOAT16_OVERFLOWS = ("gemma3_text",)
@@ -726,6 +807,7 @@ BodyConfig = (
     | NomicBertConfig
     | Qwen3Config
     | Gemma3Config
+    | GteConfig
 )
 
 
@@ -742,6 +824,8 @@ def read_body_config(raw: dict[str, Any]) -> BodyConfig:
         return Qwen3Config.from_hf(raw)
     if family == "gemma3_text":
         return Gemma3Config.from_hf(raw)
+    if family in ("gte", "new"):
+        return GteConfig.from_hf(raw)
     if family not in ENCODER_MODEL_TYPES:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")
@@ -756,7 +840,7 @@ def _model_type(raw: dict[str, Any]) -> str:
 
 
 def _check_post_ln_block(
-    cfg: EncoderConfig | DebertaV2Config | NomicBertConfig,
+    cfg: EncoderConfig | DebertaV2Config | NomicBertConfig | GteConfig,
     positive: tuple[str, ...],
     activations: tuple[str, ...] = HIDDEN_ACTS,
 ) -> None:
@@ -806,6 +890,8 @@ HEAD_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "electra": ("ElectraForSequenceClassification",),
     "deberta-v2": ("DebertaV2ForSequenceClassification",),
     "modernbert": ("ModernBertForSequenceClassification",),
+    "gte": ("GteForSequenceClassification",),
+    "new": ("NewForSequenceClassification",),
 }
 _SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
 # Activations a ModernBERT head may name (config.json classifier_activation).
@@ -821,7 +907,7 @@ class HeadConfig:
     bare `pooler` Linear). RoBERTa, XLM-RoBERTa, MPNet:
     `classifier.dense` + tanh on <s>, then `classifier.out_proj`. ELECTRA: the same layout with
     GELU. DistilBERT: `pre_classifier` + ReLU on [CLS], then `classifier`. DeBERTa-v2: BERT's
-    layout with config.json's pooler_hidden_act (GELU by default). ModernBERT: cls or
+    layout with config.json's pooler_hidden_act (GELU by default). GTE: BERT's. ModernBERT: cls or
     mean pooling, `head.dense` + its activation + `head.norm`, then `classifier`.
     """
 

@@ -77,7 +77,7 @@ def head_checkpoint_names(head: ClassificationHead) -> dict[str, tuple[str, ...]
     """Each parameter of `head` -> its tensor in a Hugging Face checkpoint, after the base
     model's prefix is stripped (`bert.pooler.dense` -> `pooler.dense`)."""
     family = head.config.family
-    if family in ("bert", "deberta-v2"):  # DeBERTa's ContextPooler: BERT's names
+    if family in ("bert", "deberta-v2", "gte", "new"):  # DeBERTa's ContextPooler, GTE's pooler
         layers = {"dense": "pooler.dense", "out": "classifier"}
     elif family == "albert":
         layers = {"dense": "pooler", "out": "classifier"}

@@ -1,8 +1,8 @@
 """`SentenceModel`: a family's encoder body (`TransformerEncoder`, `DebertaEncoder`,
-`ModernBertEncoder`, `NomicBertEncoder`, `Qwen3Encoder` or `Gemma3Encoder`) followed
-by its sentence-transformers pipeline or its classification head (`heads.ClassificationHead`, for
-rerankers and classifiers: rows of logits), with the interface the runner drives in every graph
-mode.
+`ModernBertEncoder`, `NomicBertEncoder`, `GteEncoder`, `Qwen3Encoder` or `Gemma3Encoder`)
+followed by its sentence-transformers pipeline or its classification head
+(`heads.ClassificationHead`, for rerankers and classifiers: rows of logits), with the interface
+the runner drives in every graph mode.
 
 - FULL and single requests: `model(input_ids (B, S), attention_mask (B, S))` -> (B, D) float32,
   the encoder, pooling, Dense and Normalize with static shapes: one CUDA graph covers them all.
@@ -21,11 +21,13 @@ from models.config import (
     DebertaV2Config,
     EncoderConfig,
     Gemma3Config,
+    GteConfig,
     NomicBertConfig,
     Qwen3Config,
 )
 from models.deberta import DebertaEncoder
 from models.gemma3 import Gemma3Encoder
+from models.gte import GteEncoder
 from models.heads import ClassificationHead
 from models.modernbert import ModernBertEncoder
 from models.nomicbert import NomicBertEncoder
@@ -39,6 +41,7 @@ EncoderBody = (
     | DebertaEncoder
     | ModernBertEncoder
     | NomicBertEncoder
+    | GteEncoder
     | Qwen3Encoder
     | Gemma3Encoder
 )
@@ -52,6 +55,8 @@ def build_body(cfg: BodyConfig) -> EncoderBody:
         return DebertaEncoder(cfg)
     if isinstance(cfg, NomicBertConfig):
         return NomicBertEncoder(cfg)
+    if isinstance(cfg, GteConfig):
+        return GteEncoder(cfg)
     if isinstance(cfg, Qwen3Config):
         return Qwen3Encoder(cfg)
     if isinstance(cfg, Gemma3Config):

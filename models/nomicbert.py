@@ -3,7 +3,8 @@ embeddings and LayerNorm, then post-LayerNorm blocks with rotary positions on ev
 SwiGLU feed-forward and no biases in the projections.
 
 The block splits at attention like the others (`qkv(x)` then `finish(x, attn)`), so the packed
-pieces and the runner are the same; rotary positions are applied in the attention step. Module
+pieces and the runner are the same; rotary positions are applied in the attention step
+(`rotary.RotaryBody`). Module
 and parameter names are the checkpoint's own (Nomic's, which transformers keeps on disk).
 
 Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh, I intermediate.
@@ -16,9 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import NomicBertConfig
-from models.layers import attend
-from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
-from models.rotary import Rotary, rotate_qkv
+from models.rotary import Rotary, RotaryBody
 
 
 class NomicBertEmbeddings(nn.Module):
@@ -76,7 +75,7 @@ class _Layers(nn.Module):
         self.layers = nn.ModuleList(blocks)
 
 
-class NomicBertEncoder(nn.Module):
+class NomicBertEncoder(RotaryBody):
     """Embeddings + `emb_ln` + NomicBERT blocks: ids -> last hidden states."""
 
     def __init__(self, cfg: NomicBertConfig) -> None:
@@ -97,30 +96,3 @@ class NomicBertEncoder(nn.Module):
         """input_ids (...,) -> (..., H); positions enter through rotary attention, not here."""
         emb = self.embeddings
         return self.emb_ln(emb.word_embeddings(input_ids) + emb.token_type_embeddings.weight[0])
-
-    # ---------------------------------------------------------------- padded layout (FULL)
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
-        B, S = input_ids.shape
-        x = self.embed(input_ids)  # (B, S, H)
-        cos, sin = self.rotary(self.position_ids[:S])
-        key_mask = attention_mask.view(B, 1, 1, S)
-        for layer in self.blocks:
-            qkv = rotate_qkv(layer.qkv(x), cos, sin, layer.num_heads)  # (B, S, 3H)
-            x = layer.finish(x, attend(qkv, layer.num_heads, key_mask))
-        return x
-
-    # ---------------------------------------------------------------- packed layout (PIECEWISE)
-    def packed_pieces(self) -> list[PackedPiece]:
-        """As `TransformerEncoder.packed_pieces`."""
-        return encoder_pieces(self.embed, self.blocks)
-
-    def attend_packed(
-        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
-    ) -> None:
-        """Eager attention of layer `layer`: rotary at each token's position, then attention per
-        group: qkv (T_pad, 3H) -> writes out[:T] (T, H)."""
-        T = layout.num_tokens
-        cos, sin = self.rotary(layout.positions)  # (T, d)
-        heads = self.config.num_attention_heads
-        attend_groups(rotate_qkv(qkv[:T], cos, sin, heads), layout, out, heads)

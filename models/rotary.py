@@ -1,21 +1,31 @@
 """Rotary position embeddings (RoPE) on a fused QKV projection, as Hugging Face computes them:
-angles in float32, the rotate-half layout (not interleaved). ModernBERT and NomicBERT use them.
+angles in float32, the rotate-half layout (not interleaved), for every rotary family; and
+`RotaryBody`, the forwards of the encoders whose every layer takes the same rotary positions and
+a key mask only (NomicBERT, GTE).
 
-Shapes: S positions, nh heads, d head size, H = nh * d.
+Shapes: B requests, S positions, T packed tokens, nh heads, d head size, H = nh * d.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from models.layers import attend
+from models.packed import Block, PackedLayout, PackedPiece, attend_groups, encoder_pieces
+
 
 class Rotary(nn.Module):
-    """The angles of one rotary base: `forward(positions (S,) int64)` -> cos, sin (S, d) float32."""
+    """The angles of one rotary base: `forward(positions (S,) int64)` -> cos, sin (S, d) float32.
+    `scale` divides every frequency (GTE's NTK scaling; 1: none)."""
 
-    def __init__(self, dim: int, theta: float) -> None:
+    def __init__(self, dim: int, theta: float, scale: float = 1.0) -> None:
         super().__init__()
         inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        if scale != 1.0:
+            inv = inv / scale
         self.register_buffer("inv_freq", inv, persistent=False)  # (d / 2,) float32
         self.inv_freq: torch.Tensor
 
@@ -49,3 +59,48 @@ def rotate_qkv(
     qk = parts[..., :2, :, :].float()  # (..., S, 2, nh, d)
     rotated = (qk * c + rotate_half(qk) * s).to(qkv.dtype)
     return torch.cat((rotated, parts[..., 2:, :, :]), dim=-3).view(shape)
+
+
+class RotaryBody(nn.Module):
+    """Both layouts' forwards of an encoder whose layers all take rotary positions of one base
+    and a key mask only, with no final norm (NomicBERT, GTE). A subclass sets `config`,
+    `blocks`, `rotary` and `position_ids` and defines `embed(input_ids, position_ids=None)`."""
+
+    config: Any
+    blocks: list[Any]  # `packed.Block`s that are modules with `num_heads`
+    rotary: Rotary
+    position_ids: torch.Tensor
+
+    def embed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- padded layout (FULL)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
+        B, S = input_ids.shape
+        x = self.embed(input_ids)  # (B, S, H)
+        cos, sin = self.rotary(self.position_ids[:S])
+        key_mask = attention_mask.view(B, 1, 1, S)
+        heads = self.config.num_attention_heads
+        for layer in self.blocks:
+            qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3H)
+            x = layer.finish(x, attend(qkv, heads, key_mask))
+        return x
+
+    # ---------------------------------------------------------------- packed layout (PIECEWISE)
+    def packed_pieces(self) -> list[PackedPiece]:
+        """As `TransformerEncoder.packed_pieces`."""
+        blocks: list[Block] = self.blocks
+        return encoder_pieces(self.embed, blocks)
+
+    def attend_packed(
+        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
+    ) -> None:
+        """Eager attention of layer `layer` (the same for every layer): rotary at each token's
+        position, then attention per group: qkv (T_pad, 3H) -> writes out[:T] (T, H)."""
+        T = layout.num_tokens
+        cos, sin = self.rotary(layout.positions)  # (T, d)
+        heads = self.config.num_attention_heads
+        attend_groups(rotate_qkv(qkv[:T], cos, sin, heads), layout, out, heads)

@@ -42,6 +42,8 @@ _BASE_PREFIXES = (
     "electra.",
     "deberta.",
     "albert.",
+    "gte.",
+    "new.",
     "model.",
 )
 # Checkpoint tensors the encoder does not use: heads (DistilBERT's masked-LM head is vocab_*,

@@ -38,6 +38,7 @@ FAMILIES = (
     "nomic_bert",
     "qwen3",
     "gemma3_text",
+    "gte",
 )
 HIDDEN = 32
 # (max_position_embeddings, own max_seq_length): roberta-like families use pad_token_id + 1
@@ -234,7 +235,7 @@ def make_tokenizer(family: str) -> Any:
             return _qwen3_tokenizer([*byte_chars, *merged], merges)
         vocab = ["<s>", "<pad>", "</s>", "<unk>", *byte_chars, *merged, "<mask>"]
         return tf.RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
-    if family == "xlm-roberta":
+    if family in ("xlm-roberta", "gte"):  # gte-multilingual's is XLM-RoBERTa's
         return tf.XLMRobertaTokenizer(vocab=_unigram(["<s>", "<pad>", "</s>", "<unk>"], "<mask>"))
     if family == "albert":  # a sentencepiece unigram, lower-cased, [CLS] / [SEP]
         pieces = _unigram(["<pad>", "<unk>", "[CLS]", "[SEP]"], "[MASK]")
@@ -345,6 +346,10 @@ def make_hf_model(
         own = {"hidden_act": "silu", "rope_parameters": rope, "layer_norm_eps": 1e-2}
         cfg = tf.NomicBertConfig(**{**common, **own})
         model = tf.NomicBertModel(cfg)
+    elif family == "gte":  # gte-multilingual-base's kind: one token type, a rotary base of its own
+        rope = {"rope_type": "default", "rope_theta": 300.0}
+        cfg = tf.GteConfig(**common, type_vocab_size=1, pad_token_id=1, rope_parameters=rope)
+        model = (tf.GteForSequenceClassification if classify else tf.GteModel)(cfg)
     elif family == "qwen3":
         # Grouped-query attention (4 query heads over 2 key/value heads), heads wider than
         # hidden_size / heads, a rotary base and eps of their own: reading any wrong shows.

@@ -48,6 +48,7 @@ SPECS = [
     TinySpec("deberta-v2", "mean", normalize=True),  # DeBERTa-v3, log-bucketed distances
     TinySpec("albert", "mean"),  # the paraphrase-albert-small-v2 pipeline
     TinySpec("nomic_bert", "mean", normalize=True),  # nomic-embed-text's pipeline
+    TinySpec("gte", "cls", normalize=True),  # gte-multilingual-base's pipeline
     TinySpec("qwen3", "lasttoken", normalize=True),  # Qwen3-Embedding's pipeline
     # EmbeddingGemma's pipeline: mean, a Dense widening and one narrowing, Normalize
     TinySpec("gemma3_text", "mean", dense=(24, "identity", False), dense_up=64, normalize=True),

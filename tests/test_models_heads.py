@@ -50,6 +50,7 @@ RERANKERS = [
     DEBERTA_RERANKER,  # mxbai-rerank-v1's layout (DeBERTa-v3)
     CrossSpec("albert"),
     CrossSpec("modernbert"),
+    CrossSpec("gte"),  # gte-multilingual-reranker-base's layout
 ]
 CLASSIFIERS = [
     BERT_CLASSIFIER,
@@ -58,6 +59,7 @@ CLASSIFIERS = [
     CrossSpec("distilbert", labels=("NEGATIVE", "POSITIVE"), save="hf"),  # the SST-2 layout
     DEBERTA_V2_CLASSIFIER,
     ALBERT_GROUPED_CLASSIFIER,
+    CrossSpec("gte", labels=("off", "on"), save="hf"),
     CrossSpec(
         "modernbert",
         labels=("x", "y"),
@@ -127,6 +129,31 @@ def hf_single(folder: Path, texts: list[str]) -> torch.Tensor:
         model = tf.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
         with torch.no_grad():
             return model(**tok(texts, padding=True, return_tensors="pt")).logits.float()
+
+
+def test_gte_reranker_as_the_original_code_saves_it(copy_of):
+    """gte-multilingual-reranker-base on the hub: model_type "new", NewForSequenceClassification,
+    tensors under `new.`: the same scores as transformers' port of it."""
+    spec = CrossSpec("gte")
+    folder = copy_of(spec)
+    cfg = json.loads((folder / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg.update(
+        model_type="new",
+        architectures=["NewForSequenceClassification"],
+        rope_theta=rope["rope_theta"],
+        position_embedding_type="rope",
+    )
+    (folder / "config.json").write_text(json.dumps(cfg))
+    weights = folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k.replace("gte.", "new.", 1): v for k, v in tensors.items()}, str(weights))
+    assert any(k.startswith("gte.") for k in tensors)
+    enc = load_sentence_encoder(folder)
+    assert (enc.family, enc.task) == ("new", "rerank")
+    torch.testing.assert_close(
+        enc.score(PAIRS), load_sentence_encoder(tiny_cross_encoder(spec)).score(PAIRS)
+    )
 
 
 def test_bfloat16_head_stays_float32():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from model_builders import TEXTS as PARITY_TEXTS
-from model_builders import TinySpec, st_encode, tiny_model
+from model_builders import TinySpec, offline_hub, st_encode, tiny_model
 from safetensors.torch import load_file, save_file
 
 from models import ModelLoadError, default_model_path, load_sentence_encoder, make_toy_encoder
@@ -406,6 +406,103 @@ def test_invalid_gemma3_config_values(tmp_path, patch, message):
     assert_config_refused(model_dir, patch, message)
 
 
+GTE = TinySpec("gte", "cls", normalize=True)
+
+
+def gte_original_config(native: dict, **changes: object) -> dict:
+    """transformers' GteConfig keys rewritten as GTE's original code writes config.json (model_type
+    "new", as gte-multilingual-base and gte-*-en-v1.5 have it on the hub)."""
+    own = {k: v for k, v in native.items() if k not in ("rope_parameters", "architectures")}
+    own.update(
+        model_type="new",
+        architectures=["NewModel"],
+        auto_map={"AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel"},
+        rope_theta=native["rope_parameters"]["rope_theta"],
+        rope_scaling=None,
+        position_embedding_type="rope",
+        layer_norm_type="layer_norm",
+        logn_attention_scale=False,
+        logn_attention_clip1=False,
+        pack_qkv=True,
+        unpad_inputs=False,
+        use_memory_efficient_attention=False,
+    )
+    own.update(changes)
+    return own
+
+
+def gte_as_original(tmp_path: Path, **changes: object) -> Path:
+    model_dir = Path(shutil.copytree(tiny_model(GTE), tmp_path / "gte"))
+    file = model_dir / "config.json"
+    file.write_text(json.dumps(gte_original_config(json.loads(file.read_text()), **changes)))
+    return model_dir
+
+
+def test_gte_config_as_the_original_code_writes_it(tmp_path):
+    """model_type "new" (the hub's gte models): the same checkpoint layout, the same model."""
+    enc = load_sentence_encoder(gte_as_original(tmp_path))
+    assert enc.family == "new"
+    torch.testing.assert_close(
+        enc.embed(PARITY_TEXTS), load_sentence_encoder(tiny_model(GTE)).embed(PARITY_TEXTS)
+    )
+
+
+def test_gte_ntk_scaling_as_the_original_code_computes_it(tmp_path):
+    """rope_scaling {"type": "ntk"} (gte-*-en-v1.5, gte-multilingual-base): the base times the
+    factor and every frequency divided by factor ** (2 / d), as the original code and vLLM
+    compute it. The reference is transformers' GteModel of the same weights given those
+    frequencies (it has no NTK of its own)."""
+    import transformers
+
+    factor = 4.0
+    scaling = {"type": "ntk", "factor": factor}
+    got = load_sentence_encoder(gte_as_original(tmp_path, rope_scaling=scaling)).embed(PARITY_TEXTS)
+    folder = tiny_model(GTE)
+    with offline_hub():
+        model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    cfg = json.loads((folder / "config.json").read_text())
+    d = cfg["hidden_size"] // cfg["num_attention_heads"]
+    theta = cfg["rope_parameters"]["rope_theta"] * factor
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2).float() / d)) / factor ** (2 / d)
+    model.rotary_emb.inv_freq.copy_(inv_freq)
+    batch = tok(PARITY_TEXTS, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        cls = model(**batch).last_hidden_state[:, 0]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(cls), atol=1e-5, rtol=0)
+    plain = load_sentence_encoder(folder).embed(PARITY_TEXTS)
+    assert torch.nn.functional.cosine_similarity(got, plain).min() < 0.999  # it is applied
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"position_embedding_type": "absolute"}, "position_embedding_type 'absolute' is not"),
+        ({"layer_norm_type": "rms_norm"}, "layer_norm_type 'rms_norm' is not supported"),
+        ({"logn_attention_scale": True}, "logn_attention_scale True is not supported"),
+        ({"pack_qkv": False}, "pack_qkv False is not supported"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "only fixed NTK scaling"),
+        ({"rope_scaling": {"type": "ntk", "factor": 2.0, "mixed_b": 2}}, "only fixed NTK"),
+        ({"hidden_act": "silu"}, "hidden_act 'silu' is not supported"),
+        (
+            {"architectures": ["NewForTokenClassification"]},
+            None,  # not a sequence classifier: served as an embedder
+        ),
+    ],
+)
+def test_invalid_gte_config_values(tmp_path, patch, message):
+    model_dir = gte_as_original(tmp_path)
+    if message is None:
+        assert load_sentence_encoder(model_dir).task == "embed"
+        return
+    assert_config_refused(model_dir, patch, message)
+
+
+def test_invalid_gte_native_rotary(tmp_path):
+    model_dir = Path(shutil.copytree(tiny_model(GTE), tmp_path / "gte"))
+    assert_config_refused(model_dir, {"rope_parameters": {"rope_type": "yarn"}}, "only default")
+
+
 def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):
     """Some DeBERTa-v3 checkpoints keep embeddings.position_embeddings although
     position_biased_input is false (transformers ignores it on load): served, unchanged."""
@@ -641,8 +738,8 @@ def test_unsupported_model_type_is_refused(copy_of):
         load_sentence_encoder(folder)
     assert ei.value.file == file
     assert "model_type 'deberta' is not supported" in str(ei.value)
-    families = "albert, bert, deberta-v2, distilbert, electra, gemma3_text, modernbert, mpnet"
-    assert families + ", nomic_bert, qwen3, roberta, xlm-roberta)" in str(ei.value)
+    families = "albert, bert, deberta-v2, distilbert, electra, gemma3_text, gte, modernbert"
+    assert families + ", mpnet, new, nomic_bert, qwen3, roberta, xlm-roberta)" in str(ei.value)
 
 
 def test_pickle_only_directory_is_refused(copy_of):

@@ -541,25 +541,9 @@ class Qwen3Config(_Shape):
     family: str = "qwen3"
 
     def __post_init__(self) -> None:
-        for name in (*_REQUIRED, "num_key_value_heads", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even (rotary)")
+        _check_grouped_query(self, (), ("rms_norm_eps", "rope_theta"))
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (only 'silu')")
-        if not isinstance(self.attention_bias, bool):
-            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
-        for name in ("rms_norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -698,17 +682,8 @@ class Gemma3Config(_Shape):
     family: str = "gemma3_text"
 
     def __post_init__(self) -> None:
-        for name in (*_REQUIRED, "num_key_value_heads", "head_dim", "sliding_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even (rotary)")
+        floats = ("rms_norm_eps", "query_pre_attn_scalar", "global_rope_theta", "local_rope_theta")
+        _check_grouped_query(self, ("sliding_window",), floats)
         if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {
             "full_attention",
             "sliding_attention",
@@ -719,17 +694,6 @@ class Gemma3Config(_Shape):
                 f"hidden_activation {self.hidden_activation!r} is not supported "
                 f"(one of {list(GEMMA_ACTIVATIONS)})"
             )
-        if not isinstance(self.attention_bias, bool):
-            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
-        for name in (
-            "rms_norm_eps",
-            "query_pre_attn_scalar",
-            "global_rope_theta",
-            "local_rope_theta",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -864,6 +828,31 @@ def _check_post_ln_block(
         raise ValueError(f"pad_token_id {pad!r} is outside the vocabulary")
     if not isinstance(cfg.layer_norm_eps, int | float) or not cfg.layer_norm_eps > 0:
         raise ValueError(f"layer_norm_eps must be > 0, got {cfg.layer_norm_eps!r}")
+
+
+def _check_grouped_query(
+    cfg: Qwen3Config | Gemma3Config, ints: tuple[str, ...], floats: tuple[str, ...]
+) -> None:
+    """The rules Qwen3's and Gemma3's configs share: the shapes, key/value heads and `ints`
+    positive integers, query heads a multiple of the key/value heads, an even head size
+    (rotary), `attention_bias` a boolean, `floats` positive numbers."""
+    for name in (*_REQUIRED, "num_key_value_heads", "head_dim", *ints):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise ValueError(
+            f"num_attention_heads {cfg.num_attention_heads} is not a multiple of "
+            f"num_key_value_heads {cfg.num_key_value_heads}"
+        )
+    if cfg.head_dim % 2:
+        raise ValueError(f"head_dim {cfg.head_dim} must be even (rotary)")
+    if not isinstance(cfg.attention_bias, bool):
+        raise ValueError(f"attention_bias must be true or false, got {cfg.attention_bias!r}")
+    for name in floats:
+        value = getattr(cfg, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def _check_encoder(raw: dict[str, Any]) -> None:

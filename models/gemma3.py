@@ -6,8 +6,9 @@ tokens, a final RMSNorm.
 
 The block splits at attention like the others (`qkv(x)` then `finish(x, attn)`), so the packed
 pieces and the runner are the same; rotary positions (a base per layer type) and the local
-window are applied in the attention step, which therefore needs the layer index. Module and
-parameter names are the checkpoint's own (transformers' Gemma3TextModel).
+window are applied in the attention step, which therefore needs the layer index (the forwards
+are `rotary.LocalGlobalBody`'s, which ModernBERT shares). Module and parameter names are the
+checkpoint's own (transformers' Gemma3TextModel).
 
 Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d head size, A = nh x d.
 """
@@ -19,10 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import Gemma3Config
-from models.layers import attend, with_key_mask
-from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
 from models.qwen3 import GatedMlp, GroupedQueryAttention
-from models.rotary import Rotary, rotate_qkv
+from models.rotary import LocalGlobalBody, Rotary
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -66,7 +65,7 @@ class Gemma3Layer(nn.Module):
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
-class Gemma3Encoder(nn.Module):
+class Gemma3Encoder(LocalGlobalBody):
     """Scaled token embeddings + Gemma3 blocks + final RMSNorm: ids -> last hidden states."""
 
     def __init__(self, cfg: Gemma3Config) -> None:
@@ -84,6 +83,7 @@ class Gemma3Encoder(nn.Module):
         self.global_rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
         self.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta)
         self.scale = cfg.query_pre_attn_scalar**-0.5
+        self.window_reach = cfg.window
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 
@@ -93,47 +93,5 @@ class Gemma3Encoder(nn.Module):
         """input_ids (...,) -> (..., H); positions enter through rotary attention, not here."""
         return self.embed_tokens(input_ids) * self.embed_scale
 
-    def rotary(self, positions: torch.Tensor, sliding: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (S,) int64 -> cos, sin (S, d) float32."""
-        return (self.local_rotary if sliding else self.global_rotary)(positions)
-
-    def window(self, length: int) -> torch.Tensor:
-        """(1, 1, S, S) bool: True where two positions are less than the local window apart."""
-        pos = self.position_ids[:length]
-        near = (pos.view(-1, 1) - pos.view(1, -1)).abs() < self.config.window
-        return near.view(1, 1, length, length)
-
-    # ---------------------------------------------------------------- padded layout (FULL)
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
-        B, S = input_ids.shape
-        x = self.embed(input_ids)  # (B, S, H)
-        pos = self.position_ids[:S]
-        rope = {sliding: self.rotary(pos, sliding) for sliding in (False, True)}
-        key_mask = attention_mask.view(B, 1, 1, S)
-        local = with_key_mask(self.window(S), key_mask)  # (B, 1, S, S)
-        heads = self.config.num_attention_heads
-        for layer in self.blocks:
-            cos, sin = rope[layer.sliding]
-            qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3A)
-            attn = attend(qkv, heads, local if layer.sliding else key_mask, self.scale)
-            x = layer.finish(x, attn)
+    def final(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
-
-    # ---------------------------------------------------------------- packed layout (PIECEWISE)
-    def packed_pieces(self) -> list[PackedPiece]:
-        """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
-        return encoder_pieces(self.embed, self.blocks, self.norm)
-
-    def attend_packed(
-        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
-    ) -> None:
-        """Eager attention of layer `layer`: rotary at each token's position, then attention per
-        group, windowed in local layers: qkv (T_pad, 3A) -> writes out[:T] (T, A)."""
-        block = self.blocks[layer]
-        T = layout.num_tokens
-        heads = self.config.num_attention_heads
-        cos, sin = self.rotary(layout.positions, block.sliding)  # (T, d)
-        rotated = rotate_qkv(qkv[:T], cos, sin, heads)  # (T, 3A)
-        extra = (lambda g: self.window(g.shape[1])) if block.sliding else None
-        attend_groups(rotated, layout, out, heads, extra, self.scale)

@@ -1,7 +1,8 @@
 """Rotary position embeddings (RoPE) on a fused QKV projection, as Hugging Face computes them:
-angles in float32, the rotate-half layout (not interleaved), for every rotary family; and
-`RotaryBody`, the forwards of the encoders whose every layer takes the same rotary positions and
-a key mask only (NomicBERT, GTE).
+angles in float32, the rotate-half layout (not interleaved), for every rotary family; and the
+forwards (both layouts) the rotary encoders share: `RotaryBody`, every layer the same rotary
+positions and a key mask only (NomicBERT, GTE); `LocalGlobalBody`, global layers and windowed
+local ones, each kind with its own rotary base, then a final norm (ModernBERT, Gemma3).
 
 Shapes: B requests, S positions, T packed tokens, nh heads, d head size, H = nh * d.
 """
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.layers import attend
+from models.layers import attend, with_key_mask
 from models.packed import Block, PackedLayout, PackedPiece, attend_groups, encoder_pieces
 
 
@@ -104,3 +105,73 @@ class RotaryBody(nn.Module):
         cos, sin = self.rotary(layout.positions)  # (T, d)
         heads = self.config.num_attention_heads
         attend_groups(rotate_qkv(qkv[:T], cos, sin, heads), layout, out, heads)
+
+
+class LocalGlobalBody(nn.Module):
+    """Both layouts' forwards of an encoder of global layers and local ones that see only the
+    tokens less than `window_reach` away, each kind with its own rotary base, then a final norm
+    (ModernBERT, Gemma3). A subclass sets `config`, `blocks` (each with `sliding`),
+    `global_rotary`, `local_rotary`, `position_ids`, `window_reach` and `scale` (of q.k; None:
+    1 / sqrt(d)) and defines `embed(input_ids, position_ids=None)` and `final(x)`."""
+
+    config: Any
+    blocks: list[Any]  # `packed.Block`s that are modules with `sliding`
+    global_rotary: Rotary
+    local_rotary: Rotary
+    position_ids: torch.Tensor
+    window_reach: int
+    scale: float | None
+
+    def embed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rotary(self, positions: torch.Tensor, sliding: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (S,) int64 -> cos, sin (S, d) float32."""
+        return (self.local_rotary if sliding else self.global_rotary)(positions)
+
+    def window(self, length: int) -> torch.Tensor:
+        """(1, 1, S, S) bool: True where two positions are less than `window_reach` apart."""
+        pos = self.position_ids[:length]
+        near = (pos.view(-1, 1) - pos.view(1, -1)).abs() < self.window_reach
+        return near.view(1, 1, length, length)
+
+    # ---------------------------------------------------------------- padded layout (FULL)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
+        B, S = input_ids.shape
+        x = self.embed(input_ids)  # (B, S, H)
+        pos = self.position_ids[:S]
+        rope = {sliding: self.rotary(pos, sliding) for sliding in (False, True)}
+        key_mask = attention_mask.view(B, 1, 1, S)
+        local = with_key_mask(self.window(S), key_mask)  # (B, 1, S, S)
+        heads = self.config.num_attention_heads
+        for layer in self.blocks:
+            cos, sin = rope[layer.sliding]
+            qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3A)
+            attn = attend(qkv, heads, local if layer.sliding else key_mask, self.scale)
+            x = layer.finish(x, attn)
+        return self.final(x)
+
+    # ---------------------------------------------------------------- packed layout (PIECEWISE)
+    def packed_pieces(self) -> list[PackedPiece]:
+        """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
+        blocks: list[Block] = self.blocks
+        return encoder_pieces(self.embed, blocks, self.final)
+
+    def attend_packed(
+        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
+    ) -> None:
+        """Eager attention of layer `layer`: rotary at each token's position, then attention per
+        group, windowed in local layers: qkv (T_pad, 3A) -> writes out[:T] (T, A)."""
+        block = self.blocks[layer]
+        T = layout.num_tokens
+        heads = self.config.num_attention_heads
+        cos, sin = self.rotary(layout.positions, block.sliding)  # (T, d)
+        rotated = rotate_qkv(qkv[:T], cos, sin, heads)  # (T, 3A)
+        extra = (lambda g: self.window(g.shape[1])) if block.sliding else None
+        attend_groups(rotated, layout, out, heads, extra, self.scale)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 NAME = "minilm-l6-reranker"
-_DONE = ".complete"  # written last: the directory is whole
+COMPLETE_MARK = ".complete"  # written last: the directory is whole
 
 
-def _built(out: Path) -> bool:
+def already_built(out: Path) -> bool:
     """Whether `out` already holds a whole model; if not, the libraries are told to stay off
     the network while it is built."""
-    if (out / _DONE).is_file():
+    if (out / COMPLETE_MARK).is_file():
         return True
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -39,14 +39,14 @@ def _save(model: Any, tokenizer: Any, out: Path) -> Path:
     model.save_pretrained(str(hf_dir))
     tokenizer.save_pretrained(str(hf_dir))
     CrossEncoder(str(hf_dir), device="cpu").save(str(out))
-    (out / _DONE).write_text("ok\n")
+    (out / COMPLETE_MARK).write_text("ok\n")
     return out
 
 
 def build_minilm_reranker(root: Path, seed: int = 0) -> Path:
     """The reranker's directory under `root`, built there once (reused when already complete)."""
     out = Path(root) / f"{NAME}-s{seed}"
-    if _built(out):
+    if already_built(out):
         return out
     import torch
     from safetensors.torch import load_file
@@ -79,7 +79,7 @@ def build_deberta_reranker(root: Path, seed: int = 0) -> Path:
     tokenizer. Saved with `CrossEncoder.save`. For `python -m bench rerank --model DIR`: the speed
     of the DeBERTa path against transformers' own; the scores mean nothing."""
     out = Path(root) / f"{DEBERTA_NAME}-s{seed}"
-    if _built(out):
+    if already_built(out):
         return out
     import torch
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification

@@ -315,15 +315,9 @@ class ModernBertConfig(_Shape):
             if not isinstance(every, int) or isinstance(every, bool) or every < 1:
                 raise ValueError(f"global_attn_every_n_layers must be >= 1, got {every!r}")
             types = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
-        thetas = {"full_attention": raw.get("global_rope_theta", 160000.0)}
-        thetas["sliding_attention"] = raw.get("local_rope_theta", 10000.0)
-        rope = raw.get("rope_parameters") or {}
-        if not isinstance(rope, dict):
-            raise ValueError(f"rope_parameters {rope!r} is not an object")
-        for kind, params in rope.items():
-            if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters {kind} {params!r}: only default rotary")
-            thetas[kind] = params.get("rope_theta", thetas.get(kind))
+        thetas = _rope_thetas_by_layer_type(
+            raw, raw.get("global_rope_theta", 160000.0), raw.get("local_rope_theta", 10000.0)
+        )
         if raw.get("rope_scaling"):
             raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
         names = {f.name for f in dataclasses.fields(cls)} - {"family", "layer_types"}
@@ -735,15 +729,9 @@ class Gemma3Config(_Shape):
             types = [
                 "sliding_attention" if (i + 1) % every else "full_attention" for i in range(layers)
             ]
-        thetas = {"full_attention": raw.get("rope_theta", 1_000_000.0)}
-        thetas["sliding_attention"] = raw.get("rope_local_base_freq", 10_000.0)
-        rope = raw.get("rope_parameters") or {}
-        if not isinstance(rope, dict):
-            raise ValueError(f"rope_parameters {rope!r} is not an object")
-        for kind, params in rope.items():
-            if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters {kind} {params!r}: only default rotary")
-            thetas[kind] = params.get("rope_theta", thetas.get(kind))
+        thetas = _rope_thetas_by_layer_type(
+            raw, raw.get("rope_theta", 1_000_000.0), raw.get("rope_local_base_freq", 10_000.0)
+        )
         values: dict[str, Any] = {k: raw[k] for k in _REQUIRED}
         values["num_key_value_heads"] = raw.get("num_key_value_heads") or raw["num_attention_heads"]
         values["head_size"] = raw.get("head_dim") or 256
@@ -853,6 +841,21 @@ def _check_grouped_query(
         value = getattr(cfg, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _rope_thetas_by_layer_type(raw: dict[str, Any], full: Any, sliding: Any) -> dict[str, Any]:
+    """The rotary base of each layer type: transformers 5's `rope_parameters` (one default-type
+    entry per layer type) where config.json has them, else `full` and `sliding` (transformers
+    4's keys, read by the caller). ValueError for another rotary type."""
+    thetas = {"full_attention": full, "sliding_attention": sliding}
+    rope = raw.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"rope_parameters {rope!r} is not an object")
+    for kind, params in rope.items():
+        if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_parameters {kind} {params!r}: only default rotary")
+        thetas[kind] = params.get("rope_theta", thetas.get(kind))
+    return thetas
 
 
 def _check_encoder(raw: dict[str, Any]) -> None:

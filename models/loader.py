@@ -148,6 +148,39 @@ def pad_token_id(folder: Path, tokenizer: Tokenizer, raw_config: dict[str, Any])
     )
 
 
+def serving_dtype(
+    family: str,
+    raw_config: dict[str, Any],
+    dtype: torch.dtype,
+    float16_fallback: torch.dtype | None,
+    file: Path,
+) -> torch.dtype:
+    """`dtype`, except float16 where it does not suit the model: a family whose activations
+    overflow it (`FLOAT16_OVERFLOWS`) gets `float16_fallback` (None: refused, naming `file`); a
+    checkpoint stored in bfloat16 (config.json's `torch_dtype` or `dtype`: it was trained so)
+    gets bfloat16 where the fallback is bfloat16, as vLLM's `auto` does."""
+    if dtype != torch.float16:
+        return dtype
+    if family in FLOAT16_OVERFLOWS:
+        if float16_fallback is None:
+            raise ModelLoadError(
+                file,
+                f"{family} models overflow float16 (their activations pass its 65504): "
+                "serve it in bfloat16 or float32",
+            )
+        logger.info(
+            "%s models overflow float16: serving in %s",
+            family,
+            str(float16_fallback).removeprefix("torch."),
+        )
+        return float16_fallback
+    stored = raw_config.get("torch_dtype") or raw_config.get("dtype")
+    if stored == "bfloat16" and float16_fallback == torch.bfloat16:
+        logger.info("the checkpoint is stored in bfloat16: serving in bfloat16, not float16")
+        return torch.bfloat16
+    return dtype
+
+
 def load_tokenizer(
     settings: TransformerSettings, max_seq_len: int, raw_config: dict[str, Any]
 ) -> TextTokenizer:
@@ -188,8 +221,8 @@ def load_sentence_encoder(
     `longest_forward` (the most tokens the caller runs in one forward) where that is less.
     name: what the service calls the model (None: the hub id, else the directory's name).
     task: "embed", "rerank" or "classify" (None: what the directory declares, see
-    `task.resolve_task`). float16_fallback: the dtype a family whose activations overflow
-    float16 (`FLOAT16_OVERFLOWS`) is served in when `dtype` is float16 (None: refused).
+    `task.resolve_task`). float16_fallback: what `dtype` float16 gives way to where it does not
+    suit the model (`serving_dtype`; None: float16 was asked for, not chosen by default).
     Raises ModelLoadError naming the file (also for a task the model cannot serve); ValueError
     for a bad device/dtype, max_seq_len or task name.
     """
@@ -232,19 +265,7 @@ def load_sentence_encoder(
             f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.vocab_size}",
         )
 
-    if dtype == torch.float16 and cfg.family in FLOAT16_OVERFLOWS:
-        if float16_fallback is None:
-            raise ModelLoadError(
-                folder / "config.json",
-                f"{cfg.family} models overflow float16 (their activations pass its 65504): "
-                "serve it in bfloat16 or float32",
-            )
-        logger.info(
-            "%s models overflow float16: serving in %s",
-            cfg.family,
-            str(float16_fallback).removeprefix("torch."),
-        )
-        dtype = float16_fallback
+    dtype = serving_dtype(cfg.family, raw_config, dtype, float16_fallback, folder / "config.json")
     tensors = read_safetensors(folder)
     body = build_body(cfg)
     try:

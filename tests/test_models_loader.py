@@ -22,6 +22,7 @@ from model_builders import TinySpec, offline_hub, st_encode, tiny_model
 from safetensors.torch import load_file, save_file
 
 from models import ModelLoadError, default_model_path, load_sentence_encoder, make_toy_encoder
+from models.loader import serving_dtype
 from models.toy import toy_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -501,6 +502,26 @@ def test_invalid_gte_config_values(tmp_path, patch, message):
 def test_invalid_gte_native_rotary(tmp_path):
     model_dir = Path(shutil.copytree(tiny_model(GTE), tmp_path / "gte"))
     assert_config_refused(model_dir, {"rope_parameters": {"rope_type": "yarn"}}, "only default")
+
+
+def test_serving_dtype_where_float16_does_not_suit(tmp_path):
+    """float16 chosen by default (a fallback given) gives way for a family it overflows in, and
+    to bfloat16 for a checkpoint stored in bfloat16 where the GPU multiplies it natively; asked
+    for (no fallback), it is kept, or refused for such a family. Other dtypes are kept."""
+    f = tmp_path / "config.json"
+    half, bf16, fp32 = torch.float16, torch.bfloat16, torch.float32
+    assert serving_dtype("bert", {"torch_dtype": "float32"}, half, bf16, f) is half
+    assert serving_dtype("qwen3", {"torch_dtype": "bfloat16"}, half, bf16, f) is bf16
+    assert serving_dtype("qwen3", {"dtype": "bfloat16"}, half, bf16, f) is bf16  # transformers 5
+    assert serving_dtype("qwen3", {"dtype": "bfloat16"}, half, fp32, f) is half  # before Ampere
+    assert serving_dtype("qwen3", {"dtype": "bfloat16"}, half, None, f) is half  # asked for
+    assert serving_dtype("gemma3_text", {"dtype": "float32"}, half, bf16, f) is bf16
+    assert serving_dtype("gemma3_text", {}, half, fp32, f) is fp32
+    with pytest.raises(ModelLoadError, match="overflow float16") as ei:
+        serving_dtype("gemma3_text", {}, half, None, f)
+    assert ei.value.file == f
+    assert serving_dtype("gemma3_text", {}, fp32, None, f) is fp32
+    assert serving_dtype("qwen3", {"dtype": "bfloat16"}, fp32, bf16, f) is fp32
 
 
 def test_deberta_position_table_it_does_not_use_is_ignored(tmp_path):

@@ -63,8 +63,9 @@ class EngineConfig:
     task: str | None  # embed, rerank or classify; None: what the model's config says
     device: str
     dtype: torch.dtype
-    # The dtype a model whose activations overflow float16 (Gemma's) is served in when `dtype`
-    # is float16 by default; None: float16 was asked for, and such a model is refused.
+    # What `dtype` float16, chosen by default, gives way to for a model it does not suit (one
+    # that overflows it, or stored in bfloat16: `models.loader.serving_dtype`); None: float16
+    # was asked for.
     float16_fallback: torch.dtype | None
     max_seq_len: int | None  # None: the model's own
     num_threads: int  # torch intra-op threads; 0 keeps torch's default

@@ -616,32 +616,30 @@ class GteConfig(_Shape):
 
     @classmethod
     def from_hf(cls, raw: dict[str, Any]) -> GteConfig:
-        """From a config.json object of transformers' GteConfig (rope_parameters) or of the
-        original code (model_type "new": rope_theta, rope_scaling); ValueError naming what is
-        refused."""
+        """From a config.json object as transformers' GteConfig writes it (rope_parameters) or
+        the original code (rope_theta, rope_scaling, and its settings; model_type "new", or
+        "gte" in some checkpoints, Snowflake's arctic-embed-m-v2.0 for one): whichever keys are
+        there are read, so none is left out silently. ValueError naming what is refused."""
         family = _model_type(raw)
         if family not in ("gte", "new"):
             raise ValueError(f"model_type {family!r} is not gte")
-        values: dict[str, Any] = {"family": family}
-        if family == "new":
-            for key, served in _GTE_NEW_FIXED.items():
-                if key in raw and raw[key] != served:
-                    raise ValueError(f"{key} {raw[key]!r} is not supported (only {served!r})")
-            values["rope_theta"] = raw.get("rope_theta", 10000.0)
-            values["type_vocab_size"] = raw.get("type_vocab_size", 0)
-            scaling = raw.get("rope_scaling")
-            if scaling is not None:
-                kind = isinstance(scaling, dict) and (
-                    scaling.get("type") or scaling.get("rope_type")
-                )
-                if kind != "ntk" or scaling.get("mixed_b") is not None:
-                    raise ValueError(f"rope_scaling {scaling!r}: only fixed NTK scaling")
-                values["ntk_factor"] = scaling.get("factor")
-        else:
-            rope = raw.get("rope_parameters") or {}
-            if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters {rope!r}: only default rotary")
-            values["rope_theta"] = rope.get("rope_theta", 160_000.0)
+        for key, served in _GTE_NEW_FIXED.items():
+            if key in raw and raw[key] != served:
+                raise ValueError(f"{key} {raw[key]!r} is not supported (only {served!r})")
+        # The original code's defaults where its keys are missing; transformers' port's else.
+        original = family == "new"
+        values: dict[str, Any] = {"family": family, "type_vocab_size": 0 if original else 1}
+        theta = raw.get("rope_theta", 10000.0 if original else 160_000.0)
+        rope = raw.get("rope_parameters") or {}
+        if not isinstance(rope, dict) or rope.get("rope_type", "default") != "default":
+            raise ValueError(f"rope_parameters {rope!r}: only default rotary")
+        values["rope_theta"] = rope.get("rope_theta", theta)
+        scaling = raw.get("rope_scaling")
+        if scaling is not None:
+            kind = isinstance(scaling, dict) and (scaling.get("type") or scaling.get("rope_type"))
+            if kind != "ntk" or scaling.get("mixed_b") is not None:
+                raise ValueError(f"rope_scaling {scaling!r}: only fixed NTK scaling")
+            values["ntk_factor"] = scaling.get("factor")
         _check_encoder(raw)
         for key in ("type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act"):
             if raw.get(key) is not None:

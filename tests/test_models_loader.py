@@ -408,6 +408,7 @@ def test_invalid_gemma3_config_values(tmp_path, patch, message):
 
 
 GTE = TinySpec("gte", "cls", normalize=True)
+NTK = {"type": "ntk", "factor": 4.0}
 
 
 def gte_original_config(native: dict, **changes: object) -> dict:
@@ -432,20 +433,26 @@ def gte_original_config(native: dict, **changes: object) -> dict:
     return own
 
 
-def gte_as_original(tmp_path: Path, **changes: object) -> Path:
-    model_dir = Path(shutil.copytree(tiny_model(GTE), tmp_path / "gte"))
+def gte_as_original(folder: Path, **changes: object) -> Path:
+    model_dir = Path(shutil.copytree(tiny_model(GTE), folder / "gte"))
     file = model_dir / "config.json"
     file.write_text(json.dumps(gte_original_config(json.loads(file.read_text()), **changes)))
     return model_dir
 
 
-def test_gte_config_as_the_original_code_writes_it(tmp_path):
-    """model_type "new" (the hub's gte models): the same checkpoint layout, the same model."""
-    enc = load_sentence_encoder(gte_as_original(tmp_path))
-    assert enc.family == "new"
+@pytest.mark.parametrize("model_type", ["new", "gte"])
+def test_gte_config_as_the_original_code_writes_it(tmp_path, model_type):
+    """The original code's keys (rope_theta, its settings) under model_type "new" (the hub's gte
+    models) or "gte" (arctic-embed-m-v2.0's): the same checkpoint layout, the same model; its
+    NTK scaling is read under either name."""
+    enc = load_sentence_encoder(gte_as_original(tmp_path, model_type=model_type))
+    assert enc.family == model_type
     torch.testing.assert_close(
         enc.embed(PARITY_TEXTS), load_sentence_encoder(tiny_model(GTE)).embed(PARITY_TEXTS)
     )
+    scaled = gte_as_original(tmp_path / "ntk", model_type=model_type, rope_scaling=NTK)
+    ntk = load_sentence_encoder(scaled).embed(PARITY_TEXTS)
+    assert torch.nn.functional.cosine_similarity(ntk, enc.embed(PARITY_TEXTS)).min() < 0.999
 
 
 def test_gte_ntk_scaling_as_the_original_code_computes_it(tmp_path):
@@ -455,9 +462,8 @@ def test_gte_ntk_scaling_as_the_original_code_computes_it(tmp_path):
     frequencies (it has no NTK of its own)."""
     import transformers
 
-    factor = 4.0
-    scaling = {"type": "ntk", "factor": factor}
-    got = load_sentence_encoder(gte_as_original(tmp_path, rope_scaling=scaling)).embed(PARITY_TEXTS)
+    factor = NTK["factor"]
+    got = load_sentence_encoder(gte_as_original(tmp_path, rope_scaling=NTK)).embed(PARITY_TEXTS)
     folder = tiny_model(GTE)
     with offline_hub():
         model = transformers.AutoModel.from_pretrained(str(folder)).eval()

@@ -1,9 +1,9 @@
 """Sentence-encoder models in plain torch: the encoder families (BERT, RoBERTa, XLM-RoBERTa,
 MPNet, DistilBERT, ELECTRA, ALBERT sharing one post-LayerNorm block, DeBERTa-v2/v3 that block
-with disentangled attention, ModernBERT and NomicBERT with their own blocks), the
-sentence-transformers pipeline,
-the classification heads of rerankers and classifiers, the tokenizer, the loader (directory or
-hub id) and a toy model."""
+with disentangled attention, ModernBERT, NomicBERT and GTE with their own blocks) and the
+decoders read as embedders (Qwen3, EmbeddingGemma's Gemma3), the sentence-transformers
+pipeline, the classification heads of rerankers and classifiers, the tokenizer, the loader
+(directory or hub id) and a toy model."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TASKS",
         "DebertaV2Config",
         "EncoderConfig",
+        "Gemma3Config",
+        "GteConfig",
         "HeadConfig",
         "ModernBertConfig",
         "NomicBertConfig",
+        "Qwen3Config",
     ),
     "encoder": ("SentenceEncoder", "cpu_has_native_bf16"),
     "errors": ("ModelLoadError",),
@@ -57,9 +60,12 @@ if TYPE_CHECKING:  # the same names (a test keeps both lists equal)
         TASKS,
         DebertaV2Config,
         EncoderConfig,
+        Gemma3Config,
+        GteConfig,
         HeadConfig,
         ModernBertConfig,
         NomicBertConfig,
+        Qwen3Config,
     )
     from models.encoder import SentenceEncoder, cpu_has_native_bf16
     from models.errors import ModelLoadError

@@ -1,8 +1,8 @@
 """Gemma3 as EmbeddingGemma uses it, in plain torch, in both layouts: token embeddings scaled by
 sqrt(hidden_size), blocks with RMSNorm before and after both attention and the GeGLU
 feed-forward, bidirectional grouped-query attention (a norm on each query and key head, rotary
-positions, Qwen3's projections) in global layers and in local layers that see only nearby
-tokens, a final RMSNorm.
+positions; `layers.GroupedQueryAttention`, as Qwen3's) in global layers and in local layers that
+see only nearby tokens, a final RMSNorm.
 
 The block splits at attention like the others (`qkv(x)` then `finish(x, attn)`), so the packed
 pieces and the runner are the same; rotary positions (a base per layer type) and the local
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import Gemma3Config
-from models.qwen3 import GatedMlp, GroupedQueryAttention
+from models.layers import GatedMlp, GroupedQueryAttention
 from models.rotary import LocalGlobalBody, Rotary
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}

@@ -1,6 +1,8 @@
-"""The building blocks the BERT-like families share: embeddings, attention, the post-LayerNorm
-encoder block with a fused QKV projection, and MPNet's relative position buckets. (`attend` and
-`with_key_mask` serve ModernBERT, DeBERTa and NomicBERT too; DeBERTa's block is `EncoderLayer`.)
+"""The building blocks families share: embeddings, attention, the post-LayerNorm encoder block
+with a fused QKV projection, and MPNet's relative position buckets for the BERT-like families
+(`attend` and `with_key_mask` serve every family; DeBERTa's block is `EncoderLayer`); and the
+grouped-query attention projections and gated feed-forward of the decoders read as embedders
+(Qwen3, Gemma3).
 
 Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H / nh.
 """
@@ -8,12 +10,20 @@ Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import MPNET_MAX_DISTANCE, MPNET_NUM_BUCKETS, DebertaV2Config, EncoderConfig
+from models.config import (
+    MPNET_MAX_DISTANCE,
+    MPNET_NUM_BUCKETS,
+    DebertaV2Config,
+    EncoderConfig,
+    Gemma3Config,
+    Qwen3Config,
+)
 
 # config.json hidden_act -> F.gelu's `approximate` (None: ReLU).
 _GELU_APPROX: dict[str, str | None] = {
@@ -181,3 +191,49 @@ class RelativePositionBias(nn.Module):
     def forward(self, length: int) -> torch.Tensor:
         values = self.relative_attention_bias(self.buckets[:length, :length])  # (S, S, nh)
         return values.permute(2, 0, 1).unsqueeze(0)  # (1, nh, S, S)
+
+
+class GroupedQueryAttention(nn.Module):
+    """The projections of grouped-query attention with a norm on each query and key head
+    (Qwen3's and Gemma3's, under the checkpoints' names)."""
+
+    def __init__(self, cfg: Qwen3Config | Gemma3Config, norm: type[nn.Module]) -> None:
+        super().__init__()
+        H, d, bias = cfg.hidden_size, cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(H, cfg.num_attention_heads * d, bias=bias)
+        self.k_proj = nn.Linear(H, cfg.num_key_value_heads * d, bias=bias)
+        self.v_proj = nn.Linear(H, cfg.num_key_value_heads * d, bias=bias)
+        self.o_proj = nn.Linear(cfg.attention_width, H, bias=bias)
+        self.q_norm = norm(d, cfg.rms_norm_eps)
+        self.k_norm = norm(d, cfg.rms_norm_eps)
+        self.head_dim = d
+        self.kv_repeats = cfg.num_attention_heads // cfg.num_key_value_heads
+
+    def qkv(self, h: torch.Tensor) -> torch.Tensor:
+        """Normed hidden states (..., H) -> q, k, v of every query head (..., 3A), before
+        rotary positions: each key/value head repeated for the query heads it serves."""
+        heads = (-1, self.head_dim)
+        q = self.q_norm(self.q_proj(h).unflatten(-1, heads))  # (..., nh, d)
+        k = self.k_norm(self.k_proj(h).unflatten(-1, heads))  # (..., nkv, d)
+        v = self.v_proj(h).unflatten(-1, heads)
+        if self.kv_repeats > 1:  # query head i reads key/value head i // repeats
+            k = k.repeat_interleave(self.kv_repeats, dim=-2)
+            v = v.repeat_interleave(self.kv_repeats, dim=-2)
+        return torch.cat((q, k, v), dim=-2).flatten(-2)
+
+
+class GatedMlp(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU in Qwen3, GeGLU in Gemma3."""
+
+    def __init__(
+        self, cfg: Qwen3Config | Gemma3Config, act: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        super().__init__()
+        H, intermediate = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(H, intermediate, bias=False)
+        self.up_proj = nn.Linear(H, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, H, bias=False)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

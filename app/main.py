@@ -28,7 +28,7 @@ from app.engine.config import EngineConfigError
 from app.errors import install_error_handlers
 from app.metrics import FrontEndExposition, ServiceMetrics
 from app.serving.client import EngineClient
-from app.settings import Settings, SettingsError, engine_error_message, load_settings
+from app.settings import Settings, SettingsError, engine_error_message, env_name, load_settings
 
 if TYPE_CHECKING:
     from app.engine.engine import Engine
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENGINE_ANSWER_SLACK_S = 5.0
+# English runs about 4 characters a token: a character limit below that many per token of the
+# model's maximum refuses texts the model could read whole.
+CHARS_PER_TOKEN = 4
 
 INFERENCE_ROUTES = frozenset(
     {"/infer", "/v1/embeddings", "/embed", "/", "/v1/rerank", "/v2/rerank", "/rerank", "/predict"}
@@ -84,6 +87,7 @@ def create_app(
             logger.error("start-up failed: %s", exc)
             await engine.stop()
             raise
+        warn_if_texts_capped(settings.max_text_chars, engine.encoder.max_seq_len)
         try:
             yield
         finally:
@@ -141,3 +145,19 @@ def create_app(
         direct_routes(routers), settings.max_body_bytes, metrics.observe_request
     )
     return app
+
+
+def warn_if_texts_capped(max_text_chars: int, max_seq_len: int) -> None:
+    """Say at start-up when the character limit refuses texts a long-context model could read
+    (nomic-embed-text's 8192 tokens against the default 8192 characters, say)."""
+    if max_text_chars < CHARS_PER_TOKEN * max_seq_len:
+        name = env_name("max_text_chars")
+        logger.warning(
+            "texts over %d characters (%s) are refused, about %d tokens of English; the model "
+            "reads up to %d: raise %s to send longer texts",
+            max_text_chars,
+            name,
+            max_text_chars // CHARS_PER_TOKEN,
+            max_seq_len,
+            name,
+        )

@@ -144,3 +144,20 @@ def test_a_model_longer_than_a_batch_is_served_truncated(caplog: pytest.LogCaptu
         long = c.post("/infer", json={"inputs": ["document " * 60]}).json()
         assert long["usage"]["tokens"] == 32
     assert "more than the 32 tokens of the largest batch: using 32" in caplog.text
+
+
+def test_a_character_limit_below_the_models_reach_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """48 tokens read about 192 characters of English: a 100-character limit would refuse
+    texts the model reads whole, and the start-up log says which setting to raise; the
+    default (8192) says nothing."""
+    with serve(str(tiny_model(QWEN3)), max_text_chars=100) as c:
+        wait_ready(c)
+        assert c.post("/infer", json={"inputs": ["a" * 101]}).status_code == 422
+    assert "texts over 100 characters (SIDECAR_MAX_TEXT_CHARS) are refused" in caplog.text
+    assert "the model reads up to 48" in caplog.text
+    caplog.clear()
+    with serve(str(tiny_model(QWEN3))) as c:
+        wait_ready(c)
+    assert "SIDECAR_MAX_TEXT_CHARS" not in caplog.text

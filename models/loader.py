@@ -166,7 +166,7 @@ def serving_dtype(
             raise ModelLoadError(
                 file,
                 f"{family} models overflow float16 (their activations pass its 65504): "
-                "serve it in bfloat16 or float32",
+                "serve them in bfloat16 or float32",
             )
         logger.info(
             "%s models overflow float16: serving in %s",

@@ -222,7 +222,8 @@ def attend_groups(
     scale: float | None = None,
 ) -> None:
     """Eager attention over the layout's groups: qkv (T_pad, 3A) -> writes out[:T] (T, A), A the
-    width of attention's output (the hidden size in every family but Qwen3).
+    width of attention's output (the hidden size, except where a family sizes its heads apart:
+    Qwen3, Gemma3).
 
     Rows past layout.num_tokens (token-bucket padding) are neither read nor written.
     extra_mask(qkv_g): a mask or bias on top of the group's padding (see `layers.with_key_mask`),

@@ -120,7 +120,7 @@ class _Shape:
     @property
     def attention_width(self) -> int:
         """Width of attention's output (heads x head size): the hidden size, except where a
-        family sets its own head size (Qwen3)."""
+        family sets its own head size (Qwen3, Gemma3)."""
         return self.num_attention_heads * self.head_dim
 
 
@@ -572,8 +572,8 @@ class Qwen3Config(_Shape):
         return cls(**values)
 
 
-# What GTE's original code (config.json model_type "new") may say beside its shapes, and the value
-# served: other values change the computation in ways not implemented here.
+# What GTE's original code may say beside its shapes (under model_type "new", or "gte" in some
+# checkpoints), and the value served: other values change the computation in ways not built here.
 _GTE_NEW_FIXED = {
     "position_embedding_type": "rope",
     "layer_norm_type": "layer_norm",

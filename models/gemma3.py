@@ -7,8 +7,8 @@ see only nearby tokens, a final RMSNorm.
 The block splits at attention like the others (`qkv(x)` then `finish(x, attn)`), so the packed
 pieces and the runner are the same; rotary positions (a base per layer type) and the local
 window are applied in the attention step, which therefore needs the layer index (the forwards
-are `rotary.LocalGlobalBody`'s, which ModernBERT shares). Module and parameter names are the
-checkpoint's own (transformers' Gemma3TextModel).
+are `rotary.RotaryBody`'s). Module and parameter names are the checkpoint's own
+(transformers' Gemma3TextModel).
 
 Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d head size, A = nh x d.
 """
@@ -21,7 +21,7 @@ from torch import nn
 
 from models.config import Gemma3Config
 from models.layers import GatedMlp, GroupedQueryAttention
-from models.rotary import LocalGlobalBody, Rotary
+from models.rotary import Rotary, RotaryBody
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -65,7 +65,7 @@ class Gemma3Layer(nn.Module):
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
-class Gemma3Encoder(LocalGlobalBody):
+class Gemma3Encoder(RotaryBody):
     """Scaled token embeddings + Gemma3 blocks + final RMSNorm: ids -> last hidden states."""
 
     def __init__(self, cfg: Gemma3Config) -> None:
@@ -80,7 +80,7 @@ class Gemma3Encoder(LocalGlobalBody):
         self.layers = nn.ModuleList(blocks)
         self.blocks: list[Gemma3Layer] = blocks  # typed view of the same modules
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.global_rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
+        self.rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
         self.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta)
         self.scale = cfg.query_pre_attn_scalar**-0.5
         self.window_reach = cfg.window

@@ -5,8 +5,7 @@ attention (a window of local_attention // 2 tokens each way) in the others, a fi
 Its block splits at attention like the post-LayerNorm families' (`qkv(x)` then `finish(x, attn)`),
 so the packed pieces and the runner are the same; rotary positions and the window are applied
 in the attention step, which therefore needs the layer index (`attend_packed(..., layer)`; the
-forwards are `rotary.LocalGlobalBody`'s, which Gemma3 shares).
-Tensor names are Hugging Face's ModernBertModel names.
+forwards are `rotary.RotaryBody`'s). Tensor names are Hugging Face's ModernBertModel names.
 
 Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh, I intermediate.
 """
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModernBertConfig
-from models.rotary import LocalGlobalBody, Rotary
+from models.rotary import Rotary, RotaryBody
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -80,7 +79,7 @@ class ModernBertLayer(nn.Module):
         return h + self.mlp.Wo(F.gelu(gate_in, approximate=self.gelu_approximate) * gate)
 
 
-class ModernBertEncoder(LocalGlobalBody):
+class ModernBertEncoder(RotaryBody):
     """Embeddings + ModernBERT blocks + final LayerNorm: ids -> last hidden states."""
 
     def __init__(self, cfg: ModernBertConfig) -> None:
@@ -91,10 +90,9 @@ class ModernBertEncoder(LocalGlobalBody):
         self.layers = nn.ModuleList(blocks)
         self.blocks: list[ModernBertLayer] = blocks  # typed view of the same modules
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
-        self.global_rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
+        self.rotary = Rotary(cfg.head_dim, cfg.global_rope_theta)
         self.local_rotary = Rotary(cfg.head_dim, cfg.local_rope_theta)
         self.window_reach = cfg.sliding_window + 1  # a local layer sees sliding_window each way
-        self.scale = None
         self.register_buffer("position_ids", torch.arange(cfg.max_positions), persistent=False)
         self.position_ids: torch.Tensor
 

@@ -4,8 +4,8 @@ SwiGLU feed-forward and no biases in the projections.
 
 The block splits at attention like the others (`qkv(x)` then `finish(x, attn)`), so the packed
 pieces and the runner are the same; rotary positions are applied in the attention step
-(`rotary.RotaryBody`). Module
-and parameter names are the checkpoint's own (Nomic's, which transformers keeps on disk).
+(`rotary.RotaryBody`). Module and parameter names are the checkpoint's own (Nomic's, which
+transformers keeps on disk).
 
 Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh, I intermediate.
 """

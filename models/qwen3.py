@@ -6,7 +6,8 @@ The block splits at attention like the encoders' (`qkv(x)` then `finish(x, attn)
 packed pieces and the runner are the same. `qkv` repeats each key/value head for the query heads
 it serves, so attention sees `nh` heads of each of q, k, v (a (..., 3A) projection, A = nh x d,
 which need not be the hidden size). Rotary positions and the causal mask are applied in the
-attention step. Module and parameter names are the checkpoint's own (transformers' Qwen3Model).
+attention step (`rotary.RotaryBody`'s forwards, `causal`). Module and parameter names are the
+checkpoint's own (transformers' Qwen3Model).
 
 Rotary runs in float32 (`rotary.rotate_qkv`); transformers' Qwen3 rotates in the serving dtype,
 so bfloat16 results differ from it by rounding, float32 ones not at all.
@@ -22,9 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import Qwen3Config
-from models.layers import GatedMlp, GroupedQueryAttention, attend, with_key_mask
-from models.packed import PackedLayout, PackedPiece, attend_groups, encoder_pieces
-from models.rotary import Rotary, rotate_qkv
+from models.layers import GatedMlp, GroupedQueryAttention
+from models.rotary import Rotary, RotaryBody
 
 
 class RMSNorm(nn.Module):
@@ -61,17 +61,10 @@ class Qwen3Layer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-def causal(length: int, device: torch.device) -> torch.Tensor:
-    """(1, 1, S, S) bool: True where the key is not after the query."""
-    return (
-        torch.ones((length, length), dtype=torch.bool, device=device)
-        .tril()
-        .view(1, 1, length, length)
-    )
-
-
-class Qwen3Encoder(nn.Module):
+class Qwen3Encoder(RotaryBody):
     """Token embeddings + Qwen3 blocks + final RMSNorm: ids -> last hidden states."""
+
+    causal = True
 
     def __init__(self, cfg: Qwen3Config) -> None:
         super().__init__()
@@ -91,32 +84,5 @@ class Qwen3Encoder(nn.Module):
         """input_ids (...,) -> (..., H); positions enter through rotary attention, not here."""
         return self.embed_tokens(input_ids)
 
-    # ---------------------------------------------------------------- padded layout (FULL)
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real, padding on the
-        right) -> (B, S, H)."""
-        B, S = input_ids.shape
-        x = self.embed(input_ids)  # (B, S, H)
-        cos, sin = self.rotary(self.position_ids[:S])
-        mask = with_key_mask(causal(S, x.device), attention_mask.view(B, 1, 1, S))
-        heads = self.config.num_attention_heads
-        for layer in self.blocks:
-            qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3A)
-            x = layer.finish(x, attend(qkv, heads, mask))
+    def final(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
-
-    # ---------------------------------------------------------------- packed layout (PIECEWISE)
-    def packed_pieces(self) -> list[PackedPiece]:
-        """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
-        return encoder_pieces(self.embed, self.blocks, self.norm)
-
-    def attend_packed(
-        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
-    ) -> None:
-        """Eager causal attention of layer `layer`: rotary at each token's position, then
-        attention per group: qkv (T_pad, 3A) -> writes out[:T] (T, A)."""
-        T = layout.num_tokens
-        cos, sin = self.rotary(layout.positions)  # (T, d)
-        heads = self.config.num_attention_heads
-        rotated = rotate_qkv(qkv[:T], cos, sin, heads)
-        attend_groups(rotated, layout, out, heads, lambda g: causal(g.shape[1], g.device))

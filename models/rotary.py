@@ -1,14 +1,13 @@
 """Rotary position embeddings (RoPE) on a fused QKV projection, as Hugging Face computes them:
-angles in float32, the rotate-half layout (not interleaved), for every rotary family; and the
-forwards (both layouts) the rotary encoders share: `RotaryBody`, every layer the same rotary
-positions and a key mask only (NomicBERT, GTE); `LocalGlobalBody`, global layers and windowed
-local ones, each kind with its own rotary base, then a final norm (ModernBERT, Gemma3).
+angles in float32, the rotate-half layout (not interleaved); and `RotaryBody`, the forwards in
+both layouts every rotary family shares (NomicBERT, GTE, ModernBERT, Gemma3, Qwen3).
 
-Shapes: B requests, S positions, T packed tokens, nh heads, d head size, H = nh * d.
+Shapes: B requests, S positions, T packed tokens, nh heads, d head size, A = nh * d.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -62,77 +61,56 @@ def rotate_qkv(
     return torch.cat((rotated, parts[..., 2:, :, :]), dim=-3).view(shape)
 
 
-class RotaryBody(nn.Module):
-    """Both layouts' forwards of an encoder whose layers all take rotary positions of one base
-    and a key mask only, with no final norm (NomicBERT, GTE). A subclass sets `config`,
-    `blocks`, `rotary` and `position_ids` and defines `embed(input_ids, position_ids=None)`."""
+def causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, S, S) bool: True where the key is not after the query."""
+    ones = torch.ones((length, length), dtype=torch.bool, device=device)
+    return ones.tril().view(1, 1, length, length)
+
+
+class RotaryBody(nn.Module, ABC):
+    """Both layouts' forwards of the rotary families: every layer takes rotary positions;
+    global layers attend over the whole sequence (only to earlier tokens where `causal`: Qwen3),
+    local ones (ModernBERT's and Gemma3's `sliding` blocks) with their own rotary base and only
+    to the tokens less than `window_reach` away; `final` ends the stack (a final norm, where the
+    family has one).
+
+    A subclass sets `config`, `blocks`, `rotary` (the global layers', every layer's where there
+    are no local ones) and `position_ids`, and defines `embed`; where it differs from the
+    defaults it sets `local_rotary` and `window_reach`, `scale` (of q.k; None: 1 / sqrt(d)),
+    `causal`, and overrides `final`.
+    """
 
     config: Any
-    blocks: list[Any]  # `packed.Block`s that are modules with `num_heads`
+    blocks: list[Any]  # `packed.Block`s; with local layers, each has `sliding`
     rotary: Rotary
     position_ids: torch.Tensor
+    window_reach = 0
+    scale: float | None = None
+    causal = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        # An instance attribute: a module assigned later is looked up past a class attribute.
+        self.local_rotary: Rotary | None = None
+
+    @abstractmethod
     def embed(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------- padded layout (FULL)
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
-        B, S = input_ids.shape
-        x = self.embed(input_ids)  # (B, S, H)
-        cos, sin = self.rotary(self.position_ids[:S])
-        key_mask = attention_mask.view(B, 1, 1, S)
-        heads = self.config.num_attention_heads
-        for layer in self.blocks:
-            qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3H)
-            x = layer.finish(x, attend(qkv, heads, key_mask))
-        return x
-
-    # ---------------------------------------------------------------- packed layout (PIECEWISE)
-    def packed_pieces(self) -> list[PackedPiece]:
-        """As `TransformerEncoder.packed_pieces`."""
-        blocks: list[Block] = self.blocks
-        return encoder_pieces(self.embed, blocks)
-
-    def attend_packed(
-        self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
-    ) -> None:
-        """Eager attention of layer `layer` (the same for every layer): rotary at each token's
-        position, then attention per group: qkv (T_pad, 3H) -> writes out[:T] (T, H)."""
-        T = layout.num_tokens
-        cos, sin = self.rotary(layout.positions)  # (T, d)
-        heads = self.config.num_attention_heads
-        attend_groups(rotate_qkv(qkv[:T], cos, sin, heads), layout, out, heads)
-
-
-class LocalGlobalBody(nn.Module):
-    """Both layouts' forwards of an encoder of global layers and local ones that see only the
-    tokens less than `window_reach` away, each kind with its own rotary base, then a final norm
-    (ModernBERT, Gemma3). A subclass sets `config`, `blocks` (each with `sliding`),
-    `global_rotary`, `local_rotary`, `position_ids`, `window_reach` and `scale` (of q.k; None:
-    1 / sqrt(d)) and defines `embed(input_ids, position_ids=None)` and `final(x)`."""
-
-    config: Any
-    blocks: list[Any]  # `packed.Block`s that are modules with `sliding`
-    global_rotary: Rotary
-    local_rotary: Rotary
-    position_ids: torch.Tensor
-    window_reach: int
-    scale: float | None
-
-    def embed(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        raise NotImplementedError
+        """input_ids (...,) -> (..., H); positions enter through rotary attention."""
 
     def final(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return x
 
-    def rotary(self, positions: torch.Tensor, sliding: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (S,) int64 -> cos, sin (S, d) float32."""
-        return (self.local_rotary if sliding else self.global_rotary)(positions)
+    def _local(self, block: Any) -> bool:
+        return self.local_rotary is not None and block.sliding
+
+    def _angles(self, positions: torch.Tensor, local: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (S,) int64 -> cos, sin (S, d) float32 of the global or the local base."""
+        if local:
+            assert self.local_rotary is not None
+            return self.local_rotary(positions)
+        return self.rotary(positions)
 
     def window(self, length: int) -> torch.Tensor:
         """(1, 1, S, S) bool: True where two positions are less than `window_reach` apart."""
@@ -140,26 +118,37 @@ class LocalGlobalBody(nn.Module):
         near = (pos.view(-1, 1) - pos.view(1, -1)).abs() < self.window_reach
         return near.view(1, 1, length, length)
 
+    def _extra_mask(self, local: bool, length: int, device: torch.device) -> torch.Tensor | None:
+        """What a layer's attention masks beyond padding, for sequences of `length`."""
+        if local:
+            return self.window(length)
+        return causal_mask(length, device) if self.causal else None
+
     # ---------------------------------------------------------------- padded layout (FULL)
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real) -> (B, S, H)."""
+        """input_ids (B, S) int64, attention_mask (B, S) bool (True = real, padding on the
+        right) -> (B, S, H)."""
         B, S = input_ids.shape
         x = self.embed(input_ids)  # (B, S, H)
         pos = self.position_ids[:S]
-        rope = {sliding: self.rotary(pos, sliding) for sliding in (False, True)}
         key_mask = attention_mask.view(B, 1, 1, S)
-        local = with_key_mask(self.window(S), key_mask)  # (B, 1, S, S)
+        kinds = (False, True) if self.local_rotary is not None else (False,)
+        rope = {local: self._angles(pos, local) for local in kinds}
+        masks = {}
+        for local in kinds:
+            extra = self._extra_mask(local, S, x.device)
+            masks[local] = key_mask if extra is None else with_key_mask(extra, key_mask)
         heads = self.config.num_attention_heads
         for layer in self.blocks:
-            cos, sin = rope[layer.sliding]
+            local = self._local(layer)
+            cos, sin = rope[local]
             qkv = rotate_qkv(layer.qkv(x), cos, sin, heads)  # (B, S, 3A)
-            attn = attend(qkv, heads, local if layer.sliding else key_mask, self.scale)
-            x = layer.finish(x, attn)
+            x = layer.finish(x, attend(qkv, heads, masks[local], self.scale))
         return self.final(x)
 
     # ---------------------------------------------------------------- packed layout (PIECEWISE)
     def packed_pieces(self) -> list[PackedPiece]:
-        """As `TransformerEncoder.packed_pieces`; the last piece ends with the final norm."""
+        """As `TransformerEncoder.packed_pieces`; the last piece ends with `final`."""
         blocks: list[Block] = self.blocks
         return encoder_pieces(self.embed, blocks, self.final)
 
@@ -167,11 +156,13 @@ class LocalGlobalBody(nn.Module):
         self, qkv: torch.Tensor, layout: PackedLayout, out: torch.Tensor, layer: int = 0
     ) -> None:
         """Eager attention of layer `layer`: rotary at each token's position, then attention per
-        group, windowed in local layers: qkv (T_pad, 3A) -> writes out[:T] (T, A)."""
-        block = self.blocks[layer]
+        group with the layer's mask: qkv (T_pad, 3A) -> writes out[:T] (T, A)."""
+        local = self._local(self.blocks[layer])
         T = layout.num_tokens
         heads = self.config.num_attention_heads
-        cos, sin = self.rotary(layout.positions, block.sliding)  # (T, d)
+        cos, sin = self._angles(layout.positions, local)  # (T, d)
         rotated = rotate_qkv(qkv[:T], cos, sin, heads)  # (T, 3A)
-        extra = (lambda g: self.window(g.shape[1])) if block.sliding else None
+        extra = None
+        if local or self.causal:
+            extra = lambda g: self._extra_mask(local, g.shape[1], g.device)  # noqa: E731
         attend_groups(rotated, layout, out, heads, extra, self.scale)

@@ -16,14 +16,11 @@ Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d head siz
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.config import Gemma3Config
-from models.layers import GatedMlp, GroupedQueryAttention
+from models.layers import GatedMlp, GroupedQueryAttention, activation
 from models.rotary import Rotary, RotaryBody
-
-_GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 class GemmaRMSNorm(nn.Module):
@@ -50,8 +47,7 @@ class Gemma3Layer(nn.Module):
         self.self_attn = GroupedQueryAttention(cfg, GemmaRMSNorm)
         self.post_attention_layernorm = GemmaRMSNorm(H, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(H, eps)
-        approximate = _GELU_APPROX[cfg.hidden_activation]
-        self.mlp = GatedMlp(cfg, lambda x: F.gelu(x, approximate=approximate))
+        self.mlp = GatedMlp(cfg, activation(cfg.hidden_activation))
         self.post_feedforward_layernorm = GemmaRMSNorm(H, eps)
         self.sliding = cfg.layer_types[index] == "sliding_attention"
 

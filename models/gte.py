@@ -13,19 +13,11 @@ Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.config import GteConfig
-from models.layers import token_types
+from models.layers import activation, token_types
 from models.rotary import Rotary, RotaryBody
-
-_GELU_APPROX: dict[str, str | None] = {
-    "gelu": "none",
-    "gelu_new": "tanh",
-    "gelu_pytorch_tanh": "tanh",
-    "relu": None,
-}
 
 
 class GteEmbeddings(nn.Module):
@@ -66,8 +58,7 @@ class GteLayer(nn.Module):
         self.attn_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = _Mlp(cfg)
         self.mlp_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.num_heads = cfg.num_attention_heads
-        self.gelu_approximate = _GELU_APPROX[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H) -> the QKV projection (..., 3H), before rotary positions."""
@@ -77,11 +68,7 @@ class GteLayer(nn.Module):
         """Everything after attention: x, attn (..., H) -> (..., H). Row-wise, no mixing."""
         h = self.attn_ln(x + self.attention.o_proj(attn))
         up, gate = self.mlp.up_gate_proj(h).chunk(2, dim=-1)  # (..., I) each
-        if self.gelu_approximate is None:
-            gate = F.relu(gate)
-        else:
-            gate = F.gelu(gate, approximate=self.gelu_approximate)
-        return self.mlp_ln(h + self.mlp.down_proj(gate * up))
+        return self.mlp_ln(h + self.mlp.down_proj(self.act(gate) * up))
 
 
 class _Layers(nn.Module):

@@ -9,6 +9,7 @@ Shapes: B requests, S positions, T packed tokens, H hidden size, nh heads, d = H
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -32,6 +33,13 @@ _GELU_APPROX: dict[str, str | None] = {
     "gelu_pytorch_tanh": "tanh",
     "relu": None,
 }
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A config.json activation name (`config.HIDDEN_ACTS`) -> the function: GELU, exact or
+    tanh-approximated, or ReLU."""
+    approximate = _GELU_APPROX[name]
+    return F.relu if approximate is None else functools.partial(F.gelu, approximate=approximate)
 
 
 def heads_of(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, ...]:
@@ -141,17 +149,12 @@ class EncoderLayer(nn.Module):
         self.ffn_in = nn.Linear(H, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
-        self.gelu_approximate = _GELU_APPROX[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act)
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Everything after attention: x, attn (..., H) -> (..., H). Row-wise, no mixing."""
         x = self.attn_norm(x + self.attn_out(attn))
-        h = self.ffn_in(x)  # (..., I)
-        if self.gelu_approximate is None:
-            h = F.relu(h)
-        else:
-            h = F.gelu(h, approximate=self.gelu_approximate)
-        return self.ffn_norm(x + self.ffn_out(h))
+        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 
 
 def relative_position_buckets(length: int) -> torch.Tensor:

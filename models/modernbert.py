@@ -13,13 +13,11 @@ Shapes: B requests, S positions, T packed tokens, H hidden, nh heads, d = H / nh
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModernBertConfig
+from models.layers import activation
 from models.rotary import Rotary, RotaryBody
-
-_GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 class ModernBertEmbeddings(nn.Module):
@@ -64,9 +62,8 @@ class ModernBertLayer(nn.Module):
         self.attn = _Attention(cfg)
         self.mlp_norm = nn.LayerNorm(H, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self.mlp = _Mlp(cfg)
-        self.num_heads = cfg.num_attention_heads
         self.sliding = cfg.layer_types[index] == "sliding_attention"
-        self.gelu_approximate = _GELU_APPROX[cfg.hidden_activation]
+        self.act = activation(cfg.hidden_activation)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H) -> the QKV projection (..., 3H), before rotary positions."""
@@ -76,7 +73,7 @@ class ModernBertLayer(nn.Module):
         """Everything after attention: x, attn (..., H) -> (..., H). Row-wise, no mixing."""
         h = x + self.attn.Wo(attn)
         gate_in, gate = self.mlp.Wi(self.mlp_norm(h)).chunk(2, dim=-1)  # (..., I) each
-        return h + self.mlp.Wo(F.gelu(gate_in, approximate=self.gelu_approximate) * gate)
+        return h + self.mlp.Wo(self.act(gate_in) * gate)
 
 
 class ModernBertEncoder(RotaryBody):

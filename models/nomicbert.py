@@ -56,7 +56,6 @@ class NomicBertLayer(nn.Module):
         self.mlp = _Mlp(cfg)
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.num_heads = cfg.num_attention_heads
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H) -> the QKV projection (..., 3H), before rotary positions."""

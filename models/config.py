@@ -42,24 +42,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-# config.json model_type of the families sharing the post-LayerNorm block, and of all served.
+# config.json model_type of the families sharing the post-LayerNorm block (all served: below).
 ENCODER_MODEL_TYPES = ("albert", "bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
-SUPPORTED_MODEL_TYPES = (
-    "albert",
-    "bert",
-    "deberta-v2",
-    "distilbert",
-    "electra",
-    "gemma3_text",
-    "gte",
-    "modernbert",
-    "mpnet",
-    "new",
-    "nomic_bert",
-    "qwen3",
-    "roberta",
-    "xlm-roberta",
-)
 # config.json `hidden_act` values the feed-forward block implements.
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Hugging Face's MPNetEmbeddings numbers positions past a padding index fixed at 1, whatever
@@ -279,11 +263,7 @@ class ModernBertConfig(_Shape):
                 f"hidden_size {self.hidden_size} over num_attention_heads "
                 f"{self.num_attention_heads} must give an even head size (rotary)"
             )
-        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {
-            "full_attention",
-            "sliding_attention",
-        }:
-            raise ValueError(f"layer_types {list(self.layer_types)} do not fit the layers")
+        _check_layer_types(self.layer_types, self.num_hidden_layers)
         if self.hidden_activation not in HIDDEN_ACTS:
             raise ValueError(
                 f"hidden_activation {self.hidden_activation!r} is not supported "
@@ -549,9 +529,7 @@ class Qwen3Config(_Shape):
         writes it; ValueError naming what is refused (sliding windows, scaled rotary)."""
         if _model_type(raw) != "qwen3":
             raise ValueError(f"model_type {raw['model_type']!r} is not qwen3")
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"missing keys {missing}")
+        _check_required(raw)
         if raw.get("use_sliding_window"):
             raise ValueError("use_sliding_window is set: only full attention is supported")
         types = raw.get("layer_types") or []
@@ -676,11 +654,7 @@ class Gemma3Config(_Shape):
     def __post_init__(self) -> None:
         floats = ("rms_norm_eps", "query_pre_attn_scalar", "global_rope_theta", "local_rope_theta")
         _check_grouped_query(self, ("sliding_window",), floats)
-        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {
-            "full_attention",
-            "sliding_attention",
-        }:
-            raise ValueError(f"layer_types {list(self.layer_types)} do not fit the layers")
+        _check_layer_types(self.layer_types, self.num_hidden_layers)
         if self.hidden_activation not in GEMMA_ACTIVATIONS:
             raise ValueError(
                 f"hidden_activation {self.hidden_activation!r} is not supported "
@@ -704,9 +678,7 @@ class Gemma3Config(_Shape):
         what is refused (causal attention, logit soft-capping, scaled rotary)."""
         if _model_type(raw) != "gemma3_text":
             raise ValueError(f"model_type {raw['model_type']!r} is not gemma3_text")
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"missing keys {missing}")
+        _check_required(raw)
         if raw.get("use_bidirectional_attention") is not True:
             raise ValueError(
                 "use_bidirectional_attention is not set: only EmbeddingGemma's bidirectional "
@@ -761,25 +733,30 @@ BodyConfig = (
 )
 
 
+# config.json model_type -> the config of a family with a body of its own.
+_OWN_CONFIGS: dict[str, type[BodyConfig]] = {
+    "deberta-v2": DebertaV2Config,
+    "gemma3_text": Gemma3Config,
+    "gte": GteConfig,
+    "modernbert": ModernBertConfig,
+    "new": GteConfig,
+    "nomic_bert": NomicBertConfig,
+    "qwen3": Qwen3Config,
+}
+# config.json model_type of every family served.
+SUPPORTED_MODEL_TYPES = tuple(sorted({*ENCODER_MODEL_TYPES, *_OWN_CONFIGS}))
+
+
 def read_body_config(raw: dict[str, Any]) -> BodyConfig:
     """The config of whichever family config.json names; ValueError saying what is refused."""
     family = _model_type(raw)
-    if family == "modernbert":
-        return ModernBertConfig.from_hf(raw)
-    if family == "deberta-v2":
-        return DebertaV2Config.from_hf(raw)
-    if family == "nomic_bert":
-        return NomicBertConfig.from_hf(raw)
-    if family == "qwen3":
-        return Qwen3Config.from_hf(raw)
-    if family == "gemma3_text":
-        return Gemma3Config.from_hf(raw)
-    if family in ("gte", "new"):
-        return GteConfig.from_hf(raw)
-    if family not in ENCODER_MODEL_TYPES:
+    if family in ENCODER_MODEL_TYPES:
+        return EncoderConfig.from_hf(raw)
+    config = _OWN_CONFIGS.get(family)
+    if config is None:
         supported = ", ".join(SUPPORTED_MODEL_TYPES)
         raise ValueError(f"model_type {family!r} is not supported (supported: {supported})")
-    return EncoderConfig.from_hf(raw)
+    return config.from_hf(raw)
 
 
 def _model_type(raw: dict[str, Any]) -> str:
@@ -860,9 +837,19 @@ def _check_encoder(raw: dict[str, Any]) -> None:
     for flag in ("is_decoder", "add_cross_attention"):
         if raw.get(flag):
             raise ValueError(f"{flag} is set: only encoders are served")
+    _check_required(raw)
+
+
+def _check_required(raw: dict[str, Any]) -> None:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"missing keys {missing}")
+
+
+def _check_layer_types(types: tuple[str, ...], layers: int) -> None:
+    """One layer type per layer, each global ("full_attention") or local ("sliding_attention")."""
+    if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
+        raise ValueError(f"layer_types {list(types)} do not fit the layers")
 
 
 # Tasks a model serves: sentence embeddings, one relevance logit per (query, document) pair,

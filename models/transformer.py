@@ -1,9 +1,8 @@
 """`TransformerEncoder`: the body BERT, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT, ELECTRA and
 ALBERT share (embeddings, a stack of post-LayerNorm blocks, ALBERT's shared between layers,
 MPNet's relative position bias where configured), in both layouts, up to the last hidden state.
-Pooling and the rest of the sentence-transformers pipeline come after (`pipeline.py`);
-ModernBERT's, DeBERTa's and NomicBERT's bodies are `modernbert.ModernBertEncoder`,
-`deberta.DebertaEncoder` and `nomicbert.NomicBertEncoder`, with the same interface.
+Pooling and the rest of the sentence-transformers pipeline come after (`pipeline.py`); the
+other families' bodies (`model.EncoderBody`) have the same interface.
 
 Padded layout: `hidden_states(input_ids, attention_mask)` on `(B, S)` tensors, padding masked
 out of attention. Every op has a static shape for a given `(B, S)`, so the whole forward can be

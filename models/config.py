@@ -288,13 +288,7 @@ class ModernBertConfig(_Shape):
         if _model_type(raw) != "modernbert":
             raise ValueError(f"model_type {raw['model_type']!r} is not modernbert")
         _check_encoder(raw)
-        layers = raw["num_hidden_layers"]
-        types = raw.get("layer_types")
-        if types is None:
-            every = raw.get("global_attn_every_n_layers", 3)
-            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-                raise ValueError(f"global_attn_every_n_layers must be >= 1, got {every!r}")
-            types = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+        types = _layer_types(raw, "global_attn_every_n_layers", 3, global_first=True)
         thetas = _rope_thetas_by_layer_type(
             raw, raw.get("global_rope_theta", 160000.0), raw.get("local_rope_theta", 10000.0)
         )
@@ -690,15 +684,7 @@ class Gemma3Config(_Shape):
             )
         if raw.get("rope_scaling"):
             raise ValueError(f"rope_scaling {raw['rope_scaling']!r} is not supported")
-        layers = raw["num_hidden_layers"]
-        types = raw.get("layer_types")
-        if types is None:
-            every = raw.get("sliding_window_pattern", 6)
-            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-                raise ValueError(f"sliding_window_pattern must be >= 1, got {every!r}")
-            types = [
-                "sliding_attention" if (i + 1) % every else "full_attention" for i in range(layers)
-            ]
+        types = _layer_types(raw, "sliding_window_pattern", 6, global_first=False)
         thetas = _rope_thetas_by_layer_type(
             raw, raw.get("rope_theta", 1_000_000.0), raw.get("rope_local_base_freq", 10_000.0)
         )
@@ -844,6 +830,23 @@ def _check_required(raw: dict[str, Any]) -> None:
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"missing keys {missing}")
+
+
+def _layer_types(raw: dict[str, Any], pattern: str, every: int, *, global_first: bool) -> Any:
+    """config.json's `layer_types` (transformers 5), else transformers 4's pattern: one global
+    layer in every `pattern` layers (default `every`), the first of each run (ModernBERT) or the
+    last (Gemma3). Checked by the config (`_check_layer_types`)."""
+    types = raw.get("layer_types")
+    if types is not None:
+        return types
+    every = raw.get(pattern, every)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"{pattern} must be >= 1, got {every!r}")
+    offset = 0 if global_first else 1
+    layers = raw["num_hidden_layers"]
+    return [
+        "sliding_attention" if (i + offset) % every else "full_attention" for i in range(layers)
+    ]
 
 
 def _check_layer_types(types: tuple[str, ...], layers: int) -> None:
